@@ -1,0 +1,1 @@
+"""KVM acceptance lab harness: lab backends, guests, migration driver and probes."""

@@ -1,0 +1,119 @@
+"""`python -m lab`: bring the lab up and down, look at it, reach its hosts."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+from lab.backends import get_backend
+from lab.config import LabConfig, load_lab_config
+from lab.errors import LabError
+
+
+def _progress(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _config(args) -> LabConfig:
+    config = load_lab_config(args.lab_config)
+    if args.lab and args.lab != config.backend:
+        config = dataclasses.replace(config, backend=args.lab)
+    return config
+
+
+def cmd_up(args) -> int:
+    get_backend(_config(args)).up(_progress)
+    return 0
+
+
+def cmd_down(args) -> int:
+    get_backend(_config(args)).down(_progress)
+    return 0
+
+
+def cmd_status(args) -> int:
+    status = get_backend(_config(args)).status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0 if status.get("up") else 1
+    if not status.get("up"):
+        print(f"lab {status['name']}: down")
+        return 1
+    print(f"lab {status['name']} ({status['backend']}): up")
+    print(f"  accelerator: {status['accelerator']} - {status['accelerator_reason']}")
+    print(f"  storage:     {status['storage']['mode']} at {status['storage']['path']}")
+    print(f"  runner:      {status['runner_address']}")
+    for h in status["hosts"]:
+        versions = f"libvirt {h.get('libvirt_version', '?')}, QEMU {h.get('qemu_version', '?')}"
+        print(f"  {h['name']:<6} {h['address']:<15} {versions}  uuid {h['host_uuid']}")
+        print(f"         {h['libvirt_uri']}")
+    return 0
+
+
+def cmd_ssh(args) -> int:
+    from lab.session import Lab
+
+    host = Lab.load(_config(args)).host(args.host)
+    argv = host.ssh_argv(" ".join(args.command) if args.command else None)
+    if not args.command:
+        argv.insert(1, "-t")
+    os.execvp(argv[0], argv)
+    return 1  # not reached
+
+
+def cmd_guest_list(args) -> int:
+    from lab.session import Lab
+
+    lab = Lab.load(_config(args))
+    import libvirt
+
+    rows = []
+    for host in lab.hosts:
+        for dom in host.connect().listAllDomains():
+            state = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused",
+                     libvirt.VIR_DOMAIN_SHUTOFF: "shut off"}.get(dom.state()[0], str(dom.state()[0]))
+            rows.append((host.name, dom.name(), state, "persistent" if dom.isPersistent() else "transient"))
+    if not rows:
+        print("no guests")
+    for row in rows:
+        print("{:<6} {:<32} {:<9} {}".format(*row))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__)
+    parser.add_argument("--lab-config", metavar="PATH", help="lab.yaml to use (default: $LAB_CONFIG or ./lab.yaml)")
+    parser.add_argument("--lab", choices=("embedded", "vagrant", "static"), help="backend, overriding lab.yaml")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="bring the lab up (idempotent)").set_defaults(func=cmd_up)
+    sub.add_parser("down", help="remove everything the lab made (idempotent)").set_defaults(func=cmd_down)
+    status = sub.add_parser("status", help="what is up, accelerator, hosts and versions")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+    ssh = sub.add_parser("ssh", help="ssh to a lab host")
+    ssh.add_argument("host")
+    ssh.add_argument("command", nargs=argparse.REMAINDER)
+    ssh.set_defaults(func=cmd_ssh)
+    guest = sub.add_parser("guest", help="guests on the lab's hosts")
+    guest_sub = guest.add_subparsers(dest="guest_command", required=True)
+    guest_sub.add_parser("list").set_defaults(func=cmd_guest_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LabError as exc:
+        print(f"lab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lab: interrupted; `python -m lab down` removes whatever was made", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,612 @@
+/*
+ * Lab guest agent: a static binary started by the initramfs /init.
+ *
+ * Heartbeats (UDP, guest -> runner) let the runner see every stall of the
+ * guest, e.g. migration downtime, to about one period.  A control socket
+ * (UDP, runner -> guest) answers echo probes and text commands that load
+ * the guest (dirty memory), prove memory and disk survived a migration
+ * (fill/verify, diskwrite/disksum) and shut it down cleanly (poweroff).
+ *
+ * Configuration comes only from the kernel command line (/proc/cmdline):
+ *   lab.runner=IPv4 lab.hb_port=N lab.hb_us=N lab.ctl_port=N lab.name=STR
+ *   lab.probe=1 (print the READY line, then exit so /init powers off)
+ * Build: gcc -O2 -static -Wall -Wextra -pthread -o agent agent.c
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/reboot.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysinfo.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MIB (1024UL * 1024UL)
+#define PAGE 4096UL
+#define DISK "/dev/vda"
+#define DIRTY_SLICE_NS 10000000ULL /* pace dirtying every 10 ms: smooth rate */
+
+struct config {
+    char name[64];
+    struct in_addr runner;
+    int have_runner;
+    int hb_port;
+    long hb_us;
+    int ctl_port;
+    int probe;
+};
+
+static struct config cfg = {.name = "guest", .hb_us = 1000, .ctl_port = 7777};
+static char boot_id_text[37];
+static uint8_t boot_id_bin[16];
+static atomic_uint_least64_t hb_sent;
+
+/* ---------- small helpers ---------- */
+
+static uint64_t clock_ns(clockid_t clk)
+{
+    struct timespec ts;
+    clock_gettime(clk, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static struct timespec ns_to_ts(uint64_t ns)
+{
+    struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000ULL),
+                          .tv_nsec = (long)(ns % 1000000000ULL)};
+    return ts;
+}
+
+static void sleep_until(uint64_t mono_ns)
+{
+    struct timespec ts = ns_to_ts(mono_ns);
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+        ;
+}
+
+/* The lab reads the serial console, so READY/ERROR lines go to /dev/console. */
+static void console(const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n > sizeof line - 2)
+        n = sizeof line - 2;
+    line[n++] = '\n';
+    int fd = open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
+    ssize_t w = write(fd >= 0 ? fd : STDERR_FILENO, line, (size_t)n);
+    (void)w;
+    if (fd >= 0)
+        close(fd);
+}
+
+static void fatal(const char *what)
+{
+    console("LAB-AGENT-ERROR %s: %s", what, strerror(errno));
+    exit(1);
+}
+
+static uint64_t splitmix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+#define FNV_OFFSET 0xcbf29ce484222325ULL
+static uint64_t fnv1a(uint64_t h, const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+/* Strict decimal/hex parse: a typo must give an error, not a silent 0. */
+static int parse_u64(const char *s, uint64_t *out)
+{
+    if (!s || !*s || *s == '-')
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 0);
+    if (errno || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_double(const char *s, double *out)
+{
+    if (!s || !*s)
+        return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || !(v >= 0.0) || v > 1e6)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* ---------- configuration ---------- */
+
+static const char *arg_value(const char *tok, const char *key)
+{
+    size_t n = strlen(key);
+    return strncmp(tok, key, n) == 0 && tok[n] == '=' ? tok + n + 1 : NULL;
+}
+
+static void read_cmdline(void)
+{
+    char buf[4096];
+    FILE *f = fopen("/proc/cmdline", "r");
+    if (!f)
+        fatal("open /proc/cmdline");
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+
+    char *save = NULL;
+    for (char *t = strtok_r(buf, " \t\n", &save); t; t = strtok_r(NULL, " \t\n", &save)) {
+        const char *v;
+        if ((v = arg_value(t, "lab.name")))
+            snprintf(cfg.name, sizeof cfg.name, "%s", v);
+        else if ((v = arg_value(t, "lab.runner")))
+            cfg.have_runner = inet_pton(AF_INET, v, &cfg.runner) == 1;
+        else if ((v = arg_value(t, "lab.hb_port")))
+            cfg.hb_port = atoi(v);
+        else if ((v = arg_value(t, "lab.hb_us")))
+            cfg.hb_us = atol(v);
+        else if ((v = arg_value(t, "lab.ctl_port")))
+            cfg.ctl_port = atoi(v);
+        else if ((v = arg_value(t, "lab.probe")))
+            cfg.probe = strcmp(v, "1") == 0;
+    }
+    if (cfg.hb_us < 100) /* below this a TCG guest only burns CPU */
+        cfg.hb_us = 100;
+}
+
+/* boot_id changes on every boot: it tells the runner a reboot happened. */
+static void read_boot_id(void)
+{
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    if (!f || !fgets(boot_id_text, sizeof boot_id_text, f))
+        fatal("read boot_id");
+    fclose(f);
+    int j = 0;
+    for (int i = 0; boot_id_text[i] && j < 32; i++) {
+        char c = boot_id_text[i];
+        if (c == '-')
+            continue;
+        int d = c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10;
+        boot_id_bin[j / 2] = (uint8_t)(boot_id_bin[j / 2] << 4 | (d & 0xf));
+        j++;
+    }
+}
+
+/* ---------- (1) heartbeats ---------- */
+
+struct __attribute__((packed)) heartbeat {
+    char magic[4]; /* "LHB1" */
+    uint32_t flags;
+    uint64_t seq;
+    uint64_t mono_ns;
+    uint8_t boot_id[16];
+    uint64_t uptime_ms;
+};
+_Static_assert(sizeof(struct heartbeat) == 48, "heartbeat wire size");
+
+/* Highest SCHED_FIFO priority we may have, so guest load cannot delay beats. */
+static void raise_priority(void)
+{
+    int max = sched_get_priority_max(SCHED_FIFO);
+    int min = sched_get_priority_min(SCHED_FIFO);
+    for (int p = max; p >= min && p > 0; p--) {
+        struct sched_param sp = {.sched_priority = p};
+        if (pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp) == 0)
+            return;
+    }
+}
+
+static void *heartbeat_main(void *unused)
+{
+    (void)unused;
+    raise_priority();
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        fatal("heartbeat socket");
+    struct sockaddr_in dst = {.sin_family = AF_INET,
+                              .sin_port = htons((uint16_t)cfg.hb_port),
+                              .sin_addr = cfg.runner};
+    const uint64_t period = (uint64_t)cfg.hb_us * 1000ULL;
+    uint64_t seq = 0;
+    uint64_t next = clock_ns(CLOCK_MONOTONIC);
+
+    for (;;) {
+        next += period;
+        sleep_until(next);
+        uint64_t now = clock_ns(CLOCK_MONOTONIC);
+        /* After a stall (e.g. migration downtime) restart the schedule from
+         * now: a burst of catch-up beats would hide the gap's true shape. */
+        if (now > next + period)
+            next = now;
+
+        struct heartbeat hb = {.magic = {'L', 'H', 'B', '1'},
+                               .flags = 0,
+                               .seq = htole64(seq + 1),
+                               .mono_ns = htole64(now),
+                               .uptime_ms = htole64(clock_ns(CLOCK_BOOTTIME) / 1000000ULL)};
+        memcpy(hb.boot_id, boot_id_bin, sizeof hb.boot_id);
+        /* seq counts packets actually handed to the stack, so the runner can
+         * read any hole in the sequence as loss on the path. */
+        if (sendto(fd, &hb, sizeof hb, 0, (struct sockaddr *)&dst, sizeof dst) == (ssize_t)sizeof hb) {
+            seq++;
+            atomic_store(&hb_sent, seq);
+        }
+    }
+    return NULL;
+}
+
+/* ---------- dirty: background page writer ---------- */
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int started;
+    double rate_mibs; /* requested; 0 = stopped */
+    volatile uint8_t *base;
+    size_t pages;
+    size_t pos;
+} dirty = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+static _Atomic double dirty_measured; /* MiB/s over the last second */
+
+static void *dirty_main(void *unused)
+{
+    (void)unused;
+    uint64_t last = 0, win_start = 0, win_pages = 0;
+    double owed = 0;
+    uint8_t stamp = 0;
+
+    pthread_mutex_lock(&dirty.mu);
+    for (;;) {
+        if (dirty.rate_mibs <= 0 || !dirty.pages) {
+            atomic_store(&dirty_measured, 0.0);
+            while (dirty.rate_mibs <= 0 || !dirty.pages)
+                pthread_cond_wait(&dirty.cv, &dirty.mu);
+            last = win_start = clock_ns(CLOCK_MONOTONIC);
+            win_pages = 0;
+            owed = 0;
+        }
+        /* Pay what real elapsed time owes, capped at two slices so a stall
+         * of this thread does not turn into a burst afterwards. */
+        uint64_t now = clock_ns(CLOCK_MONOTONIC);
+        double per_ns = dirty.rate_mibs * (double)(MIB / PAGE) / 1e9;
+        owed += per_ns * (double)(now - last);
+        if (owed > per_ns * 2 * DIRTY_SLICE_NS)
+            owed = per_ns * 2 * DIRTY_SLICE_NS;
+        last = now;
+        size_t n = (size_t)owed;
+        owed -= (double)n;
+        stamp++;
+        for (size_t i = 0; i < n; i++) {
+            dirty.base[dirty.pos * PAGE] = stamp;
+            if (++dirty.pos == dirty.pages)
+                dirty.pos = 0;
+        }
+        win_pages += n;
+        pthread_mutex_unlock(&dirty.mu);
+
+        sleep_until(now + DIRTY_SLICE_NS);
+        now = clock_ns(CLOCK_MONOTONIC);
+        if (now - win_start >= 1000000000ULL) {
+            double secs = (double)(now - win_start) / 1e9;
+            atomic_store(&dirty_measured, (double)win_pages * PAGE / MIB / secs);
+            win_start = now;
+            win_pages = 0;
+        }
+        pthread_mutex_lock(&dirty.mu);
+    }
+    return NULL;
+}
+
+static int cmd_dirty(char **av, int ac, char *out, size_t outsz)
+{
+    double rate;
+    uint64_t mib = 0;
+    if (ac < 1 || parse_double(av[0], &rate) || (rate > 0 && (ac < 2 || parse_u64(av[1], &mib) || mib == 0)))
+        return snprintf(out, outsz, "err usage: dirty <MiB_per_s> <region_MiB>");
+
+    pthread_mutex_lock(&dirty.mu);
+    int rc = 0;
+    size_t want = rate > 0 ? (size_t)mib * (MIB / PAGE) : 0;
+    if (want != dirty.pages) {
+        /* Remap under the lock: the writer never sees a half-swapped region. */
+        if (dirty.base)
+            munmap((void *)dirty.base, dirty.pages * PAGE);
+        dirty.base = NULL;
+        dirty.pages = dirty.pos = 0;
+        if (want) {
+            void *p = mmap(NULL, want * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (p == MAP_FAILED) {
+                rc = snprintf(out, outsz, "err cannot map %llu MiB: %s", (unsigned long long)mib, strerror(errno));
+                rate = 0;
+            } else {
+                dirty.base = p;
+                dirty.pages = want;
+            }
+        }
+    }
+    dirty.rate_mibs = rate;
+    if (!dirty.started && rate > 0) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, dirty_main, NULL) == 0) {
+            pthread_detach(t);
+            dirty.started = 1;
+        } else {
+            rc = snprintf(out, outsz, "err cannot start dirty thread");
+        }
+    }
+    pthread_cond_signal(&dirty.cv);
+    size_t region = dirty.pages * PAGE / MIB;
+    pthread_mutex_unlock(&dirty.mu);
+    if (rc)
+        return rc;
+    return snprintf(out, outsz, "ok rate_mibs=%g region_mib=%zu", rate, region);
+}
+
+/* ---------- fill / verify: memory content survives migration ---------- */
+
+static struct {
+    uint64_t *base;
+    size_t mib;
+    uint64_t seed;
+    int valid;
+} fill;
+
+static int cmd_fill(char **av, int ac, char *out, size_t outsz)
+{
+    uint64_t seed, mib;
+    if (ac < 2 || parse_u64(av[0], &seed) || parse_u64(av[1], &mib) || mib == 0)
+        return snprintf(out, outsz, "err usage: fill <seed> <MiB>");
+    if (fill.base && fill.mib != mib) {
+        munmap(fill.base, fill.mib * MIB);
+        fill.base = NULL;
+    }
+    if (!fill.base) {
+        void *p = mmap(NULL, mib * MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) {
+            fill.valid = 0;
+            return snprintf(out, outsz, "err cannot map %llu MiB: %s", (unsigned long long)mib, strerror(errno));
+        }
+        fill.base = p;
+        fill.mib = mib;
+    }
+    size_t words = fill.mib * MIB / 8;
+    for (size_t i = 0; i < words; i++)
+        fill.base[i] = splitmix64(seed ^ i);
+    fill.seed = seed;
+    fill.valid = 1;
+    return snprintf(out, outsz, "ok mib=%zu", fill.mib);
+}
+
+static int cmd_verify(char *out, size_t outsz)
+{
+    if (!fill.valid)
+        return snprintf(out, outsz, "err no pattern");
+    size_t words = fill.mib * MIB / 8, bad = 0, first = 0;
+    for (size_t i = 0; i < words; i++) {
+        if (fill.base[i] != splitmix64(fill.seed ^ i)) {
+            if (!bad++)
+                first = i * 8;
+        }
+    }
+    if (bad)
+        return snprintf(out, outsz, "err bad_words=%zu first_bad_offset=%zu", bad, first);
+    return snprintf(out, outsz, "ok bad_words=0 mib=%zu", fill.mib);
+}
+
+/* ---------- disk: content survives (storage) migration ---------- */
+
+static int disk_open_error(char *out, size_t outsz)
+{
+    if (errno == ENOENT)
+        return snprintf(out, outsz, "err no disk");
+    return snprintf(out, outsz, "err open %s: %s", DISK, strerror(errno));
+}
+
+static int cmd_diskwrite(char **av, int ac, char *out, size_t outsz)
+{
+    uint64_t seed, mib;
+    if (ac < 2 || parse_u64(av[0], &seed) || parse_u64(av[1], &mib) || mib == 0)
+        return snprintf(out, outsz, "err usage: diskwrite <seed> <MiB>");
+    int fd = open(DISK, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return disk_open_error(out, outsz);
+    uint64_t *buf = malloc(MIB), h = FNV_OFFSET;
+    int rc = 0;
+    for (uint64_t m = 0; buf && m < mib && !rc; m++) {
+        for (size_t i = 0; i < MIB / 8; i++)
+            buf[i] = htole64(splitmix64(seed ^ (m * (MIB / 8) + i)));
+        h = fnv1a(h, (const uint8_t *)buf, MIB);
+        errno = 0;
+        if (pwrite(fd, buf, MIB, (off_t)(m * MIB)) != (ssize_t)MIB)
+            rc = snprintf(out, outsz, "err write at MiB %llu: %s", (unsigned long long)m,
+                          errno ? strerror(errno) : "short write (disk too small?)");
+    }
+    if (!buf)
+        rc = snprintf(out, outsz, "err out of memory");
+    if (!rc && fsync(fd))
+        rc = snprintf(out, outsz, "err fsync: %s", strerror(errno));
+    free(buf);
+    close(fd);
+    return rc ? rc : snprintf(out, outsz, "ok mib=%llu sum=%016llx", (unsigned long long)mib, (unsigned long long)h);
+}
+
+static int cmd_disksum(char **av, int ac, char *out, size_t outsz)
+{
+    uint64_t mib = 0;
+    if (ac >= 1 && (parse_u64(av[0], &mib) || mib == 0))
+        return snprintf(out, outsz, "err usage: disksum [MiB]");
+    /* O_DIRECT so we hash what is on the disk, not the page cache. */
+    int fd = open(DISK, O_RDONLY | O_DIRECT | O_CLOEXEC);
+    if (fd < 0 && errno == EINVAL)
+        fd = open(DISK, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return disk_open_error(out, outsz);
+    uint64_t size = 0;
+    if (ioctl(fd, BLKGETSIZE64, &size)) {
+        close(fd);
+        return snprintf(out, outsz, "err size of %s: %s", DISK, strerror(errno));
+    }
+    if (mib && mib * MIB < size)
+        size = mib * MIB;
+    void *buf = NULL;
+    if (posix_memalign(&buf, PAGE, MIB)) {
+        close(fd);
+        return snprintf(out, outsz, "err out of memory");
+    }
+    uint64_t h = FNV_OFFSET, done = 0;
+    while (done < size) {
+        size_t want = size - done < MIB ? (size_t)(size - done) : MIB;
+        ssize_t n = pread(fd, buf, want, (off_t)done);
+        if (n <= 0)
+            break;
+        h = fnv1a(h, buf, (size_t)n);
+        done += (uint64_t)n;
+    }
+    free(buf);
+    close(fd);
+    if (done < size)
+        return snprintf(out, outsz, "err read stopped at byte %llu", (unsigned long long)done);
+    return snprintf(out, outsz, "ok bytes=%llu sum=%016llx", (unsigned long long)done, (unsigned long long)h);
+}
+
+/* ---------- (2)-(5) control socket ---------- */
+
+static int cmd_info(char *out, size_t outsz)
+{
+    struct sysinfo si;
+    unsigned long long mem_kib = 0;
+    if (sysinfo(&si) == 0)
+        mem_kib = (unsigned long long)si.totalram * si.mem_unit / 1024;
+    return snprintf(out, outsz, "ok name=%s boot_id=%s uptime_ms=%llu mem_total_kib=%llu hb_sent=%llu dirty_mibs=%.2f",
+                    cfg.name, boot_id_text, (unsigned long long)(clock_ns(CLOCK_BOOTTIME) / 1000000ULL), mem_kib,
+                    (unsigned long long)atomic_load(&hb_sent), atomic_load(&dirty_measured));
+}
+
+/* Runs one "C <reqid> <cmd> [args]" line; returns 1 if we must power off. */
+static int run_command(char *line, char *reply, size_t replysz)
+{
+    char *av[16], *save = NULL;
+    int ac = 0;
+    for (char *t = strtok_r(line, " \t\r\n", &save); t && ac < 16; t = strtok_r(NULL, " \t\r\n", &save))
+        av[ac++] = t;
+    /* av[0] is "C" */
+    if (ac < 3) {
+        snprintf(reply, replysz, "R %s err usage: C <reqid> <cmd> [args]", ac > 1 ? av[1] : "-");
+        return 0;
+    }
+    int n = snprintf(reply, replysz, "R %.64s ", av[1]);
+    char *out = reply + n;
+    size_t outsz = replysz - (size_t)n;
+    const char *cmd = av[2];
+    char **args = av + 3;
+    int nargs = ac - 3;
+
+    if (!strcmp(cmd, "ping"))
+        snprintf(out, outsz, "ok");
+    else if (!strcmp(cmd, "info"))
+        cmd_info(out, outsz);
+    else if (!strcmp(cmd, "dirty"))
+        cmd_dirty(args, nargs, out, outsz);
+    else if (!strcmp(cmd, "fill"))
+        cmd_fill(args, nargs, out, outsz);
+    else if (!strcmp(cmd, "verify"))
+        cmd_verify(out, outsz);
+    else if (!strcmp(cmd, "diskwrite"))
+        cmd_diskwrite(args, nargs, out, outsz);
+    else if (!strcmp(cmd, "disksum"))
+        cmd_disksum(args, nargs, out, outsz);
+    else if (!strcmp(cmd, "poweroff")) {
+        snprintf(out, outsz, "ok");
+        return 1;
+    } else
+        snprintf(out, outsz, "err unknown command");
+    return 0;
+}
+
+static void serve(int fd)
+{
+    char buf[2048], reply[1024];
+    for (;;) {
+        struct sockaddr_in from;
+        socklen_t fromlen = sizeof from;
+        ssize_t n = recvfrom(fd, buf, sizeof buf - 1, 0, (struct sockaddr *)&from, &fromlen);
+        if (n <= 0)
+            continue;
+        if (buf[0] == 'E') { /* echo probe: answer as fast as we can */
+            sendto(fd, buf, (size_t)n, 0, (struct sockaddr *)&from, fromlen);
+            continue;
+        }
+        if (n < 2 || buf[0] != 'C' || buf[1] != ' ')
+            continue;
+        buf[n] = 0;
+        int off = run_command(buf, reply, sizeof reply);
+        sendto(fd, reply, strlen(reply), 0, (struct sockaddr *)&from, fromlen);
+        if (off) {
+            /* Cold migration wants a clean stop: flush, then power off. */
+            sync();
+            reboot(RB_POWER_OFF);
+            console("LAB-AGENT-ERROR poweroff: %s", strerror(errno));
+        }
+    }
+}
+
+int main(void)
+{
+    read_cmdline();
+    read_boot_id();
+
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        fatal("control socket");
+    struct sockaddr_in any = {.sin_family = AF_INET,
+                              .sin_port = htons((uint16_t)cfg.ctl_port),
+                              .sin_addr.s_addr = htonl(INADDR_ANY)};
+    if (bind(fd, (struct sockaddr *)&any, sizeof any))
+        fatal("bind control port");
+
+    if (cfg.have_runner && cfg.hb_port > 0 && !cfg.probe) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, heartbeat_main, NULL))
+            fatal("start heartbeat thread");
+    }
+    /* READY only once both sockets exist: the runner may talk right away. */
+    console("LAB-AGENT-READY name=%s boot_id=%s", cfg.name, boot_id_text);
+    if (cfg.probe)
+        return 0;
+    serve(fd);
+    return 0;
+}

@@ -1,0 +1,213 @@
+"""A lab guest: libvirt domain XML, lifecycle, and the probes attached to it."""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import libvirt
+
+from lab.errors import GuestError
+from lab.guest.addresses import AddressPool, mac_for
+from lab.guest.control import AgentControl
+from lab.hosts import Host
+from lab.probes import EchoProber, HeartbeatReceiver
+
+EMULATOR = "/usr/bin/qemu-system-x86_64"
+CTL_PORT = 7777
+_serial = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class GuestConfig:
+    name: str
+    memory_mib: int
+    vcpus: int
+    address: str
+    prefixlen: int
+    runner: str
+    heartbeat_port: int
+    heartbeat_us: int
+    kernel: str
+    initrd: str
+    domain_type: str = "qemu"
+    cpu_model: str = "qemu64"
+    disk: str | None = None
+    disk_format: str = "qcow2"
+    bridge: str = "br0"
+    emulator: str = EMULATOR
+
+    @property
+    def mac(self) -> str:
+        return mac_for(self.address)
+
+    @property
+    def cmdline(self) -> str:
+        return (f"console=ttyS0 quiet panic=-1 lab.name={self.name} lab.ip={self.address}/{self.prefixlen} "
+                f"lab.runner={self.runner} lab.hb_port={self.heartbeat_port} lab.hb_us={self.heartbeat_us} "
+                f"lab.ctl_port={CTL_PORT}")
+
+
+def domain_xml(cfg: GuestConfig) -> str:
+    disk = ""
+    if cfg.disk:
+        disk = (f"<disk type='file' device='disk'><driver name='qemu' type='{cfg.disk_format}' cache='none'/>"
+                f"<source file='{escape(cfg.disk)}'/><target dev='vda' bus='virtio'/></disk>")
+    return f"""<domain type='{cfg.domain_type}'>
+  <name>{escape(cfg.name)}</name>
+  <memory unit='MiB'>{cfg.memory_mib}</memory>
+  <vcpu>{cfg.vcpus}</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{escape(cfg.kernel)}</kernel>
+    <initrd>{escape(cfg.initrd)}</initrd>
+    <cmdline>{escape(cfg.cmdline)}</cmdline>
+  </os>
+  <cpu mode='custom' match='exact' check='none'><model fallback='forbid'>{cfg.cpu_model}</model></cpu>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>{cfg.emulator}</emulator>
+    {disk}
+    <interface type='bridge'>
+      <source bridge='{cfg.bridge}'/>
+      <mac address='{cfg.mac}'/>
+      <model type='virtio'/>
+    </interface>
+    <serial type='file'><source path='/var/log/libvirt/qemu/{escape(cfg.name)}.serial' append='on'/><target port='0'/></serial>
+    <console type='file'><source path='/var/log/libvirt/qemu/{escape(cfg.name)}.serial' append='on'/><target type='serial' port='0'/></console>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+@dataclass
+class Guest:
+    """A running lab guest and the runner-side probes attached to it."""
+    config: GuestConfig
+    host: Host  # where it runs now
+    heartbeats: HeartbeatReceiver
+    control: AgentControl
+    boot_id: str = ""
+    probes: list = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def address(self) -> str:
+        return self.config.address
+
+    def domain(self, host: Host | None = None) -> libvirt.virDomain:
+        host = host or self.host
+        try:
+            return host.connect().lookupByName(self.name)
+        except libvirt.libvirtError as exc:
+            raise GuestError(f"{self.name}: not found on {host.name}: {exc.get_error_message()}") from None
+
+    def agent(self, cmd: str, *args: object, timeout: float = 10.0) -> dict[str, str]:
+        return self.control.command(cmd, *args, timeout=timeout)
+
+    def info(self) -> dict[str, str]:
+        return self.agent("info")
+
+    def wait_ready(self, timeout: float = 90.0) -> float:
+        """Seconds until the first heartbeat arrived; then the agent must answer `info`."""
+        started = time.monotonic()
+        if not self.heartbeats.first.wait(timeout):
+            raise GuestError(f"{self.name}: no heartbeat within {timeout:.0f} s on {self.host.name} "
+                             f"(serial log: {self.host.name}:/var/log/libvirt/qemu/{self.name}.serial)")
+        first = time.monotonic() - started
+        self.boot_id = self.info()["boot_id"]
+        return first
+
+    def echo_prober(self, interval_us: int = 1000) -> EchoProber:
+        prober = EchoProber(self.config.runner, self.address, CTL_PORT, interval_us)
+        self.probes.append(prober)
+        return prober
+
+    def locate(self, hosts: tuple[Host, ...]) -> list[Host]:
+        """Hosts on which this guest is running now (more than one is a split brain)."""
+        found = []
+        for host in hosts:
+            try:
+                dom = host.connect().lookupByName(self.name)
+                if dom.isActive():
+                    found.append(host)
+            except libvirt.libvirtError:
+                continue
+        return found
+
+
+def unique_guest_name(prefix: str = "g") -> str:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    return f"{prefix}-{worker}-{os.getpid()}-{next(_serial)}"
+
+
+def create_guest(lab, host: Host, *, name: str | None = None, memory_mib: int | None = None,
+                 with_disk: bool = True, cpu_model: str = "qemu64", wait: bool = True) -> Guest:
+    """Define and start a fresh guest on `host`; its disk lives on the lab's storage path."""
+    name = name or unique_guest_name()
+    pool = AddressPool(lab.dir, lab.config.network.guest_range)
+    address = pool.allocate(name)
+    heartbeats = HeartbeatReceiver(lab.runner_address)
+    control = AgentControl(lab.runner_address, address, CTL_PORT)
+    disk = str(lab.storage.path / f"{name}.qcow2") if with_disk else None
+    cfg = GuestConfig(
+        name=name, memory_mib=memory_mib or lab.config.guest.memory_mib, vcpus=lab.config.guest.vcpus,
+        address=address, prefixlen=lab.config.network.prefixlen, runner=lab.runner_address,
+        heartbeat_port=heartbeats.port, heartbeat_us=lab.config.guest.heartbeat_us,
+        kernel=lab.image["kernel"], initrd=lab.image["initrd"], domain_type=lab.domain_type,
+        cpu_model=cpu_model, disk=disk)
+    guest = Guest(cfg, host, heartbeats, control)
+    try:
+        if disk:
+            host.run(f"qemu-img create -q -f qcow2 {disk} {lab.config.guest.disk_mib}M")
+        try:
+            host.connect().defineXML(domain_xml(cfg)).create()
+        except libvirt.libvirtError as exc:
+            raise GuestError(f"{name}: cannot start on {host.name}: {exc.get_error_message()}") from None
+        if wait:
+            guest.wait_ready()
+    except BaseException:
+        remove_guest(lab, guest)
+        raise
+    return guest
+
+
+def remove_guest(lab, guest: Guest) -> None:
+    """Destroy and undefine the guest wherever it is, delete its disk, free its address."""
+    for host in lab.hosts:
+        try:
+            dom = host.connect().lookupByName(guest.name)
+        except libvirt.libvirtError:
+            continue
+        try:
+            if dom.isActive():
+                dom.destroy()
+        except libvirt.libvirtError:
+            pass
+        try:
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        except libvirt.libvirtError:
+            pass
+    if guest.config.disk:
+        for host in lab.hosts if not lab.storage.shared else lab.hosts[:1]:
+            host.run(f"rm -f {guest.config.disk}", check=False)
+    for probe in guest.probes:
+        probe.close()
+    guest.heartbeats.close()
+    guest.control.close()
+    AddressPool(lab.dir, lab.config.network.guest_range).release(guest.address)
+
+
+def serial_log_path(lab, host: Host, name: str) -> Path:
+    """Where the embedded lab keeps a guest's serial log, seen from the runner."""
+    return lab.dir / "hosts" / host.name / "log-libvirt" / "qemu" / f"{name}.serial"

@@ -1,0 +1,105 @@
+"""A Host: what every backend yields and every suite uses.
+
+Name + address + libvirt URI + SSH target. The suites never ask which backend
+made a host; they reach it over SSH and libvirt like a real machine.
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab.errors import LabError
+
+_conn_cache: dict[str, object] = {}
+_quiet = False
+
+
+def _silence_libvirt() -> None:
+    """libvirt prints every error to stderr by default; the harness reports them itself."""
+    global _quiet
+    if not _quiet:
+        import libvirt
+
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        _quiet = True
+_conn_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str
+    ssh_user: str
+    ssh_key: Path
+    libvirt_uri: str
+    ssh_config: Path | None = None  # client config with the lab's known_hosts, when the backend made one
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def ssh_target(self) -> str:
+        return f"{self.ssh_user}@{self.address}"
+
+    def ssh_options(self) -> list[str]:
+        if self.ssh_config:
+            return ["-F", str(self.ssh_config)]
+        return ["-i", str(self.ssh_key), "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5"]
+
+    def ssh_argv(self, command: str | None = None) -> list[str]:
+        argv = ["ssh", *self.ssh_options(), self.ssh_target]
+        return argv + [command] if command else argv
+
+    def run(self, command: str, *, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run a shell command on the host over SSH."""
+        try:
+            proc = subprocess.run(self.ssh_argv(command), capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise LabError(f"{self.name}: `{command}` over ssh timed out after {timeout:.0f} s") from None
+        if check and proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+            raise LabError(f"{self.name}: `{command}` failed: {last}")
+        return proc
+
+    def connect(self, fresh: bool = False):
+        """A libvirt connection to this host over qemu+ssh, shared per process."""
+        import libvirt
+
+        _silence_libvirt()
+        with _conn_lock:
+            conn = None if fresh else _conn_cache.get(self.libvirt_uri)
+            if conn is not None:
+                try:
+                    if conn.isAlive():
+                        return conn
+                except libvirt.libvirtError:
+                    pass
+            try:
+                conn = libvirt.open(self.libvirt_uri)
+            except libvirt.libvirtError as exc:
+                raise LabError(f"{self.name}: cannot connect to {self.libvirt_uri}: {exc.get_error_message()}") from None
+            if not fresh:
+                _conn_cache[self.libvirt_uri] = conn
+            return conn
+
+    def testinfra(self):
+        """A testinfra host over paramiko, for checks written the testinfra way."""
+        import testinfra
+
+        return testinfra.get_host(f"paramiko://{self.ssh_target}", ssh_identity_file=str(self.ssh_key))
+
+    def shell_quote(self, *args: str) -> str:
+        return " ".join(shlex.quote(a) for a in args)
+
+
+def forget_connections() -> None:
+    """Drop cached libvirt connections (after the lab went down and up again)."""
+    with _conn_lock:
+        for conn in _conn_cache.values():
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a dead connection may fail to close; nothing to do
+                pass
+        _conn_cache.clear()

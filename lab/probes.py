@@ -1,0 +1,186 @@
+"""Downtime probes seen from the runner: guest heartbeats and UDP echo replies.
+
+Both record the kernel's receive timestamp of every datagram (SO_TIMESTAMPNS),
+so Python's scheduling jitter does not enter the gaps they report.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from array import array
+from dataclasses import dataclass
+
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+HEARTBEAT = struct.Struct("<4sIQQ16sQ")  # magic, flags, seq, guest monotonic ns, boot id, uptime ms
+ECHO = struct.Struct("<cQQ")  # 'E', seq, sent (realtime ns)
+CMSG_SPACE = socket.CMSG_SPACE(16)
+
+
+def _timestamped_socket(bind_address: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind((bind_address, 0))
+    sock.settimeout(0.2)
+    return sock
+
+
+def _recv_stamped(sock: socket.socket, size: int = 128) -> tuple[bytes, int] | None:
+    """One datagram and its kernel receive time (CLOCK_REALTIME ns), or None on timeout."""
+    try:
+        data, ancdata, _flags, _addr = sock.recvmsg(size, CMSG_SPACE)
+    except (socket.timeout, BlockingIOError):
+        return None
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
+            sec, nsec = struct.unpack("qq", payload[:16])
+            return data, sec * 1_000_000_000 + nsec
+    return data, time.time_ns()
+
+
+@dataclass(frozen=True)
+class GapStats:
+    """What a probe saw inside one time window."""
+    received: int
+    max_gap_ms: float
+    lost: int  # heartbeats: sequence numbers never seen; echo: probes never answered
+    reordered: int
+    duplicates: int
+    gap_start_ns: int = 0  # when the largest gap began (realtime)
+
+
+def _max_gap(times: list[int]) -> tuple[float, int]:
+    best, start = 0, 0
+    for a, b in zip(times, times[1:]):
+        if b - a > best:
+            best, start = b - a, a
+    return best / 1e6, start
+
+
+class HeartbeatReceiver:
+    """Receives one guest's heartbeats on an ephemeral UDP port of the runner."""
+
+    def __init__(self, bind_address: str):
+        self.sock = _timestamped_socket(bind_address)
+        self.port = self.sock.getsockname()[1]
+        self.seqs = array("Q")
+        self.times = array("q")
+        self.boot_ids: list[bytes] = []
+        self.first = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeats:{self.port}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            got = _recv_stamped(self.sock)
+            if got is None:
+                continue
+            data, stamp = got
+            if len(data) < HEARTBEAT.size or data[:4] != b"LHB1":
+                continue
+            _magic, _flags, seq, _mono, boot_id, _uptime = HEARTBEAT.unpack_from(data)
+            self.seqs.append(seq)
+            self.times.append(stamp)
+            if not self.boot_ids or self.boot_ids[-1] != boot_id:
+                self.boot_ids.append(boot_id)
+            self.first.set()
+
+    def count(self) -> int:
+        return len(self.seqs)
+
+    def last_time(self) -> int:
+        return self.times[-1] if self.times else 0
+
+    def window(self, start_ns: int, end_ns: int) -> GapStats:
+        """Largest gap between consecutive heartbeats arriving in [start, end], and sequence accounting."""
+        n = len(self.times)
+        idx = [i for i in range(n) if start_ns <= self.times[i] <= end_ns]
+        if not idx:
+            return GapStats(0, (end_ns - start_ns) / 1e6, 0, 0, 0, start_ns)
+        times = [self.times[i] for i in idx]
+        seqs = [self.seqs[i] for i in idx]
+        # The window's edges count as heartbeats: silence at either end is a gap too.
+        gap, gap_start = _max_gap([start_ns, *times, end_ns])
+        reordered = sum(1 for a, b in zip(seqs, seqs[1:]) if b < a)
+        unique = set(seqs)
+        duplicates = len(seqs) - len(unique)
+        lost = (max(unique) - min(unique) + 1) - len(unique)
+        return GapStats(len(seqs), gap, lost, reordered, duplicates, gap_start)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+
+class EchoProber:
+    """Sends UDP echo probes to the guest at a fixed interval and records the replies."""
+
+    def __init__(self, bind_address: str, guest_ip: str, port: int = 7777, interval_us: int = 1000):
+        self.sock = _timestamped_socket(bind_address)
+        self.sock.connect((guest_ip, port))
+        self.interval_ns = interval_us * 1000
+        self.sent = 0
+        self.reply_seqs = array("Q")
+        self.reply_times = array("q")
+        self._stop = threading.Event()
+        self._sender = threading.Thread(target=self._send_loop, name=f"echo-send:{guest_ip}", daemon=True)
+        self._receiver = threading.Thread(target=self._recv_loop, name=f"echo-recv:{guest_ip}", daemon=True)
+        self._receiver.start()
+        self._sender.start()
+
+    def _send_loop(self) -> None:
+        next_at = time.monotonic_ns()
+        seq = 0
+        while not self._stop.is_set():
+            seq += 1
+            try:
+                self.sock.send(ECHO.pack(b"E", seq, time.time_ns()))
+                self.sent = seq
+            except OSError:
+                pass  # unreachable for a moment (e.g. during switchover): the missing reply is the signal
+            next_at += self.interval_ns
+            delay = next_at - time.monotonic_ns()
+            if delay > 0:
+                time.sleep(delay / 1e9)
+            else:
+                next_at = time.monotonic_ns()  # late: re-anchor rather than burst
+
+    def _recv_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                got = _recv_stamped(self.sock)
+            except OSError:  # ICMP unreachable surfaces as ECONNREFUSED on a connected socket
+                time.sleep(0.001)
+                continue
+            if got is None:
+                continue
+            data, stamp = got
+            if len(data) >= ECHO.size and data[:1] == b"E":
+                _e, seq, _sent = ECHO.unpack_from(data)
+                self.reply_seqs.append(seq)
+                self.reply_times.append(stamp)
+
+    def window(self, start_ns: int, end_ns: int) -> GapStats:
+        idx = [i for i in range(len(self.reply_times)) if start_ns <= self.reply_times[i] <= end_ns]
+        times = [self.reply_times[i] for i in idx]
+        seqs = [self.reply_seqs[i] for i in idx]
+        gap, gap_start = _max_gap([start_ns, *times, end_ns])
+        if not seqs:
+            return GapStats(0, gap, 0, 0, 0, gap_start)
+        unique = set(seqs)
+        lost = (max(unique) - min(unique) + 1) - len(unique)
+        reordered = sum(1 for a, b in zip(seqs, seqs[1:]) if b < a)
+        return GapStats(len(seqs), gap, lost, reordered, len(seqs) - len(unique), gap_start)
+
+    def replies(self) -> int:
+        return len(self.reply_seqs)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sender.join(timeout=2)
+        self._receiver.join(timeout=2)
+        self.sock.close()

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Install what the lab and suites need: system packages, then the project in .venv.
+# Idempotent and quick when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(
+  qemu-system-x86 qemu-utils qemu-block-extra
+  libvirt-daemon-system libvirt-clients libvirt-dev
+  openssh-server openssh-client busybox-static cpio iproute2 nftables
+  gcc libc6-dev pkg-config python3-dev python3-venv
+)
+# openEuler names (dnf); libcareplus is packaged there.
+OPENEULER_PACKAGES=(
+  qemu qemu-img libvirt libvirt-devel libvirt-client
+  openssh-server openssh-clients busybox cpio iproute nftables
+  gcc glibc-static pkgconf python3-devel libcareplus
+)
+
+missing_debian() {
+  local pkg missing=()
+  for pkg in "${DEBIAN_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  echo "${missing[@]:-}"
+}
+
+if [ "$(id -u)" != 0 ]; then
+  echo "make setup: run as root (the lab makes namespaces and starts libvirtd)" >&2
+  exit 1
+fi
+
+if command -v apt-get >/dev/null; then
+  missing=$(missing_debian)
+  if [ -n "$missing" ]; then
+    echo "setup: installing Debian packages: $missing"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+  fi
+elif command -v dnf >/dev/null; then
+  dnf install -y -q "${OPENEULER_PACKAGES[@]}"
+else
+  echo "make setup: neither apt-get nor dnf found; install the packages listed in scripts/setup.sh by hand" >&2
+  exit 1
+fi
+
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -e "$stamp" ]; then
+  echo "setup: creating .venv and installing the project"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e .
+  rm -f .venv/.installed-* && touch "$stamp"
+fi
+echo "setup: ready (.venv/bin/python -m lab status)"
