@@ -44,9 +44,9 @@ class GuestSpec:
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    subnet: str = "198.18.0.0/15"
+    subnet: str = "198.18.0.0/16"
     runner_address: str = "198.18.0.1"
-    guest_range: str = "198.19.0.0/16"
+    guest_range: str = "198.18.128.0/17"
     mtu: int = 1500
 
     @property
@@ -115,6 +115,9 @@ def _check_not_private(net: ipaddress.IPv4Network, where: str) -> None:
             raise ConfigError(f"{where}: {net} overlaps private range {bad}; use addresses inside 198.18.0.0/15")
 
 
+LAB_RANGE = ipaddress.IPv4Network("198.18.0.0/15")  # RFC 2544 benchmarking range: never routed publicly
+
+
 def _parse_network(data: dict) -> NetworkSpec:
     where = "network"
     _reject_unknown(data, ("subnet", "runner_address", "guest_range", "mtu"), where)
@@ -124,6 +127,8 @@ def _parse_network(data: dict) -> NetworkSpec:
     except ValueError:
         raise ConfigError(f"network.subnet: {data.get('subnet')!r} is not an IPv4 network like 198.18.0.0/15") from None
     _check_not_private(subnet, "network.subnet")
+    if not subnet.subnet_of(LAB_RANGE):
+        raise ConfigError(f"network.subnet: {subnet} is outside {LAB_RANGE}; lab networks stay inside it")
     runner = _ipv4(data.get("runner_address", defaults.runner_address), "network.runner_address")
     if runner not in subnet:
         raise ConfigError(f"network.runner_address: {runner} is not inside network.subnet {subnet}")

@@ -85,9 +85,11 @@ class Host:
             return conn
 
     def testinfra(self):
-        """A testinfra host over paramiko, for checks written the testinfra way."""
+        """A testinfra host over SSH (the lab's client config when there is one), for testinfra-style checks."""
         import testinfra
 
+        if self.ssh_config:
+            return testinfra.get_host(f"ssh://{self.ssh_target}", ssh_config=str(self.ssh_config))
         return testinfra.get_host(f"paramiko://{self.ssh_target}", ssh_identity_file=str(self.ssh_key))
 
     def shell_quote(self, *args: str) -> str:

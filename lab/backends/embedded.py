@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import asdict
@@ -37,7 +38,10 @@ from lab.state import HostState, LabState, lab_dir
 QEMU = "/usr/bin/qemu-system-x86_64"
 REQUIRED_TOOLS = ("ip", "unshare", "nsenter", "libvirtd", "virtlogd", "ssh", "ssh-keygen", "qemu-img")
 DAEMON_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
-NS_BRIDGE = "br0"  # inside each host: guests' taps and the host's veth hang here
+NS_BRIDGE = "br0"
+# libvirtd probes QEMU's capabilities on first use (seconds under TCG). Seeding each
+# host's cache from the last lab's is safe: libvirtd re-probes if QEMU or libvirt changed.
+CAPS_CACHE = Path("/var/cache/kvm-acceptance-lab/libvirt-qemu-capabilities")  # inside each host: guests' taps and the host's veth hang here
 
 
 def config_digest(config: LabConfig) -> str:
@@ -161,9 +165,23 @@ class EmbeddedBackend:
             state.save()
             self._start_daemons(host)
             state.save()
-        progress("waiting for libvirtd and sshd on every host")
-        for host in state.hosts:
-            self._wait_ready(host)
+        progress("waiting for libvirtd (QEMU capabilities) and sshd on every host")
+        errors: list[BaseException] = []
+
+        def ready(host: HostState) -> None:
+            try:
+                self._wait_ready(host)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below in the caller's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=ready, args=(h,)) for h in state.hosts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        _save_caps_cache(self.host_dir(state.hosts[0].name) / "cache-libvirt" / "qemu" / "capabilities")
         state.ready = True
         state.save()
         progress(f"lab {cfg.name} up in {time.monotonic() - started:.1f} s")
@@ -200,6 +218,7 @@ class EmbeddedBackend:
         (hdir / "local").mkdir(exist_ok=True)
         (hdir / "log-libvirt" / "qemu").mkdir(exist_ok=True)
         (hdir / "sshd").mkdir(exist_ok=True)
+        _seed_caps_cache(hdir / "cache-libvirt" / "qemu" / "capabilities")
         copy_libvirt_config(hdir / "etc-libvirt")
         write_libvirtd_conf(hdir / "etc-libvirt", host.host_uuid)
         write_qemu_conf(hdir / "etc-libvirt")
@@ -259,6 +278,7 @@ class EmbeddedBackend:
         sock = self.host_dir(host.name) / "run-libvirt" / "libvirt-sock"
         if not _wait_path(sock, 30):
             raise BackendError(f"{host.name}: libvirtd socket did not appear; see {self.host_dir(host.name)}/log-libvirt/libvirtd.log")
+        _warm_libvirtd(host.name, sock)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
@@ -312,6 +332,35 @@ class EmbeddedBackend:
             if any(not _alive(pid) for pid in host.pids.values()) or len(host.pids) < 3:
                 return False
         return True
+
+
+def _warm_libvirtd(name: str, sock: Path) -> None:
+    """Make libvirtd probe QEMU now, so `up` returns a lab that answers at once."""
+    import libvirt
+
+    from lab.hosts import _silence_libvirt
+
+    _silence_libvirt()
+    try:
+        conn = libvirt.open(f"qemu:///system?socket={sock}")
+        conn.getCapabilities()
+        conn.getVersion()
+        conn.getDomainCapabilities(None, "x86_64", None, None, 0)
+        conn.close()
+    except libvirt.libvirtError as exc:
+        raise BackendError(f"{name}: libvirtd does not answer: {exc.get_error_message()}") from None
+
+
+def _seed_caps_cache(dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for xml in CAPS_CACHE.glob("*.xml"):
+        shutil.copy2(xml, dest / xml.name)
+
+
+def _save_caps_cache(src: Path) -> None:
+    CAPS_CACHE.mkdir(parents=True, exist_ok=True)
+    for xml in src.glob("*.xml"):
+        shutil.copy2(xml, CAPS_CACHE / xml.name)
 
 
 def _require_tools() -> None:
