@@ -165,6 +165,10 @@ class EmbeddedBackend:
             state.save()
             self._start_daemons(host)
             state.save()
+            if os.environ.get("LAB_TEST_FAIL_AFTER_HOST") == host.name:
+                # Test hook: no real part fails on demand half-way through `up`, so the
+                # rollback test injects this failure after a host is fully made.
+                raise BackendError(f"{host.name}: injected failure (LAB_TEST_FAIL_AFTER_HOST)")
         progress("waiting for libvirtd (QEMU capabilities) and sshd on every host")
         errors: list[BaseException] = []
 
