@@ -25,7 +25,8 @@ def _config(args) -> LabConfig:
 
 
 def cmd_up(args) -> int:
-    get_backend(_config(args)).up(_progress)
+    # LAB_RUN_ID: the pytest run that follows owns the lab and takes it down at its end.
+    get_backend(_config(args)).up(_progress, owner_run=os.environ.get("LAB_RUN_ID", ""))
     return 0
 
 

@@ -32,6 +32,7 @@ from lab.backends.host_files import (
 )
 from lab.config import LabConfig
 from lab.errors import BackendError, MissingToolError
+from lab.hosts import forget_connections
 from lab.sh import run
 from lab.state import HostState, LabState, lab_dir
 
@@ -298,6 +299,7 @@ class EmbeddedBackend:
                     or netns.link_exists(self.bridge))
 
     def _down_locked(self, progress: Progress) -> None:
+        forget_connections()  # this process's connections die with the daemons
         state = LabState.load(self.config.name)
         names = set(netns.list_netns(f"{self.config.name}-"))
         pids: set[int] = set()
