@@ -557,9 +557,37 @@ static int run_command(char *line, char *reply, size_t replysz)
     return 0;
 }
 
+/* The runner resends a command until it gets the reply; answering a resend
+ * from this cache keeps every command at-most-once (no second fill/diskwrite). */
+#define REPLY_CACHE 8
+static struct {
+    char reqid[65];
+    char reply[1024];
+} replies[REPLY_CACHE];
+static unsigned replies_next;
+
+static const char *cached_reply(const char *line)
+{
+    char reqid[65];
+    if (sscanf(line, "C %64s", reqid) != 1)
+        return NULL;
+    for (unsigned i = 0; i < REPLY_CACHE; i++)
+        if (replies[i].reqid[0] && !strcmp(replies[i].reqid, reqid))
+            return replies[i].reply;
+    return NULL;
+}
+
+static void remember_reply(const char *line, const char *reply)
+{
+    unsigned i = replies_next++ % REPLY_CACHE;
+    if (sscanf(line, "C %64s", replies[i].reqid) != 1)
+        replies[i].reqid[0] = 0;
+    snprintf(replies[i].reply, sizeof replies[i].reply, "%s", reply);
+}
+
 static void serve(int fd)
 {
-    char buf[2048], reply[1024];
+    char buf[2048], line[2048], reply[1024];
     for (;;) {
         struct sockaddr_in from;
         socklen_t fromlen = sizeof from;
@@ -573,7 +601,14 @@ static void serve(int fd)
         if (n < 2 || buf[0] != 'C' || buf[1] != ' ')
             continue;
         buf[n] = 0;
+        const char *again = cached_reply(buf);
+        if (again) {
+            sendto(fd, again, strlen(again), 0, (struct sockaddr *)&from, fromlen);
+            continue;
+        }
+        memcpy(line, buf, (size_t)n + 1); /* run_command tokenizes buf in place */
         int off = run_command(buf, reply, sizeof reply);
+        remember_reply(line, reply);
         sendto(fd, reply, strlen(reply), 0, (struct sockaddr *)&from, fromlen);
         if (off) {
             /* Cold migration wants a clean stop: flush, then power off. */

@@ -145,7 +145,7 @@ def _apt_show(pkg: str) -> dict[str, str]:
 
 
 def _busybox_version() -> str:
-    out = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}|${Version}", "busybox-static"],
+    out = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}|${Version}", "busybox-static"], check=False,
                          capture_output=True, text=True)
     status, _, version = out.stdout.partition("|")
     if out.returncode or not status.startswith("ii") or not BUSYBOX.is_file():
@@ -377,7 +377,7 @@ def _run(argv: list[str], what: str, fix: str = "", cwd: str | Path | None = Non
     """Run argv and return stdout; failure becomes a one-line ImageError."""
     env = dict(os.environ, LC_ALL="C")
     try:
-        proc = subprocess.run(argv, capture_output=True, cwd=cwd, input=input, env=env,
+        proc = subprocess.run(argv, check=False, capture_output=True, cwd=cwd, input=input, env=env,
                               stdin=None if input is not None else subprocess.DEVNULL)
     except FileNotFoundError:
         raise ImageError(f"{argv[0]} not found: {fix or SETUP_HINT}") from None
