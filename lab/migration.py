@@ -24,6 +24,8 @@ class MigrationParams:
     p2p: bool = True
     tunnelled: bool = False
     auto_converge: bool = False
+    auto_converge_initial_pct: int = 0  # 0: QEMU's default (20)
+    auto_converge_increment_pct: int = 0  # 0: QEMU's default (10)
     parallel_connections: int = 0  # > 0: multifd with this many connections
     compression: str | None = None  # e.g. "xbzrle"
     copy_storage: bool = False  # copy non-shared disks (VIR_MIGRATE_NON_SHARED_DISK)
@@ -64,6 +66,10 @@ class MigrationParams:
             params[libvirt.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS] = self.parallel_connections
         if self.compression:
             params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION] = self.compression
+        if self.auto_converge and self.auto_converge_initial_pct:
+            params[libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL] = self.auto_converge_initial_pct
+        if self.auto_converge and self.auto_converge_increment_pct:
+            params[libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT] = self.auto_converge_increment_pct
         return params
 
 

@@ -28,6 +28,9 @@ def pytest_addoption(parser):
     group.addoption("--lab", choices=("embedded", "vagrant", "static"), help="lab backend, overriding lab.yaml")
     group.addoption("--keep-lab", action="store_true", help="leave the lab up after the run")
     group.addoption("--report-dir", metavar="DIR", help="where this run's records go (default: reports/<run-id>)")
+    group.addoption("--thresholds", metavar="PATH", help="thresholds.yaml to use (default: the repo's)")
+    group.addoption("--repeat", type=int, default=3, metavar="N",
+                    help="repetitions of each measured scenario (default 3); verdicts use the p95")
 
 
 def _is_controller(config) -> bool:
@@ -138,6 +141,45 @@ def src_host(lab):
 @pytest.fixture(scope="session")
 def dst_host(lab):
     return lab.hosts[1]
+
+
+@pytest.fixture(scope="session")
+def thresholds(pytestconfig):
+    from lab.thresholds import load_thresholds
+
+    try:
+        return load_thresholds(pytestconfig.getoption("thresholds"))
+    except LabError as exc:
+        pytest.exit(f"kvm-lab: {exc}", returncode=4)
+
+
+@pytest.fixture(scope="session")
+def repeat(pytestconfig) -> int:
+    count = pytestconfig.getoption("repeat")
+    if count < 1:
+        pytest.exit("kvm-lab: --repeat: must be at least 1", returncode=4)
+    return count
+
+
+@pytest.fixture(scope="session")
+def host_versions(lab) -> dict:
+    """QEMU, libvirt and kernel versions of every host, for the records."""
+    from lab.session import host_versions as versions_of
+
+    return {h.name: versions_of(h) for h in lab.hosts}
+
+
+@pytest.fixture
+def record(request, report_dir):
+    """Append a typed record to results.jsonl; `figures` also go out as JUnit properties."""
+    from lab.results import append_record
+
+    def write(doc: dict, figures: dict | None = None) -> None:
+        append_record(report_dir, {"test": request.node.nodeid, **doc})
+        for key, value in (figures or {}).items():
+            request.node.user_properties.append((key, value))
+
+    return write
 
 
 @pytest.fixture(scope="session")

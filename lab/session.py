@@ -41,6 +41,15 @@ class Lab:
     def image(self) -> dict:
         return self.state.extra["image"]
 
+    @property
+    def storage_is_undetectable_share(self) -> bool:
+        """The embedded shared directory is shared, but libvirt cannot tell (so VIR_MIGRATE_UNSAFE)."""
+        return self.state.backend == "embedded"
+
+    def storage_path(self, mode: str) -> Path:
+        """Where disks live for a storage mode: one shared directory, or a per-host one at the same path."""
+        return self.dir / ("local" if mode == "local" else "shared")
+
     def host(self, name: str) -> Host:
         for h in self.hosts:
             if h.name == name:

@@ -96,6 +96,7 @@ class Guest:
     control: AgentControl
     boot_id: str = ""
     probes: list = field(default_factory=list)
+    storage: str = "shared"
 
     @property
     def name(self) -> str:
@@ -152,21 +153,23 @@ def unique_guest_name(prefix: str = "g") -> str:
 
 
 def create_guest(lab, host: Host, *, name: str | None = None, memory_mib: int | None = None,
-                 with_disk: bool = True, cpu_model: str = "qemu64", wait: bool = True) -> Guest:
+                 with_disk: bool = True, cpu_model: str = "qemu64", wait: bool = True,
+                 storage: str | None = None) -> Guest:
     """Define and start a fresh guest on `host`; its disk lives on the lab's storage path."""
     name = name or unique_guest_name()
     pool = AddressPool(lab.dir, lab.config.network.guest_range)
     address = pool.allocate(name)
     heartbeats = HeartbeatReceiver(lab.runner_address)
     control = AgentControl(lab.runner_address, address, CTL_PORT)
-    disk = str(lab.storage.path / f"{name}.qcow2") if with_disk else None
+    storage = storage or lab.storage.mode
+    disk = str(lab.storage_path(storage) / f"{name}.qcow2") if with_disk else None
     cfg = GuestConfig(
         name=name, memory_mib=memory_mib or lab.config.guest.memory_mib, vcpus=lab.config.guest.vcpus,
         address=address, prefixlen=lab.config.network.prefixlen, runner=lab.runner_address,
         heartbeat_port=heartbeats.port, heartbeat_us=lab.config.guest.heartbeat_us,
         kernel=lab.image["kernel"], initrd=lab.image["initrd"], domain_type=lab.domain_type,
         cpu_model=cpu_model, disk=disk)
-    guest = Guest(cfg, host, heartbeats, control)
+    guest = Guest(cfg, host, heartbeats, control, storage=storage)
     try:
         if disk:
             host.run(f"qemu-img create -q -f qcow2 {disk} {lab.config.guest.disk_mib}M")
@@ -199,7 +202,7 @@ def remove_guest(lab, guest: Guest) -> None:
         except libvirt.libvirtError:
             pass
     if guest.config.disk:
-        for host in lab.hosts if not lab.storage.shared else lab.hosts[:1]:
+        for host in lab.hosts if guest.storage == "local" else lab.hosts[:1]:
             host.run(f"rm -f {guest.config.disk}", check=False)
     for probe in guest.probes:
         probe.close()

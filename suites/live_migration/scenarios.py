@@ -1,0 +1,46 @@
+"""Live migration scenarios as data: what the guest does, how it is migrated, what must happen.
+
+The "link" of the dirty-rate scenarios is the migration bandwidth cap
+(LINK_MIBS): it makes "dirtying faster than the link" the same on every lab,
+however fast its real network is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from lab.migration import MigrationParams
+
+LINK_MIBS = 16  # MiB/s: the migration bandwidth cap that plays the link's rate
+DIRTY_REGION_MIB = 64
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    params: MigrationParams = field(default_factory=MigrationParams)
+    dirty_mibs: int = 0  # guest memory dirtying rate during the migration
+    storage: str = "shared"  # shared: same disk on both hosts; local: copy it (non-shared)
+    smoke: bool = False
+    ping_pong: bool = False  # 2 x --repeat migrations, alternating direction
+
+    def with_lab(self, lab, dst_address: str) -> MigrationParams:
+        """Fill in what depends on the lab: the migration URI on the lab network, unsafe for undetectable shared storage."""
+        uri = None if self.params.tunnelled else f"tcp://{dst_address}"
+        unsafe = self.storage == "shared" and lab.storage_is_undetectable_share
+        return replace(self.params, migrate_uri=uri, unsafe=unsafe)
+
+
+MEASURED = [
+    Scenario("precopy-idle", smoke=True),
+    Scenario("ping-pong", ping_pong=True),
+    Scenario(f"precopy-dirty-4MiBs-link-{LINK_MIBS}MiBs", MigrationParams(bandwidth_mibs=LINK_MIBS), dirty_mibs=4),
+    Scenario("autoconverge-dirty-64MiBs", MigrationParams(
+        bandwidth_mibs=LINK_MIBS, auto_converge=True, auto_converge_initial_pct=50,
+        auto_converge_increment_pct=25, timeout_s=150), dirty_mibs=64),
+    Scenario("postcopy-dirty-64MiBs", MigrationParams(
+        bandwidth_mibs=LINK_MIBS, mode="postcopy", postcopy_after_iterations=2, timeout_s=150), dirty_mibs=64),
+    Scenario("multifd-2-connections", MigrationParams(parallel_connections=2)),
+    Scenario("xbzrle-dirty-4MiBs", MigrationParams(compression="xbzrle"), dirty_mibs=4),
+    Scenario("tunnelled-p2p", MigrationParams(tunnelled=True)),
+    Scenario("non-shared-storage-copy", MigrationParams(copy_storage=True), storage="local"),
+]
