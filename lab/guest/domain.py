@@ -154,7 +154,7 @@ def unique_guest_name(prefix: str = "g") -> str:
 
 def create_guest(lab, host: Host, *, name: str | None = None, memory_mib: int | None = None,
                  with_disk: bool = True, cpu_model: str = "qemu64", wait: bool = True,
-                 storage: str | None = None) -> Guest:
+                 storage: str | None = None, emulator: str = EMULATOR) -> Guest:
     """Define and start a fresh guest on `host`; its disk lives on the lab's storage path."""
     name = name or unique_guest_name()
     pool = AddressPool(lab.dir, lab.config.network.guest_range)
@@ -168,7 +168,7 @@ def create_guest(lab, host: Host, *, name: str | None = None, memory_mib: int | 
         address=address, prefixlen=lab.config.network.prefixlen, runner=lab.runner_address,
         heartbeat_port=heartbeats.port, heartbeat_us=lab.config.guest.heartbeat_us,
         kernel=lab.image["kernel"], initrd=lab.image["initrd"], domain_type=lab.domain_type,
-        cpu_model=cpu_model, disk=disk)
+        cpu_model=cpu_model, disk=disk, emulator=emulator)
     guest = Guest(cfg, host, heartbeats, control, storage=storage)
     try:
         if disk:

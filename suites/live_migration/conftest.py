@@ -1,6 +1,8 @@
 """Fixtures for the live migration suite: a measured-migration runner that records everything."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from lab.integrity import check_intact, take_fingerprint
@@ -9,10 +11,9 @@ from lab.measure import measure_migration, thresholds_record, verdict
 
 def precreate_disk(guest, host) -> None:
     """Non-shared storage: the destination needs an image of the same size to copy into."""
-    size = guest.config.disk and guest.host.run(f"qemu-img info --output=json {guest.config.disk}").stdout
-    import json
-
-    virtual = json.loads(size)["virtual-size"]
+    # -U: the running guest holds the image's lock; reading its size is safe.
+    info = guest.host.run(f"qemu-img info -U --output=json {guest.config.disk}").stdout
+    virtual = json.loads(info)["virtual-size"]
     host.run(f"qemu-img create -q -f qcow2 {guest.config.disk} {virtual}")
 
 

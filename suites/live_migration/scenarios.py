@@ -12,6 +12,10 @@ from lab.migration import MigrationParams
 
 LINK_MIBS = 16  # MiB/s: the migration bandwidth cap that plays the link's rate
 DIRTY_REGION_MIB = 64
+TCG_DIRTY_DEFECT = (
+    "known defect on this lab's QEMU 7.2 under TCG: a guest that dirties memory through 4 or more precopy "
+    "iterations arrives with lost pages and its kernel panics on the destination (boot id changes; serial "
+    "log: 'RIP: 0010:0x0 ... Kernel panic'); idle guests and <= 3 iterations come through whole")
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,9 @@ class Scenario:
     storage: str = "shared"  # shared: same disk on both hosts; local: copy it (non-shared)
     smoke: bool = False
     ping_pong: bool = False  # 2 x --repeat migrations, alternating direction
+    # Needs several precopy iterations of a dirtying guest: under TCG (QEMU 7.2) such a
+    # guest is often found crashed on the destination (see TCG_DIRTY_DEFECT).
+    tcg_dirty_defect: bool = False
 
     def with_lab(self, lab, dst_address: str) -> MigrationParams:
         """Fill in what depends on the lab: the migration URI on the lab network, unsafe for undetectable shared storage."""
@@ -33,10 +40,11 @@ class Scenario:
 MEASURED = [
     Scenario("precopy-idle", smoke=True),
     Scenario("ping-pong", ping_pong=True),
-    Scenario(f"precopy-dirty-4MiBs-link-{LINK_MIBS}MiBs", MigrationParams(bandwidth_mibs=LINK_MIBS), dirty_mibs=4),
+    Scenario(f"precopy-dirty-4MiBs-link-{LINK_MIBS}MiBs", MigrationParams(bandwidth_mibs=LINK_MIBS), dirty_mibs=4,
+             tcg_dirty_defect=True),
     Scenario("autoconverge-dirty-64MiBs", MigrationParams(
         bandwidth_mibs=LINK_MIBS, auto_converge=True, auto_converge_initial_pct=50,
-        auto_converge_increment_pct=25, timeout_s=150), dirty_mibs=64),
+        auto_converge_increment_pct=25, timeout_s=150), dirty_mibs=64, tcg_dirty_defect=True),
     Scenario("postcopy-dirty-64MiBs", MigrationParams(
         bandwidth_mibs=LINK_MIBS, mode="postcopy", postcopy_after_iterations=2, timeout_s=150), dirty_mibs=64),
     Scenario("multifd-2-connections", MigrationParams(parallel_connections=2)),

@@ -10,8 +10,7 @@ import pytest
 from lab.integrity import check_intact, take_fingerprint
 from lab.migration import MigrationParams, get_max_downtime_ms, migrate
 from lab.stats import Summary
-from suites.live_migration.conftest import precreate_disk
-from suites.live_migration.scenarios import LINK_MIBS, MEASURED, Scenario
+from suites.live_migration.scenarios import LINK_MIBS, MEASURED, TCG_DIRTY_DEFECT, Scenario
 
 pytestmark = pytest.mark.lab
 
@@ -22,7 +21,10 @@ def _marks(scenario: Scenario):
 
 @pytest.mark.timing
 @pytest.mark.parametrize("scenario", [pytest.param(s, id=s.id, marks=_marks(s)) for s in MEASURED])
-def test_measured_migration(scenario, lab, guest_factory, measurement_lock, run_measured):
+def test_measured_migration(request, scenario, lab, guest_factory, measurement_lock, run_measured):
+    if scenario.tcg_dirty_defect and lab.accelerator == "tcg":
+        # Runs all the same: XPASS shows the day the defect is gone; the records keep the evidence.
+        request.applymarker(pytest.mark.xfail(reason=TCG_DIRTY_DEFECT, strict=False))
     guest = guest_factory(storage=scenario.storage)
     _measurements, failures = run_measured(scenario, guest)
     assert not failures, "\n".join(failures)
@@ -119,16 +121,17 @@ def test_cancel_mid_migration_leaves_the_guest_on_the_source(lab, guest, src_hos
         dst_host.connect().lookupByName(guest.name)
 
 
-def test_precreated_destination_disk_is_needed_for_non_shared_copy(lab, guest_factory, src_host, dst_host, shared_lab):
-    """Without an image on the destination, a copy-storage migration refuses and the guest stays put."""
+def test_copy_storage_without_a_destination_image_fails_and_leaves_the_guest_whole(
+        lab, guest_factory, src_host, dst_host, shared_lab, record):
+    """libvirt 9.0 does not pre-create a plain file image for copy-storage: the migration must fail cleanly."""
     guest = guest_factory(storage="local")
     before = take_fingerprint(guest)
     dst_host.run(f"rm -f {guest.config.disk}")
     params = Scenario("copy", MigrationParams(copy_storage=True), storage="local").with_lab(lab, dst_host.address)
     result = migrate(guest.name, src_host, dst_host, params)
-    if result.ok:  # this libvirt pre-creates the image itself: then the copy must be whole
-        guest.host = dst_host
-        assert check_intact(guest, before, lab.hosts, dst_host) == []
-    else:
-        assert check_intact(guest, before, lab.hosts, src_host) == []
-    precreate_disk  # noqa: B018 - imported for the measured suite; documented here
+    record({"kind": "live-migration", "scenario": "copy-storage-no-destination-image", "ok": result.ok,
+            "error": result.error})
+    assert not result.ok, "copy-storage migration succeeded without a destination image"
+    assert check_intact(guest, before, lab.hosts, src_host) == []
+    with pytest.raises(libvirt.libvirtError):
+        dst_host.connect().lookupByName(guest.name)
