@@ -15,7 +15,8 @@ from lab.migration import MigrationParams, MigrationResult, migrate
 from lab.stats import Summary
 from lab.thresholds import PROBES, Limits, Thresholds
 
-SETTLE_S = 0.5  # probes keep running this long after completion, to see the guest answer again
+SETTLE_MAX_S = 3.0  # longest wait, after completion, for both probes to hear the guest again
+SETTLE_PACKETS = 20  # this many heartbeats and echo replies after completion close the window
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Measurement:
     heartbeats: dict
     echo: dict
     invariant_failures: list[str] = field(default_factory=list)
+    harness_s: float = 0.0  # wall time the harness spent beyond the migration API call
 
     @property
     def total_s(self) -> float:
@@ -39,7 +41,7 @@ class Measurement:
             "switched_to_postcopy": self.result.switched_to_postcopy,
             "downtime_ms": self.downtime_ms, "total_s": self.total_s, "wall_s": self.result.wall_s,
             "libvirt_stats": self.result.stats, "heartbeats": self.heartbeats, "echo": self.echo,
-            "invariant_failures": self.invariant_failures,
+            "invariant_failures": self.invariant_failures, "harness_s": self.harness_s,
             "thresholds": {"downtime_ms": limits.downtime_ms, "total_s": limits.total_s},
             "versions": versions,
         }
@@ -48,12 +50,16 @@ class Measurement:
 def measure_migration(scenario: str, guest: Guest, src: Host, dst: Host, params: MigrationParams,
                       period_ms: float, echo_interval_us: int = 1000) -> Measurement:
     """Migrate `guest` from src to dst with all three probes running; the guest follows on success."""
+    began = time.monotonic()
     prober = guest.echo_prober(echo_interval_us)
-    time.sleep(0.2)  # a baseline of replies before the migration starts
+    _wait_for(lambda: prober.replies() >= SETTLE_PACKETS, SETTLE_MAX_S)  # a baseline before the migration
     result = migrate(guest.name, src, dst, params)
     if result.ok:
         guest.host = dst
-    time.sleep(SETTLE_S)
+    # The window closes once both probes hear the guest again after completion (or the wait runs out,
+    # and then the gap runs to the window's end: the figure is never cut short).
+    _wait_for(lambda: guest.heartbeats.count_since(result.finished_ns) >= SETTLE_PACKETS
+              and prober.replies_since(result.finished_ns) >= SETTLE_PACKETS, SETTLE_MAX_S)
     end_ns = time.time_ns()
     hb = guest.heartbeats.window(result.started_ns, end_ns)
     echo = prober.window(result.started_ns, end_ns)
@@ -64,7 +70,17 @@ def measure_migration(scenario: str, guest: Guest, src: Host, dst: Host, params:
     m = Measurement(scenario, result, downtime, asdict(hb), asdict(echo))
     if result.ok:
         m.invariant_failures = check_invariants(m, period_ms)
+    m.harness_s = time.monotonic() - began - result.wall_s
     return m
+
+
+def _wait_for(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.002)
+    return False
 
 
 def check_invariants(m: Measurement, period_ms: float) -> list[str]:

@@ -5,6 +5,7 @@ so Python's scheduling jitter does not enter the gaps they report.
 """
 from __future__ import annotations
 
+import bisect
 import socket
 import struct
 import threading
@@ -59,6 +60,11 @@ def _max_gap(times: list[int]) -> tuple[float, int]:
     return best / 1e6, start
 
 
+def _indices_between(times: array, start_ns: int, end_ns: int) -> range:
+    """Receive times come in order (one socket, kernel stamps), so the window is a slice."""
+    return range(bisect.bisect_left(times, start_ns), bisect.bisect_right(times, end_ns))
+
+
 class HeartbeatReceiver:
     """Receives one guest's heartbeats on an ephemeral UDP port of the runner."""
 
@@ -91,13 +97,15 @@ class HeartbeatReceiver:
     def count(self) -> int:
         return len(self.seqs)
 
+    def count_since(self, start_ns: int) -> int:
+        return len(self.times) - bisect.bisect_left(self.times, start_ns)
+
     def last_time(self) -> int:
         return self.times[-1] if self.times else 0
 
     def window(self, start_ns: int, end_ns: int) -> GapStats:
         """Largest gap between consecutive heartbeats arriving in [start, end], and sequence accounting."""
-        n = len(self.times)
-        idx = [i for i in range(n) if start_ns <= self.times[i] <= end_ns]
+        idx = _indices_between(self.times, start_ns, end_ns)
         if not idx:
             return GapStats(0, (end_ns - start_ns) / 1e6, 0, 0, 0, start_ns)
         times = [self.times[i] for i in idx]
@@ -165,7 +173,7 @@ class EchoProber:
                 self.reply_times.append(stamp)
 
     def window(self, start_ns: int, end_ns: int) -> GapStats:
-        idx = [i for i in range(len(self.reply_times)) if start_ns <= self.reply_times[i] <= end_ns]
+        idx = _indices_between(self.reply_times, start_ns, end_ns)
         times = [self.reply_times[i] for i in idx]
         seqs = [self.reply_seqs[i] for i in idx]
         gap, gap_start = _max_gap([start_ns, *times, end_ns])
@@ -178,6 +186,9 @@ class EchoProber:
 
     def replies(self) -> int:
         return len(self.reply_seqs)
+
+    def replies_since(self, start_ns: int) -> int:
+        return len(self.reply_times) - bisect.bisect_left(self.reply_times, start_ns)
 
     def close(self) -> None:
         self._stop.set()
