@@ -84,6 +84,28 @@ def cmd_guest_list(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from lab.preflight import FAIL, as_json, context_for, run_preflight, table
+    from lab.session import Lab
+
+    lab = Lab.load(_config(args))
+    expected = {}
+    if args.max_downtime is not None:
+        expected["max_downtime_ms"] = args.max_downtime
+    if args.bandwidth is not None:
+        expected["bandwidth_mibs"] = args.bandwidth
+    ctx = context_for(lab, args.src, args.dst, args.guest, **expected)
+    start = time.monotonic()
+    results = run_preflight(ctx, args.check or None)
+    if args.json:
+        print(as_json(results))
+    else:
+        print(f"preflight {ctx.src.name} -> {ctx.dst.name}" + (f", guest {args.guest}" if args.guest else "") +
+              f" ({time.monotonic() - start:.1f} s)")
+        print(table(results))
+    return 1 if any(r.status == FAIL for r in results) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__)
     parser.add_argument("--lab-config", metavar="PATH", help="lab.yaml to use (default: $LAB_CONFIG or ./lab.yaml)")
@@ -98,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     ssh.add_argument("host")
     ssh.add_argument("command", nargs=argparse.REMAINDER)
     ssh.set_defaults(func=cmd_ssh)
+    doctor = sub.add_parser("doctor", help="preflight checklist for a live migration; exit 1 on any fail")
+    doctor.add_argument("--guest", help="the guest to migrate (VM-state, storage and parameter checks need it)")
+    doctor.add_argument("--src", help="source host (default: the first)")
+    doctor.add_argument("--dst", help="destination host (default: the other)")
+    doctor.add_argument("--max-downtime", type=int, metavar="MS", help="expected max downtime, read back and compared")
+    doctor.add_argument("--bandwidth", type=int, metavar="MIBS", help="expected bandwidth limit, read back and compared")
+    doctor.add_argument("--check", action="append", help="run only this check (repeatable)")
+    doctor.add_argument("--json", action="store_true")
+    doctor.set_defaults(func=cmd_doctor)
     guest = sub.add_parser("guest", help="guests on the lab's hosts")
     guest_sub = guest.add_subparsers(dest="guest_command", required=True)
     guest_sub.add_parser("list").set_defaults(func=cmd_guest_list)
