@@ -36,7 +36,8 @@ class MigrationParams:
     persist_dest: bool = True
     undefine_source: bool = True
     offline: bool = False
-    postcopy_after_iterations: int = 2
+    postcopy_after_iterations: int = 2  # switch to postcopy once precopy ran this many iterations
+    postcopy_after_s: float = 5.0  # ... or after this long, whichever comes first
     timeout_s: float = 120.0  # watchdog budget
     timeout_action: str = "abort"  # abort | postcopy
 
@@ -83,6 +84,7 @@ class MigrationResult:
     wall_s: float
     stats: dict = field(default_factory=dict)  # libvirt completed-job stats from the destination
     switched_to_postcopy: bool = False
+    watchdog_note: str = ""  # e.g. why a postcopy switch had to be retried
     aborted: bool = False
     error: str = ""
 
@@ -110,10 +112,12 @@ class _Watchdog:
         self.dom, self.params = dom, params
         self.fired = ""
         self.postcopy_switched = False
+        self.postcopy_error = ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self):
+        self.started = time.monotonic()
         self._thread.start()
         return self
 
@@ -143,15 +147,17 @@ class _Watchdog:
 
     def _maybe_start_postcopy(self) -> None:
         try:
-            info = self.dom.jobStats()
-        except libvirt.libvirtError:
-            return
-        if info.get("memory_iteration", 0) >= self.params.postcopy_after_iterations:
+            iteration = self.dom.jobStats().get("memory_iteration", 0)
+        except libvirt.libvirtError as exc:
+            self.postcopy_error = f"job stats: {exc.get_error_message()}"
+            iteration = 0
+        late = time.monotonic() - self.started >= self.params.postcopy_after_s
+        if iteration >= self.params.postcopy_after_iterations or late:
             try:
                 self.dom.migrateStartPostCopy(0)
                 self.postcopy_switched = True
-            except libvirt.libvirtError:
-                pass
+            except libvirt.libvirtError as exc:
+                self.postcopy_error = exc.get_error_message()  # retried on the next tick; kept as evidence
 
 
 def migrate(name: str, src: Host, dst: Host, params: MigrationParams) -> MigrationResult:
@@ -177,7 +183,8 @@ def migrate(name: str, src: Host, dst: Host, params: MigrationParams) -> Migrati
             if watchdog.fired:
                 error = f"{watchdog.fired}: {error}"
     result = MigrationResult(src.name, dst.name, params, started_ns, time.time_ns(), time.monotonic() - t0,
-                             switched_to_postcopy=watchdog.postcopy_switched, aborted=aborted, error=error)
+                             switched_to_postcopy=watchdog.postcopy_switched, aborted=aborted, error=error,
+                             watchdog_note=watchdog.postcopy_error)
     if error:
         result.stats = _job_stats(dom)
         return result

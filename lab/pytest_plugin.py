@@ -19,7 +19,7 @@ from lab.config import LabConfig, load_lab_config
 from lab.errors import LabError
 from lab.locks import MeasurementLock
 from lab.results import REPORTS, new_run_id
-from lab.state import LabState
+from lab.state import STATE_ROOT, LabState
 
 
 def pytest_addoption(parser):
@@ -190,8 +190,10 @@ def report_dir(pytestconfig) -> Path:
 
 
 @pytest.fixture(scope="session")
-def _measurement_lock(lab) -> MeasurementLock:
-    return MeasurementLock(lab.dir)
+def _measurement_lock() -> MeasurementLock:
+    # Machine-wide: guests of any lab on this machine share its two cores.
+    STATE_ROOT.mkdir(parents=True, exist_ok=True)
+    return MeasurementLock(STATE_ROOT)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from lab.state import LabState
 from tests.labtools import lab_cli, leftovers, nothing_left, processes_mentioning, write_lab_config
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("shared_lab")]
 
 
 def test_up_twice_is_harmless_and_down_leaves_nothing(tmp_path):

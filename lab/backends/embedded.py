@@ -123,6 +123,32 @@ class EmbeddedBackend:
 
         return Lab.from_state(self.config, state).describe(healthy=self._healthy(state))
 
+    # -- operating a running lab (used by tests that break a host and restore it) --
+    def host_exec(self, host: str, *argv: str, check: bool = True):
+        """Run a command inside a host's namespaces (net, mount, uts), from the root namespace."""
+        state = LabState.load(self.config.name)
+        return run(self._nsenter(state.host(host), *argv), check=check, error=BackendError)
+
+    def stop_daemon(self, host: str, daemon: str) -> None:
+        """Stop one of the host's daemons (virtlogd, libvirtd, sshd) by its recorded PID."""
+        with self.lock:
+            state = LabState.load(self.config.name)
+            pid = state.host(host).pids.get(daemon)
+            if pid:
+                _terminate({pid})
+            (self.host_dir(host) / f"{daemon}.pid").unlink(missing_ok=True)
+
+    def start_daemon(self, host: str, daemon: str) -> None:
+        """Start a daemon stopped by stop_daemon again, and record its new PID."""
+        with self.lock:
+            state = LabState.load(self.config.name)
+            hstate = state.host(host)
+            self._start_daemons(hstate, only=daemon)
+            state.save()
+            if daemon == "libvirtd":
+                _wait_path(self.host_dir(host) / "run-libvirt" / "libvirt-sock", 30)
+                _warm_libvirtd(host, self.host_dir(host) / "run-libvirt" / "libvirt-sock")
+
     # -- up ----------------------------------------------------------------
     def _up_locked(self, progress: Progress, owner_run: str) -> None:
         from lab.guest.image import ensure_image
@@ -262,7 +288,7 @@ class EmbeddedBackend:
     def _nsenter(self, host: HostState, *argv: str) -> list[str]:
         return ["nsenter", "--target", str(host.holder_pid), "--mount", "--uts", "--net", "--", *argv]
 
-    def _start_daemons(self, host: HostState) -> None:
+    def _start_daemons(self, host: HostState, only: str | None = None) -> None:
         hdir = self.host_dir(host.name)
         commands = {
             "virtlogd": ["virtlogd", "--daemon", "--pid-file", str(hdir / "virtlogd.pid")],
@@ -270,6 +296,8 @@ class EmbeddedBackend:
             "sshd": ["/usr/sbin/sshd", "-f", str(hdir / "sshd" / "sshd_config")],
         }
         for name, argv in commands.items():
+            if only and name != only:
+                continue
             subprocess.run(self._nsenter(host, *argv), check=False, env=DAEMON_ENV, capture_output=True,
                            stdin=subprocess.DEVNULL, timeout=30)
             pid = _wait_pidfile(hdir / f"{name}.pid", timeout=15)
@@ -347,14 +375,19 @@ def _warm_libvirtd(name: str, sock: Path) -> None:
     from lab.hosts import _silence_libvirt
 
     _silence_libvirt()
-    try:
-        conn = libvirt.open(f"qemu:///system?socket={sock}")
-        conn.getCapabilities()
-        conn.getVersion()
-        conn.getDomainCapabilities(None, "x86_64", None, None, 0)
-        conn.close()
-    except libvirt.libvirtError as exc:
-        raise BackendError(f"{name}: libvirtd does not answer: {exc.get_error_message()}") from None
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            conn = libvirt.open(f"qemu:///system?socket={sock}")
+            conn.getCapabilities()
+            conn.getVersion()
+            conn.getDomainCapabilities(None, "x86_64", None, None, 0)
+            conn.close()
+            return
+        except libvirt.libvirtError as exc:
+            if time.monotonic() > deadline:
+                raise BackendError(f"{name}: libvirtd does not answer: {exc.get_error_message()}") from None
+            time.sleep(0.1)
 
 
 def _seed_caps_cache(dest: Path) -> None:

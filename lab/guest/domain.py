@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -39,6 +39,9 @@ class GuestConfig:
     disk_format: str = "qcow2"
     bridge: str = "br0"
     emulator: str = EMULATOR
+    machine: str = "pc"
+    disk_cache: str = "none"
+    extra_devices: str = ""  # raw device XML, for tests that need an unusual guest
 
     @property
     def mac(self) -> str:
@@ -54,14 +57,14 @@ class GuestConfig:
 def domain_xml(cfg: GuestConfig) -> str:
     disk = ""
     if cfg.disk:
-        disk = (f"<disk type='file' device='disk'><driver name='qemu' type='{cfg.disk_format}' cache='none'/>"
+        disk = (f"<disk type='file' device='disk'><driver name='qemu' type='{cfg.disk_format}' cache='{cfg.disk_cache}'/>"
                 f"<source file='{escape(cfg.disk)}'/><target dev='vda' bus='virtio'/></disk>")
     return f"""<domain type='{cfg.domain_type}'>
   <name>{escape(cfg.name)}</name>
   <memory unit='MiB'>{cfg.memory_mib}</memory>
   <vcpu>{cfg.vcpus}</vcpu>
   <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
+    <type arch='x86_64' machine='{cfg.machine}'>hvm</type>
     <kernel>{escape(cfg.kernel)}</kernel>
     <initrd>{escape(cfg.initrd)}</initrd>
     <cmdline>{escape(cfg.cmdline)}</cmdline>
@@ -82,6 +85,7 @@ def domain_xml(cfg: GuestConfig) -> str:
     <serial type='file'><source path='/var/log/libvirt/qemu/{escape(cfg.name)}.serial' append='on'/><target port='0'/></serial>
     <console type='file'><source path='/var/log/libvirt/qemu/{escape(cfg.name)}.serial' append='on'/><target type='serial' port='0'/></console>
     <memballoon model='none'/>
+    {cfg.extra_devices}
   </devices>
 </domain>
 """
@@ -154,30 +158,44 @@ def unique_guest_name(prefix: str = "g") -> str:
 
 def create_guest(lab, host: Host, *, name: str | None = None, memory_mib: int | None = None,
                  with_disk: bool = True, cpu_model: str = "qemu64", wait: bool = True,
-                 storage: str | None = None, emulator: str = EMULATOR) -> Guest:
-    """Define and start a fresh guest on `host`; its disk lives on the lab's storage path."""
+                 storage: str | None = None, emulator: str = EMULATOR, start: bool = True,
+                 transient: bool = False, disk_mib: int | None = None, disk_dir: str | None = None,
+                 **overrides) -> Guest:
+    """Define and start a fresh guest on `host`; its disk lives on the lab's storage path.
+
+    `overrides` set GuestConfig fields (vcpus, machine, disk_cache, domain_type, extra_devices, ...);
+    start=False only defines it, transient=True starts it without a persistent definition.
+    """
     name = name or unique_guest_name()
     pool = AddressPool(lab.dir, lab.config.network.guest_range)
     address = pool.allocate(name)
     heartbeats = HeartbeatReceiver(lab.runner_address)
     control = AgentControl(lab.runner_address, address, CTL_PORT)
     storage = storage or lab.storage.mode
-    disk = str(lab.storage_path(storage) / f"{name}.qcow2") if with_disk else None
+    directory = disk_dir or str(lab.storage_path(storage))
+    disk = f"{directory}/{name}.qcow2" if with_disk else None
     cfg = GuestConfig(
         name=name, memory_mib=memory_mib or lab.config.guest.memory_mib, vcpus=lab.config.guest.vcpus,
         address=address, prefixlen=lab.config.network.prefixlen, runner=lab.runner_address,
         heartbeat_port=heartbeats.port, heartbeat_us=lab.config.guest.heartbeat_us,
         kernel=lab.image["kernel"], initrd=lab.image["initrd"], domain_type=lab.domain_type,
         cpu_model=cpu_model, disk=disk, emulator=emulator)
+    if overrides:
+        cfg = replace(cfg, **overrides)
     guest = Guest(cfg, host, heartbeats, control, storage=storage)
     try:
         if disk:
-            host.run(f"qemu-img create -q -f qcow2 {disk} {lab.config.guest.disk_mib}M")
+            host.run(f"qemu-img create -q -f qcow2 {disk} {disk_mib or lab.config.guest.disk_mib}M")
         try:
-            host.connect().defineXML(domain_xml(cfg)).create()
+            if transient:
+                host.connect().createXML(domain_xml(cfg), 0)
+            else:
+                dom = host.connect().defineXML(domain_xml(cfg))
+                if start:
+                    dom.create()
         except libvirt.libvirtError as exc:
             raise GuestError(f"{name}: cannot start on {host.name}: {exc.get_error_message()}") from None
-        if wait:
+        if wait and start:
             guest.wait_ready()
     except BaseException:
         remove_guest(lab, guest)
