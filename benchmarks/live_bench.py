@@ -41,7 +41,8 @@ def main() -> int:
     wall = time.monotonic() - start
     outcome = (proc.stdout.strip().splitlines() or ["?"])[-1]
     records = [json.loads(line) for line in (report / "results.jsonl").read_text().splitlines() if line.strip()]
-    measured = [r for r in records if r.get("kind") == "live-migration" and "harness_s" in r and r.get("ok")]
+    measured = [r for r in records if r.get("kind") == "live-migration" and "harness_s" in r and r.get("ok")
+                and "time_elapsed" in r.get("libvirt_stats", {})]
     overhead = [r["harness_s"] / r["wall_s"] * 100 for r in measured]
     libvirt_extra = [r["wall_s"] - r["libvirt_stats"]["time_elapsed"] / 1000 for r in measured]
     idle_gap = [r["downtime_ms"]["guest"] - r["downtime_ms"]["hypervisor"] for r in measured

@@ -428,8 +428,10 @@ def vm_running(ctx: PreflightContext) -> CheckResult:
 @check("vm-persistent", "vm", needs_guest=True)
 def vm_persistent(ctx: PreflightContext) -> CheckResult:
     if not ctx.domain().isPersistent():
-        return _result("vm-persistent", WARN, f"{ctx.guest} is transient: it exists nowhere once it stops",
-                       "define it (virsh define) before migrating with --persistent")
+        # The harness migrates with --persistent --undefinesource: a transient guest would not
+        # survive its next stop on the destination, so this is a fail, not a warning.
+        return _result("vm-persistent", FAIL, f"{ctx.guest} is transient: it exists nowhere once it stops",
+                       "define it (virsh define) before migrating")
     return _result("vm-persistent", PASS, f"{ctx.guest} has a persistent definition")
 
 
