@@ -43,6 +43,13 @@ class GuestSpec:
 
 
 @dataclass(frozen=True)
+class HotpatchSpec:
+    libcareplus_prefix: str | None = None  # where libcareplus is installed, if not on PATH
+    build_cache: str = "/var/cache/kvm-acceptance-lab/qemu-hotpatch"  # QEMU source builds, by version + patch
+    emulator: str | None = None  # a QEMU binary to patch instead of the cache's own build
+
+
+@dataclass(frozen=True)
 class NetworkSpec:
     subnet: str = "198.18.0.0/16"
     runner_address: str = "198.18.0.1"
@@ -63,6 +70,7 @@ class LabConfig:
     guest: GuestSpec = field(default_factory=GuestSpec)
     storage: str = "shared"
     accelerator: str = "auto"
+    hotpatch: HotpatchSpec = field(default_factory=HotpatchSpec)
     source: str = "<defaults>"
 
     def host(self, name: str) -> HostSpec:
@@ -193,12 +201,20 @@ def _parse_guest(data: dict) -> GuestSpec:
     )
 
 
+def _parse_hotpatch(data: dict) -> HotpatchSpec:
+    _reject_unknown(data, ("libcareplus_prefix", "build_cache", "emulator"), "hotpatch")
+    for key, value in data.items():
+        if value is not None and (not isinstance(value, str) or not value.startswith("/")):
+            raise ConfigError(f"hotpatch.{key}: {value!r} is not an absolute path")
+    return HotpatchSpec(**data)
+
+
 def parse_lab_config(data: Any, source: str = "<string>") -> LabConfig:
     """Validate a parsed lab.yaml document and return the typed config."""
     if data is None:
         data = {}
     data = _expect_mapping(data, "lab.yaml")
-    _reject_unknown(data, ("name", "backend", "hosts", "network", "guest", "storage", "accelerator"), "")
+    _reject_unknown(data, ("name", "backend", "hosts", "network", "guest", "storage", "accelerator", "hotpatch"), "")
     name = data.get("name", "kvmlab")
     if not isinstance(name, str) or not LAB_NAME.match(name):
         raise ConfigError(f"name: {name!r} is not a lab name (lowercase letter, then letters or digits; at most 8)")
@@ -212,6 +228,7 @@ def parse_lab_config(data: Any, source: str = "<string>") -> LabConfig:
         guest=_parse_guest(_expect_mapping(data.get("guest") or {}, "guest")),
         storage=_choice(data, "storage", STORAGE_MODES, "shared"),
         accelerator=_choice(data, "accelerator", ACCELERATORS, "auto"),
+        hotpatch=_parse_hotpatch(_expect_mapping(data.get("hotpatch") or {}, "hotpatch")),
         source=source,
     )
 

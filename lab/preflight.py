@@ -487,13 +487,21 @@ def max_downtime(ctx: PreflightContext) -> CheckResult:
                    (" as configured" if ctx.max_downtime_ms is not None else " (nothing configured to compare)"))
 
 
+UNLIMITED_MIBS = (2**63 - 1) >> 20  # what libvirt reads back when no limit is set
+
+
 @check("bandwidth", "parameters", needs_guest=True)
 def bandwidth(ctx: PreflightContext) -> CheckResult:
+    """0 configured means unlimited."""
     current = int(ctx.domain().migrateGetMaxSpeed(0))
-    if ctx.bandwidth_mibs is not None and current != ctx.bandwidth_mibs:
-        return _result("bandwidth", FAIL, f"bandwidth reads back {current} MiB/s, configured {ctx.bandwidth_mibs} MiB/s",
-                       f"virsh migrate-setspeed {ctx.guest} {ctx.bandwidth_mibs}")
-    return _result("bandwidth", PASS, f"bandwidth limit {current} MiB/s" +
+    unlimited = current >= UNLIMITED_MIBS
+    shown = "unlimited" if unlimited else f"{current} MiB/s"
+    wanted = ctx.bandwidth_mibs
+    if wanted is not None and not (unlimited if wanted == 0 else current == wanted):
+        want = "unlimited (0)" if wanted == 0 else f"{wanted} MiB/s"
+        return _result("bandwidth", FAIL, f"bandwidth reads back {shown}, configured {want}",
+                       f"virsh migrate-setspeed {ctx.guest} {wanted}")
+    return _result("bandwidth", PASS, f"bandwidth limit {shown}" +
                    (" as configured" if ctx.bandwidth_mibs is not None else " (nothing configured to compare)"))
 
 
