@@ -11,12 +11,12 @@ setup:
 
 # Harness tests plus the smoke selection of the suites; .ci/run runs exactly this.
 test: setup
-	LAB_RUN_ID=$(RUN_ID) $(PY) -m pytest -n auto tests/ suites/ -m "not slow and not vagrant and (smoke or not acceptance)" $(PYTEST_ARGS)
+	LAB_RUN_ID=$(RUN_ID) $(PY) -m pytest -n auto --dist loadgroup tests/ suites/ -m "not slow and not vagrant and (smoke or not acceptance)" $(PYTEST_ARGS)
 
 # Every suite on the default lab; the report folder is printed at the end.
 acceptance: setup
 	LAB_RUN_ID=$(RUN_ID) $(PY) -m lab up
-	LAB_RUN_ID=$(RUN_ID) $(PY) -m pytest suites/ -n auto -m "not slow and not vagrant" $(PYTEST_ARGS); \
+	LAB_RUN_ID=$(RUN_ID) $(PY) -m pytest suites/ -n auto --dist loadgroup -m "not slow and not vagrant" $(PYTEST_ARGS); \
 	  status=$$?; echo "report: reports/$(RUN_ID)/"; exit $$status
 
 up: setup
@@ -30,3 +30,4 @@ status:
 
 bench: setup
 	$(PY) benchmarks/lab_bench.py
+	$(PY) benchmarks/live_bench.py

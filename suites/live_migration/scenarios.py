@@ -39,7 +39,7 @@ class Scenario:
 
 MEASURED = [
     Scenario("precopy-idle", smoke=True),
-    Scenario("ping-pong", ping_pong=True),
+    Scenario("ping-pong", ping_pong=True, smoke=True),
     Scenario(f"precopy-dirty-4MiBs-link-{LINK_MIBS}MiBs", MigrationParams(bandwidth_mibs=LINK_MIBS), dirty_mibs=4,
              tcg_dirty_defect=True),
     Scenario("autoconverge-dirty-64MiBs", MigrationParams(
@@ -49,6 +49,6 @@ MEASURED = [
         bandwidth_mibs=LINK_MIBS, mode="postcopy", postcopy_after_iterations=2, timeout_s=150), dirty_mibs=64),
     Scenario("multifd-2-connections", MigrationParams(parallel_connections=2)),
     Scenario("xbzrle-dirty-4MiBs", MigrationParams(compression="xbzrle"), dirty_mibs=4),
-    Scenario("tunnelled-p2p", MigrationParams(tunnelled=True)),
-    Scenario("non-shared-storage-copy", MigrationParams(copy_storage=True), storage="local"),
+    Scenario("tunnelled-p2p", MigrationParams(tunnelled=True), smoke=True),
+    Scenario("non-shared-storage-copy", MigrationParams(copy_storage=True), storage="local", smoke=True),
 ]

@@ -59,6 +59,7 @@ def test_configured_max_downtime_is_set_read_back_and_honored(lab, guest_factory
                                   f"{configured} ms + tolerance {thresholds.tolerance.max_downtime_ms:g} ms ({summary})")
 
 
+@pytest.mark.smoke
 @pytest.mark.timing
 def test_configured_bandwidth_is_honored_by_measured_throughput(lab, guest_factory, measurement_lock, thresholds,
                                                                 record):
@@ -82,6 +83,7 @@ def test_configured_bandwidth_is_honored_by_measured_throughput(lab, guest_facto
                                f"configured {bandwidth} MiB/s + {thresholds.tolerance.bandwidth_pct:g}%")
 
 
+@pytest.mark.smoke
 def test_precopy_that_cannot_converge_times_out_and_the_guest_keeps_running_on_the_source(
         lab, guest, src_host, dst_host, record):
     before = take_fingerprint(guest)
@@ -98,6 +100,7 @@ def test_precopy_that_cannot_converge_times_out_and_the_guest_keeps_running_on_t
         dst_host.connect().lookupByName(guest.name)
 
 
+@pytest.mark.smoke
 def test_cancel_mid_migration_leaves_the_guest_on_the_source(lab, guest, src_host, dst_host, record):
     before = take_fingerprint(guest)
     guest.agent("fill", 5, 64, timeout=60)
@@ -121,6 +124,7 @@ def test_cancel_mid_migration_leaves_the_guest_on_the_source(lab, guest, src_hos
         dst_host.connect().lookupByName(guest.name)
 
 
+@pytest.mark.smoke
 def test_copy_storage_without_a_destination_image_fails_and_leaves_the_guest_whole(
         lab, guest_factory, src_host, dst_host, shared_lab, record):
     """libvirt 9.0 does not pre-create a plain file image for copy-storage: the migration must fail cleanly."""
