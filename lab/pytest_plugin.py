@@ -51,6 +51,37 @@ def pytest_configure(config):
 
 def pytest_configure_node(node):
     node.workerinput["kvm_run_id"] = node.config.kvm_run_id
+    node.workerinput["kvm_controller_pid"] = os.getpid()
+
+
+def _controller_pid(config) -> int:
+    return os.getpid() if _is_controller(config) else config.workerinput["kvm_controller_pid"]
+
+
+def _lease_dir(lab_config: LabConfig) -> Path:
+    from lab.state import lab_dir
+
+    return lab_dir(lab_config.name) / "users"
+
+
+def _take_lease(config, lab_config: LabConfig) -> None:
+    """Record that this run uses the lab, so another run finishing does not take it down under us."""
+    leases = _lease_dir(lab_config)
+    leases.mkdir(parents=True, exist_ok=True)
+    (leases / config.kvm_run_id).write_text(str(_controller_pid(config)))
+
+
+def _other_live_users(lab_config: LabConfig, run_id: str) -> list[str]:
+    users = []
+    for lease in _lease_dir(lab_config).glob("*"):
+        if lease.name == run_id:
+            continue
+        try:
+            os.kill(int(lease.read_text()), 0)
+            users.append(lease.name)
+        except (ValueError, ProcessLookupError, OSError):
+            lease.unlink(missing_ok=True)  # that run is gone
+    return users
 
 
 def _lab_config(config) -> LabConfig:
@@ -87,9 +118,17 @@ def pytest_sessionfinish(session, exitstatus):
         return
     try:
         lab_config = _lab_config(config)
+        (_lease_dir(lab_config) / config.kvm_run_id).unlink(missing_ok=True)
         state = LabState.load(lab_config.name)
-        if state is not None and state.owner_run == config.kvm_run_id:
-            get_backend(lab_config).down(lambda _msg: None)
+        if state is None or state.owner_run != config.kvm_run_id:
+            return
+        others = _other_live_users(lab_config, config.kvm_run_id)
+        if others:
+            state.owner_run = others[0]  # the last run to finish takes the lab down
+            state.save()
+            print(f"\nkvm-lab: leaving lab {lab_config.name} up: runs {', '.join(others)} still use it")
+            return
+        get_backend(lab_config).down(lambda _msg: None)
     except LabError as exc:
         print(f"\nkvm-lab: teardown failed: {exc}")
 
@@ -123,6 +162,7 @@ def lab(pytestconfig, lab_config):
 
     try:
         get_backend(lab_config).up(lambda _msg: None, owner_run=pytestconfig.kvm_run_id)
+        _take_lease(pytestconfig, lab_config)
         return Lab.load(lab_config)
     except LabError as exc:
         pytest.exit(f"kvm-lab: lab did not come up: {exc}", returncode=4)

@@ -28,10 +28,17 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class ColdLimits:
+    interruption_s: float = 90.0  # last echo reply before shutdown to first after boot
+    live_vs_cold_max_ratio: float = 0.25  # live interruption must stay below this share of cold's
+
+
+@dataclass(frozen=True)
 class Thresholds:
     tolerance: Tolerance
     defaults: Limits
     scenarios: dict[str, Limits] = field(default_factory=dict)
+    cold: ColdLimits = field(default_factory=ColdLimits)
     source: str = "<defaults>"
 
     def for_scenario(self, scenario: str) -> Limits:
@@ -74,8 +81,8 @@ def parse_thresholds(data: Any, source: str = "<string>") -> Thresholds:
     if not isinstance(data, dict):
         raise ConfigError("thresholds.yaml: expected a mapping with tolerance, defaults, scenarios")
     for key in data:
-        if key not in ("tolerance", "defaults", "scenarios"):
-            raise ConfigError(f"{key}: unknown key (allowed: tolerance, defaults, scenarios)")
+        if key not in ("tolerance", "defaults", "scenarios", "cold"):
+            raise ConfigError(f"{key}: unknown key (allowed: tolerance, defaults, scenarios, cold)")
     tol_raw = data.get("tolerance") or {}
     if not isinstance(tol_raw, dict):
         raise ConfigError("tolerance: expected a mapping")
@@ -89,7 +96,14 @@ def parse_thresholds(data: Any, source: str = "<string>") -> Thresholds:
     if not isinstance(scenarios_raw, dict):
         raise ConfigError("scenarios: expected a mapping of scenario id to limits")
     scenarios = {str(k): _limits(v, f"scenarios.{k}", defaults) for k, v in scenarios_raw.items()}
-    return Thresholds(tolerance, defaults, scenarios, source)
+    cold_raw = data.get("cold") or {}
+    if not isinstance(cold_raw, dict):
+        raise ConfigError("cold: expected a mapping")
+    for key in cold_raw:
+        if key not in ColdLimits.__dataclass_fields__:
+            raise ConfigError(f"cold.{key}: unknown key (allowed: {', '.join(ColdLimits.__dataclass_fields__)})")
+    cold = ColdLimits(**{k: _number(v, f"cold.{k}") for k, v in cold_raw.items()})
+    return Thresholds(tolerance, defaults, scenarios, cold, source)
 
 
 def load_thresholds(path: str | os.PathLike | None = None) -> Thresholds:

@@ -9,12 +9,13 @@ DEBIAN_PACKAGES=(
   libvirt-daemon-system libvirt-clients libvirt-dev
   openssh-server openssh-client busybox-static cpio iproute2 nftables
   gcc libc6-dev pkg-config python3-dev python3-venv
+  nfs-ganesha nfs-ganesha-vfs rpcbind
 )
 # openEuler names (dnf); libcareplus is packaged there.
 OPENEULER_PACKAGES=(
   qemu qemu-img libvirt libvirt-devel libvirt-client
   openssh-server openssh-clients busybox cpio iproute nftables
-  gcc glibc-static pkgconf python3-devel libcareplus
+  gcc glibc-static pkgconf python3-devel nfs-ganesha nfs-ganesha-vfs rpcbind libcareplus
 )
 
 missing_debian() {
@@ -35,7 +36,14 @@ if command -v apt-get >/dev/null; then
   if [ -n "$missing" ]; then
     echo "setup: installing Debian packages: $missing"
     apt-get update -qq
+    # The lab starts its own daemons inside its namespaces: keep package scripts from
+    # starting libvirtd, rpcbind or ganesha in the root namespace (policy-rc.d: 101 = deny).
+    created_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && created_policy=1
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+    [ -n "$created_policy" ] && rm -f /usr/sbin/policy-rc.d
   fi
 elif command -v dnf >/dev/null; then
   dnf install -y -q "${OPENEULER_PACKAGES[@]}"
