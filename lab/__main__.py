@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 
@@ -45,7 +46,9 @@ def cmd_status(args) -> int:
         return 1
     print(f"lab {status['name']} ({status['backend']}): up")
     print(f"  accelerator: {status['accelerator']} - {status['accelerator_reason']}")
-    print(f"  storage:     {status['storage']['mode']} at {status['storage']['path']}")
+    nfs = status["storage"].get("nfs_server")
+    print(f"  storage:     {status['storage']['mode']} at {status['storage']['path']}"
+          + (f" (NFSv3 server {nfs}, nfs-ganesha)" if nfs else ""))
     print(f"  runner:      {status['runner_address']}")
     for h in status["hosts"]:
         versions = f"libvirt {h.get('libvirt_version', '?')}, QEMU {h.get('qemu_version', '?')}"
@@ -136,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `lab status | head` ends quietly
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -59,8 +59,9 @@ def shutdown_cleanly(guest: Guest, timeout: float = 60) -> float:
         if _shut_off(guest.host, guest.name):
             return time.monotonic() - start
         time.sleep(0.05)
-    raise MigrationError(f"{guest.name} did not shut off within {timeout:.0f} s on {guest.host.name}; "
-                         "nothing was moved")
+    age = (time.time_ns() - guest.heartbeats.last_time()) / 1e9
+    raise MigrationError(f"{guest.name} did not shut off within {timeout:.0f} s on {guest.host.name} "
+                         f"(last heartbeat {age:.1f} s ago); nothing was moved")
 
 
 def copy_disk(src: Host, dst: Host, path: str, cancel: threading.Event | None = None,

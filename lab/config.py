@@ -55,6 +55,7 @@ class NetworkSpec:
     runner_address: str = "198.18.0.1"
     guest_range: str = "198.18.128.0/17"
     mtu: int = 1500
+    nfs_address: str = "198.18.0.10"  # the NFS server host, with storage: nfs
 
     @property
     def prefixlen(self) -> int:
@@ -128,7 +129,7 @@ LAB_RANGE = ipaddress.IPv4Network("198.18.0.0/15")  # RFC 2544 benchmarking rang
 
 def _parse_network(data: dict) -> NetworkSpec:
     where = "network"
-    _reject_unknown(data, ("subnet", "runner_address", "guest_range", "mtu"), where)
+    _reject_unknown(data, ("subnet", "runner_address", "guest_range", "mtu", "nfs_address"), where)
     defaults = NetworkSpec()
     try:
         subnet = ipaddress.IPv4Network(str(data.get("subnet", defaults.subnet)))
@@ -149,7 +150,11 @@ def _parse_network(data: dict) -> NetworkSpec:
     if runner in guests:
         raise ConfigError(f"network.runner_address: {runner} lies inside network.guest_range {guests}")
     mtu = _int(data, "mtu", defaults.mtu, 576, 9000, where)
-    return NetworkSpec(str(subnet), str(runner), str(guests), mtu)
+    nfs = _ipv4(data.get("nfs_address", defaults.nfs_address if "subnet" not in data else
+                         str(next(iter(subnet.hosts())) + 9)), "network.nfs_address")
+    if nfs not in subnet or nfs in guests or nfs == runner:
+        raise ConfigError(f"network.nfs_address: {nfs} must be inside {subnet}, outside the guest range and not the runner's")
+    return NetworkSpec(str(subnet), str(runner), str(guests), mtu, str(nfs))
 
 
 def _parse_hosts(raw: Any, network: NetworkSpec, backend: str) -> tuple[HostSpec, ...]:
@@ -177,7 +182,7 @@ def _parse_hosts(raw: Any, network: NetworkSpec, backend: str) -> tuple[HostSpec
                 raise ConfigError(f"{where}.address: {address} collides with the runner address or guest_range")
         if any(h.name == name for h in hosts):
             raise ConfigError(f"{where}.name: {name!r} is used twice")
-        if any(h.address == str(address) for h in hosts):
+        if any(h.address == str(address) for h in hosts) or (backend == "embedded" and str(address) == network.nfs_address):
             raise ConfigError(f"{where}.address: {address} is used twice")
         user = item.get("ssh_user", "root")
         key = item.get("ssh_key")

@@ -234,7 +234,9 @@ def _disks(ctx: PreflightContext) -> list[dict]:
         driver = disk.find("driver")
         if source is None:
             continue
+        host_el = source.find("host")
         disks.append({"type": disk.get("type"), "path": source.get("file") or source.get("dev") or source.get("name"),
+                      "server": host_el.get("name") if host_el is not None else None,
                       "protocol": source.get("protocol"), "cache": driver.get("cache") if driver is not None else None,
                       "target": disk.find("target").get("dev"), "readonly": disk.find("readonly") is not None})
     return disks
@@ -249,6 +251,13 @@ def storage_mode(ctx: PreflightContext) -> CheckResult:
         return _result("storage-mode", PASS, f"non-shared: {len(disks)} disk(s) will be copied (copy-storage)")
     problems, kinds = [], set()
     for d in disks:
+        if d["type"] == "network" and d["protocol"] == "nfs":
+            # Both hypervisors reach the same NFS export (QEMU's NFS driver): shared by construction.
+            for host in (ctx.src, ctx.dst):
+                if _tcp_probe(host, d["server"], 2049) != "open":
+                    problems.append(f"NFS server {d['server']}:2049 not reachable from {host.name}")
+            kinds.add(f"NFS (NFSv3 export on {d['server']}, QEMU NFS driver)")
+            continue
         if d["type"] == "network":
             kinds.add(f"network ({d['protocol']})")
             continue

@@ -15,9 +15,6 @@ class Storage:
     mode: str  # shared | local | nfs
     path: Path  # where guests' disks live, the same path on every host
     shared: bool
-    # libvirt cannot tell that the embedded lab's shared directory is shared,
-    # so migrations there need VIR_MIGRATE_UNSAFE; the preflight check proves it is.
-    needs_unsafe: bool
 
 
 @dataclass(frozen=True)
@@ -42,13 +39,22 @@ class Lab:
         return self.state.extra["image"]
 
     @property
-    def storage_is_undetectable_share(self) -> bool:
-        """The embedded shared directory is shared, but libvirt cannot tell (so VIR_MIGRATE_UNSAFE)."""
-        return self.state.backend == "embedded"
+    def nfs_address(self) -> str | None:
+        nfs = self.state.extra.get("nfs")
+        return nfs["address"] if nfs else None
+
+    def resolve_storage(self, wanted: str | None) -> str:
+        """'shared' means the lab's shared storage: the NFS export when the lab runs storage: nfs."""
+        wanted = wanted or self.storage.mode
+        return "nfs" if wanted == "shared" and self.storage.mode == "nfs" else wanted
+
+    def needs_unsafe(self, storage: str) -> bool:
+        """The embedded shared directory is shared, but libvirt cannot tell (so VIR_MIGRATE_UNSAFE); NFS it can."""
+        return self.resolve_storage(storage) == "shared"
 
     def storage_path(self, mode: str) -> Path:
-        """Where disks live for a storage mode: one shared directory, or a per-host one at the same path."""
-        return self.dir / ("local" if mode == "local" else "shared")
+        """Where disks live: one shared directory, a per-host one at the same path, or the NFS export."""
+        return self.dir / {"local": "local", "nfs": "nfs-export"}.get(self.resolve_storage(mode), "shared")
 
     def host(self, name: str) -> Host:
         for h in self.hosts:
@@ -71,8 +77,8 @@ class Lab:
             for h in state.hosts
         )
         mode = state.storage or config.storage
-        path = base / ("local" if mode == "local" else "shared")
-        storage = Storage(mode=mode, path=path, shared=mode != "local", needs_unsafe=mode == "shared")
+        path = base / {"local": "local", "nfs": "nfs-export"}.get(mode, "shared")
+        storage = Storage(mode=mode, path=path, shared=mode != "local")
         return cls(config, state, hosts, config.network.runner_address, storage, base)
 
     @classmethod
@@ -92,7 +98,8 @@ class Lab:
             hosts.append(entry)
         return {"backend": self.state.backend, "name": self.state.name, "up": healthy,
                 "accelerator": self.state.accelerator, "accelerator_reason": self.state.accelerator_reason,
-                "storage": {"mode": self.storage.mode, "path": str(self.storage.path), "shared": self.storage.shared},
+                "storage": {"mode": self.storage.mode, "path": str(self.storage.path), "shared": self.storage.shared,
+                            "nfs_server": self.nfs_address},
                 "runner_address": self.runner_address, "hosts": hosts}
 
 

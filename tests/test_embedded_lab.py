@@ -71,7 +71,7 @@ def test_live_p2p_migration_hv1_to_hv2_keeps_the_guest_answering(lab, guest, src
     boot_id = guest.boot_id
     prober = guest.echo_prober()
     result = migrate(guest.name, src_host, dst_host,
-                     MigrationParams(unsafe=lab.storage.needs_unsafe, migrate_uri=f"tcp://{dst_host.address}"))
+                     MigrationParams(unsafe=lab.needs_unsafe("shared"), migrate_uri=f"tcp://{dst_host.address}"))
     assert result.ok, result.error
     guest.host = dst_host
     assert guest.locate(lab.hosts) == [dst_host]

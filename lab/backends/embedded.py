@@ -154,8 +154,6 @@ class EmbeddedBackend:
         from lab.guest.image import ensure_image
 
         cfg = self.config
-        if cfg.storage == "nfs":
-            raise BackendError("storage: nfs is not available in the embedded lab yet; use shared or local")
         started = time.monotonic()
         state = LabState(name=cfg.name, backend="embedded", config_digest=config_digest(cfg),
                          bridge=self.bridge, storage=cfg.storage, owner_run=owner_run)
@@ -196,6 +194,9 @@ class EmbeddedBackend:
                 # Test hook: no real part fails on demand half-way through `up`, so the
                 # rollback test injects this failure after a host is fully made.
                 raise BackendError(f"{host.name}: injected failure (LAB_TEST_FAIL_AFTER_HOST)")
+        if cfg.storage == "nfs":
+            progress(f"nfs: ganesha NFSv3 server at {cfg.network.nfs_address}")
+            self._make_nfs_server(state)
         progress("waiting for libvirtd (QEMU capabilities) and sshd on every host")
         errors: list[BaseException] = []
 
@@ -264,11 +265,55 @@ class EmbeddedBackend:
         with open(self.dir / "known_hosts", "a") as known:
             known.write(f"{host.address},{host.name} {pub[0]} {pub[1]}\n")
 
-    def _start_holder(self, host: HostState) -> None:
+    @property
+    def nfs_export(self) -> Path:
+        return self.dir / "nfs-export"
+
+    def _make_nfs_server(self, state: LabState) -> None:
+        """A third lab host running rpcbind and ganesha, exporting nfs_export over NFSv3."""
+        from lab.backends.nfs_server import NFS_PORT, ganesha_argv, rpcbind_argv, write_ganesha_conf
+
+        cfg = self.config
+        nfs = HostState(name="nfs", address=cfg.network.nfs_address, netns=self.netns_name("nfs"),
+                        veth=self.veth_name(len(cfg.hosts)), host_uuid="")
+        state.extra["nfs"] = asdict(nfs)
+        state.save()
+        self._make_host_network(nfs)
+        hdir = self.host_dir("nfs")
+        for sub in ("run-rpcbind", "ganesha", "ganesha/recovery"):
+            (hdir / sub).mkdir(parents=True, exist_ok=True)
+        self.nfs_export.mkdir(parents=True, exist_ok=True)
+        write_ganesha_conf(hdir / "ganesha.conf", nfs.address, self.nfs_export, hdir / "ganesha")
+        self._start_holder(nfs, binds=[(hdir / "run-rpcbind", "/run/rpcbind")])
+        state.extra["nfs"] = asdict(nfs)
+        state.save()
+        for name, argv in (("rpcbind", rpcbind_argv()), ("ganesha", ganesha_argv(hdir / "ganesha.conf", hdir / "ganesha"))):
+            proc = subprocess.Popen(self._nsenter(nfs, *argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=open(hdir / f"{name}.stderr", "w"), start_new_session=True, env=DAEMON_ENV)
+            nfs.pids[name] = proc.pid  # nsenter execs the daemon: same PID
+            state.extra["nfs"] = asdict(nfs)
+            state.save()
+            if name == "rpcbind":
+                _wait_path(hdir / "run-rpcbind" / "rpcbind.sock", 10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((nfs.address, NFS_PORT), timeout=1):
+                    return
+            except OSError:
+                if any(not _alive(p) for p in nfs.pids.values()):
+                    break
+                time.sleep(0.1)
+        err = (hdir / "ganesha.stderr").read_text().strip().splitlines()[-1:] or ["no output"]
+        raise BackendError(f"nfs: ganesha did not serve NFSv3 on {nfs.address}:{NFS_PORT} ({err[0]}); "
+                           f"see {hdir}/ganesha/ganesha.log")
+
+    def _start_holder(self, host: HostState, binds: list[tuple[Path, str]] | None = None) -> None:
         hdir = self.host_dir(host.name)
-        binds = [(hdir / sub, target) for sub, target in PER_HOST_DIRS.items()]
-        binds += [(hdir / sub, target) for sub, target in PER_HOST_FILES.items()]
-        binds.append((hdir / "local", str(self.local_path)))
+        if binds is None:
+            binds = [(hdir / sub, target) for sub, target in PER_HOST_DIRS.items()]
+            binds += [(hdir / sub, target) for sub, target in PER_HOST_FILES.items()]
+            binds.append((hdir / "local", str(self.local_path)))
         script = "set -e\n" + "".join(f"mount --bind '{src}' '{dst}'\n" for src, dst in binds)
         script += f"hostname {host.name}\necho ready\nexec sleep infinity\n"
         proc = subprocess.Popen(
@@ -332,7 +377,8 @@ class EmbeddedBackend:
         names = set(netns.list_netns(f"{self.config.name}-"))
         pids: set[int] = set()
         if state is not None:
-            for host in state.hosts:
+            extra_hosts = [HostState(**state.extra["nfs"])] if "nfs" in state.extra else []
+            for host in [*state.hosts, *extra_hosts]:
                 names.add(host.netns)
                 pids.update(p for p in [host.holder_pid, *host.pids.values()] if p)
         for ns in sorted(names):
@@ -365,6 +411,9 @@ class EmbeddedBackend:
                 return False
             if any(not _alive(pid) for pid in host.pids.values()) or len(host.pids) < 3:
                 return False
+        nfs = state.extra.get("nfs")
+        if nfs and any(not _alive(pid) for pid in [nfs["holder_pid"], *nfs["pids"].values()]):
+            return False
         return True
 
 

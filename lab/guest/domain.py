@@ -41,6 +41,7 @@ class GuestConfig:
     emulator: str = EMULATOR
     machine: str = "pc"
     disk_cache: str = "none"
+    disk_nfs_host: str | None = None  # disk is `disk` on this NFS server, through QEMU's NFS driver
     extra_devices: str = ""  # raw device XML, for tests that need an unusual guest
 
     @property
@@ -56,7 +57,12 @@ class GuestConfig:
 
 def domain_xml(cfg: GuestConfig) -> str:
     disk = ""
-    if cfg.disk:
+    if cfg.disk and cfg.disk_nfs_host:
+        # identity: QEMU's libnfs must present root to the export (ganesha sees no other owner).
+        disk = (f"<disk type='network' device='disk'><driver name='qemu' type='{cfg.disk_format}' cache='{cfg.disk_cache}'/>"
+                f"<source protocol='nfs' name='{escape(cfg.disk)}'><host name='{cfg.disk_nfs_host}'/>"
+                f"<identity user='root' group='root'/></source><target dev='vda' bus='virtio'/></disk>")
+    elif cfg.disk:
         disk = (f"<disk type='file' device='disk'><driver name='qemu' type='{cfg.disk_format}' cache='{cfg.disk_cache}'/>"
                 f"<source file='{escape(cfg.disk)}'/><target dev='vda' bus='virtio'/></disk>")
     return f"""<domain type='{cfg.domain_type}'>
@@ -171,21 +177,23 @@ def create_guest(lab, host: Host, *, name: str | None = None, memory_mib: int | 
     address = pool.allocate(name)
     heartbeats = HeartbeatReceiver(lab.runner_address)
     control = AgentControl(lab.runner_address, address, CTL_PORT)
-    storage = storage or lab.storage.mode
+    storage = lab.resolve_storage(storage)
     directory = disk_dir or str(lab.storage_path(storage))
     disk = f"{directory}/{name}.qcow2" if with_disk else None
+    nfs_host = lab.nfs_address if storage == "nfs" else None
     cfg = GuestConfig(
         name=name, memory_mib=memory_mib or lab.config.guest.memory_mib, vcpus=lab.config.guest.vcpus,
         address=address, prefixlen=lab.config.network.prefixlen, runner=lab.runner_address,
         heartbeat_port=heartbeats.port, heartbeat_us=lab.config.guest.heartbeat_us,
         kernel=lab.image["kernel"], initrd=lab.image["initrd"], domain_type=lab.domain_type,
-        cpu_model=cpu_model, disk=disk, emulator=emulator)
+        cpu_model=cpu_model, disk=disk, emulator=emulator, disk_nfs_host=nfs_host)
     if overrides:
         cfg = replace(cfg, **overrides)
     guest = Guest(cfg, host, heartbeats, control, storage=storage)
     try:
         if disk:
-            host.run(f"qemu-img create -q -f qcow2 {disk} {disk_mib or lab.config.guest.disk_mib}M")
+            target = f"nfs://{nfs_host}{disk}" if nfs_host else disk  # NFS: created over the wire too
+            host.run(f"qemu-img create -q -f qcow2 {target} {disk_mib or lab.config.guest.disk_mib}M")
         try:
             if transient:
                 host.connect().createXML(domain_xml(cfg), 0)
@@ -219,7 +227,9 @@ def remove_guest(lab, guest: Guest) -> None:
             dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
         except libvirt.libvirtError:
             pass
-    if guest.config.disk:
+    if guest.config.disk and guest.config.disk_nfs_host:
+        Path(guest.config.disk).unlink(missing_ok=True)  # cleanup only: the export's directory, seen from the runner
+    elif guest.config.disk:
         for host in lab.hosts if guest.storage == "local" else lab.hosts[:1]:
             host.run(f"rm -f {guest.config.disk}", check=False)
     for probe in guest.probes:

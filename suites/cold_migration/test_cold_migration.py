@@ -94,7 +94,7 @@ def test_live_and_cold_contrasted_on_the_same_guest(storage, lab, guest_factory,
         info = guest.host.run(f"qemu-img info -U --output=json {guest.config.disk}").stdout
         size = __import__("json").loads(info)["virtual-size"]
         dst.run(f"qemu-img create -q -f qcow2 {guest.config.disk} {size}")
-    params = MigrationParams(copy_storage=storage == "local", unsafe=storage == "shared" and lab.storage_is_undetectable_share,
+    params = MigrationParams(copy_storage=storage == "local", unsafe=lab.needs_unsafe(storage),
                              migrate_uri=f"tcp://{dst.address}")
     live = migrate(guest.name, src, dst, params)
     assert live.ok, live.error

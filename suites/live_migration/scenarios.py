@@ -33,7 +33,7 @@ class Scenario:
     def with_lab(self, lab, dst_address: str) -> MigrationParams:
         """Fill in what depends on the lab: the migration URI on the lab network, unsafe for undetectable shared storage."""
         uri = None if self.params.tunnelled else f"tcp://{dst_address}"
-        unsafe = self.storage == "shared" and lab.storage_is_undetectable_share
+        unsafe = lab.needs_unsafe(self.storage)
         return replace(self.params, migrate_uri=uri, unsafe=unsafe)
 
 
