@@ -189,8 +189,12 @@ def _parse_hosts(raw: Any, network: NetworkSpec, backend: str) -> tuple[HostSpec
         if key is not None and backend != "static":
             raise ConfigError(f"{where}.ssh_key: only the static backend takes a key (the {backend} lab makes its own)")
         hosts.append(HostSpec(name, str(address), str(user), None if key is None else str(key)))
-    if backend == "embedded" and len(hosts) < 2:
-        raise ConfigError("hosts: the embedded lab needs at least 2 hosts")
+    if len(hosts) < 2:
+        raise ConfigError(f"hosts: the {backend} lab needs at least 2 hosts")
+    if backend == "static":
+        for i, h in enumerate(hosts):
+            if not h.ssh_key:
+                raise ConfigError(f"hosts[{i}].ssh_key: missing (the private key that logs in as {h.ssh_user})")
     return tuple(hosts)
 
 

@@ -44,7 +44,7 @@ class Host:
 
     def ssh_options(self) -> list[str]:
         if self.ssh_config:
-            return ["-F", str(self.ssh_config)]
+            return ["-F", str(self.ssh_config), "-i", str(self.ssh_key)]
         return ["-i", str(self.ssh_key), "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5"]
 
     def ssh_argv(self, command: str | None = None) -> list[str]:

@@ -72,16 +72,9 @@ def _take_lease(config, lab_config: LabConfig) -> None:
 
 
 def _other_live_users(lab_config: LabConfig, run_id: str) -> list[str]:
-    users = []
-    for lease in _lease_dir(lab_config).glob("*"):
-        if lease.name == run_id:
-            continue
-        try:
-            os.kill(int(lease.read_text()), 0)
-            users.append(lease.name)
-        except (ValueError, ProcessLookupError, OSError):
-            lease.unlink(missing_ok=True)  # that run is gone
-    return users
+    from lab.state import live_users
+
+    return live_users(lab_config.name, excluding=run_id)
 
 
 def _lab_config(config) -> LabConfig:
@@ -152,7 +145,7 @@ def lab_config(pytestconfig) -> LabConfig:
     try:
         return _lab_config(pytestconfig)
     except LabError as exc:
-        pytest.exit(f"kvm-lab: {exc}", returncode=4)
+        pytest.fail(f"kvm-lab: {exc}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -165,7 +158,8 @@ def lab(pytestconfig, lab_config):
         _take_lease(pytestconfig, lab_config)
         return Lab.load(lab_config)
     except LabError as exc:
-        pytest.exit(f"kvm-lab: lab did not come up: {exc}", returncode=4)
+        # A failure, not pytest.exit: exiting inside an xdist worker crashes the run.
+        pytest.fail(f"kvm-lab: lab did not come up: {exc}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -190,14 +184,14 @@ def thresholds(pytestconfig):
     try:
         return load_thresholds(pytestconfig.getoption("thresholds"))
     except LabError as exc:
-        pytest.exit(f"kvm-lab: {exc}", returncode=4)
+        pytest.fail(f"kvm-lab: {exc}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def repeat(pytestconfig) -> int:
     count = pytestconfig.getoption("repeat")
     if count < 1:
-        pytest.exit("kvm-lab: --repeat: must be at least 1", returncode=4)
+        pytest.fail("kvm-lab: --repeat: must be at least 1", pytrace=False)
     return count
 
 

@@ -71,8 +71,8 @@ class Lab:
         key = base / "id_ed25519"
         wrapper = base / "ssh"
         hosts = tuple(
-            Host(name=h.name, address=h.address, ssh_user="root", ssh_key=key,
-                 libvirt_uri=f"qemu+ssh://root@{h.address}/system?keyfile={key}&command={wrapper}",
+            Host(name=h.name, address=h.address, ssh_user=h.ssh_user, ssh_key=Path(h.ssh_key or key),
+                 libvirt_uri=f"qemu+ssh://{h.ssh_user}@{h.address}/system?keyfile={h.ssh_key or key}&command={wrapper}",
                  ssh_config=base / "ssh_config", extra={"netns": h.netns, "host_uuid": h.host_uuid})
             for h in state.hosts
         )

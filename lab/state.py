@@ -29,6 +29,8 @@ class HostState:
     host_uuid: str
     holder_pid: int = 0  # keeps the host's mount+uts namespaces alive
     pids: dict[str, int] = field(default_factory=dict)  # daemon name -> PID
+    ssh_user: str = "root"
+    ssh_key: str = ""  # empty: the lab's own key
 
 
 @dataclass
@@ -72,3 +74,17 @@ class LabState:
             if h.name == name:
                 return h
         raise StateError(f"host {name!r} is not in lab {self.name!r} (hosts: {', '.join(h.name for h in self.hosts)})")
+
+
+def live_users(name: str, excluding: str = "") -> list[str]:
+    """pytest runs holding a lease on lab `name` whose controller process is still alive."""
+    users = []
+    for lease in (lab_dir(name) / "users").glob("*"):
+        if lease.name == excluding:
+            continue
+        try:
+            os.kill(int(lease.read_text()), 0)
+            users.append(lease.name)
+        except (ValueError, ProcessLookupError, OSError):
+            lease.unlink(missing_ok=True)  # that run is gone
+    return users

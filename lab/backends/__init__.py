@@ -26,4 +26,8 @@ def get_backend(config: LabConfig) -> Backend:
         from lab.backends.embedded import EmbeddedBackend
 
         return EmbeddedBackend(config)
-    raise BackendError(f"backend: {config.backend!r} is not available yet in this version; use backend: embedded")
+    if config.backend == "static":
+        from lab.backends.static import StaticBackend
+
+        return StaticBackend(config)
+    raise BackendError(f"backend: {config.backend!r} is not available yet in this version; use embedded or static")

@@ -34,7 +34,7 @@ from lab.config import LabConfig
 from lab.errors import BackendError, MissingToolError
 from lab.hosts import forget_connections
 from lab.sh import run
-from lab.state import HostState, LabState, lab_dir
+from lab.state import HostState, LabState, lab_dir, live_users
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 REQUIRED_TOOLS = ("ip", "unshare", "nsenter", "libvirtd", "virtlogd", "ssh", "ssh-keygen", "qemu-img")
@@ -94,10 +94,14 @@ class EmbeddedBackend:
         with self.lock:
             state = LabState.load(self.config.name)
             if state is not None and state.ready and self._healthy(state):
-                if state.config_digest != config_digest(self.config):
-                    raise BackendError(f"lab {self.config.name!r} is up with another lab.yaml; run `python -m lab down` first")
-                progress(f"lab {self.config.name} is already up")
-                return
+                if state.config_digest == config_digest(self.config):
+                    progress(f"lab {self.config.name} is already up")
+                    return
+                users = live_users(self.config.name)
+                if users:
+                    raise BackendError(f"lab {self.config.name!r} is up with another lab.yaml and in use by runs "
+                                       f"{', '.join(users)}; wait for them or use another lab name")
+                progress(f"lab {self.config.name} is up with another lab.yaml and unused: replacing it")
             _require_tools()
             if state is not None or self._leftovers():
                 progress("clearing what an earlier lab left behind")
