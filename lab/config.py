@@ -72,6 +72,7 @@ class LabConfig:
     storage: str = "shared"
     accelerator: str = "auto"
     hotpatch: HotpatchSpec = field(default_factory=HotpatchSpec)
+    vagrant: Any = None  # the vagrant backend's settings (lab/vagrant/settings.py validates them)
     source: str = "<defaults>"
 
     def host(self, name: str) -> HostSpec:
@@ -218,12 +219,23 @@ def _parse_hotpatch(data: dict) -> HotpatchSpec:
     return HotpatchSpec(**data)
 
 
+def _parse_vagrant(data: Any) -> Any:
+    if data is None:
+        return None
+    try:
+        from lab.vagrant.settings import parse_vagrant_settings
+    except ImportError:
+        raise ConfigError("vagrant: this version has no vagrant backend") from None
+    return parse_vagrant_settings(_expect_mapping(data, "vagrant"))
+
+
 def parse_lab_config(data: Any, source: str = "<string>") -> LabConfig:
     """Validate a parsed lab.yaml document and return the typed config."""
     if data is None:
         data = {}
     data = _expect_mapping(data, "lab.yaml")
-    _reject_unknown(data, ("name", "backend", "hosts", "network", "guest", "storage", "accelerator", "hotpatch"), "")
+    _reject_unknown(data, ("name", "backend", "hosts", "network", "guest", "storage", "accelerator", "hotpatch",
+                           "vagrant"), "")
     name = data.get("name", "kvmlab")
     if not isinstance(name, str) or not LAB_NAME.match(name):
         raise ConfigError(f"name: {name!r} is not a lab name (lowercase letter, then letters or digits; at most 8)")
@@ -238,6 +250,7 @@ def parse_lab_config(data: Any, source: str = "<string>") -> LabConfig:
         storage=_choice(data, "storage", STORAGE_MODES, "shared"),
         accelerator=_choice(data, "accelerator", ACCELERATORS, "auto"),
         hotpatch=_parse_hotpatch(_expect_mapping(data.get("hotpatch") or {}, "hotpatch")),
+        vagrant=_parse_vagrant(data.get("vagrant")),
         source=source,
     )
 
