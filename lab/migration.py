@@ -113,6 +113,7 @@ class _Watchdog:
         self.fired = ""
         self.postcopy_switched = False
         self.postcopy_error = ""
+        self.stats_at_fire: dict = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -139,6 +140,10 @@ class _Watchdog:
                     self.fired = f"budget {self.params.timeout_s:.0f} s exceeded: switched to postcopy"
                     deadline = time.monotonic() + self.params.timeout_s
                 else:
+                    try:  # evidence: where the job stood when the budget ran out
+                        self.stats_at_fire = dict(self.dom.jobStats())
+                    except libvirt.libvirtError:
+                        pass
                     self.dom.abortJob()
                     self.fired = f"budget {self.params.timeout_s:.0f} s exceeded: aborted"
                     return
@@ -186,7 +191,7 @@ def migrate(name: str, src: Host, dst: Host, params: MigrationParams) -> Migrati
                              switched_to_postcopy=watchdog.postcopy_switched, aborted=aborted, error=error,
                              watchdog_note=watchdog.postcopy_error)
     if error:
-        result.stats = _job_stats(dom)
+        result.stats = watchdog.stats_at_fire or _job_stats(dom)
         return result
     try:
         result.stats = _job_stats(dst.connect().lookupByName(name))

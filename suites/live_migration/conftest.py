@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from lab.evidence import collect
 from lab.integrity import check_intact, take_fingerprint
 from lab.measure import measure_migration, thresholds_record, verdict
 
@@ -18,7 +19,7 @@ def precreate_disk(guest, host) -> None:
 
 
 @pytest.fixture
-def run_measured(lab, thresholds, repeat, host_versions, record):
+def run_measured(lab, thresholds, repeat, host_versions, record, test_report_dir):
     """Run a scenario --repeat times (alternating direction), check integrity each time, then the verdict."""
 
     def run(scenario, guest):
@@ -39,7 +40,9 @@ def run_measured(lab, thresholds, repeat, host_versions, record):
             doc.update(repetition=i + 1, of=count, thresholds_file=thresholds_record(thresholds))
             record(doc)
             if not m.result.ok:
-                pytest.fail(f"{scenario.id}: migration {i + 1} {src.name} -> {dst.name} failed: {m.result.error}")
+                kept = collect(lab.hosts, guest.name, test_report_dir / f"migration-{i + 1}", m.result)
+                pytest.fail(f"{scenario.id}: migration {i + 1} {src.name} -> {dst.name} failed: {m.result.error} "
+                            f"(evidence: {len(kept)} files in {test_report_dir})")
             problems += [f"after migration {i + 1} to {dst.name}: {p}" for p in check_intact(guest, before, lab.hosts, dst)]
             measurements.append(m)
             src, dst = dst, src

@@ -7,6 +7,7 @@ import time
 import libvirt
 import pytest
 
+from lab.evidence import collect
 from lab.integrity import check_intact, take_fingerprint
 from lab.migration import MigrationParams, get_max_downtime_ms, migrate
 from lab.stats import Summary
@@ -85,7 +86,7 @@ def test_configured_bandwidth_is_honored_by_measured_throughput(lab, guest_facto
 
 @pytest.mark.smoke
 def test_precopy_that_cannot_converge_times_out_and_the_guest_keeps_running_on_the_source(
-        lab, guest, src_host, dst_host, record):
+        lab, guest, src_host, dst_host, record, test_report_dir):
     before = take_fingerprint(guest)
     guest.agent("dirty", 64, 64)  # four times the link's rate
     params = Scenario("timeout", MigrationParams(bandwidth_mibs=LINK_MIBS, timeout_s=8)).with_lab(lab, dst_host.address)
@@ -94,6 +95,10 @@ def test_precopy_that_cannot_converge_times_out_and_the_guest_keeps_running_on_t
             "error": result.error, "aborted": result.aborted, "libvirt_stats": result.stats})
     assert not result.ok and result.aborted, f"expected the watchdog to abort, got: {result.error or 'success'}"
     assert "budget 8 s exceeded: aborted" in result.error
+    kept = collect(lab.hosts, guest.name, test_report_dir / "aborted", result)
+    names = {p.name for p in kept}
+    assert {f"{src_host.name}-{guest.name}.qemu.log", f"{src_host.name}-{guest.name}.serial",
+            f"{src_host.name}-libvirtd.log", "migration-result.json"} <= names, names
     guest.agent("dirty", 0, 0)
     assert check_intact(guest, before, lab.hosts, src_host) == []
     with pytest.raises(libvirt.libvirtError):
