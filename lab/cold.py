@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import libvirt
 
-from lab.errors import MigrationError
+from lab.errors import AgentTimeout, MigrationError
 from lab.guest.domain import Guest
 from lab.hosts import Host
 from lab.migration import MigrationParams, migrate
@@ -54,7 +54,15 @@ def _shut_off(host: Host, name: str) -> bool:
 def shutdown_cleanly(guest: Guest, timeout: float = 60) -> float:
     """Ask the guest to power off (sync, then off) and wait until libvirt sees it shut off."""
     start = time.monotonic()
-    guest.agent("poweroff")
+    try:
+        guest.agent("poweroff", timeout=30)
+    except AgentTimeout as exc:
+        # The reply can die with the machine: a guest that is off has obeyed.
+        if not _shut_off(guest.host, guest.name):
+            age = (time.time_ns() - guest.heartbeats.last_time()) / 1e9
+            raise MigrationError(f"{exc} (last heartbeat {age:.1f} s ago: "
+                                 f"{'the guest is stalled' if age > 2 else 'the guest runs but its agent is busy'}); "
+                                 "nothing was moved") from None
     while time.monotonic() - start < timeout:
         if _shut_off(guest.host, guest.name):
             return time.monotonic() - start

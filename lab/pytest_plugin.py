@@ -257,9 +257,12 @@ def guest_factory(request, lab, test_report_dir):
 
     made = []
 
-    def make(host=None, **kwargs):
-        guest = create_guest(lab, host or lab.hosts[0], **kwargs)
+    def make(host=None, wait=True, **kwargs):
+        # Waiting happens after the guest is on the list, so a guest that never answers keeps its logs.
+        guest = create_guest(lab, host or lab.hosts[0], wait=False, **kwargs)
         made.append(guest)
+        if wait and kwargs.get("start", True):
+            guest.wait_ready()
         return guest
 
     yield make

@@ -233,27 +233,82 @@ def _tail(path: Path, n: int = 1) -> str:
     return " | ".join(lines[-n:])
 
 
-def configure(srcdir: Path, log, jobs: int) -> Path:
+def pkgversion(source: QemuSource) -> str:
+    """What QMP query-version reports as `package` for the lab's build (before any hot patch)."""
+    return f"kvm-lab {source.version}"
+
+
+def configure(srcdir: Path, log, source: QemuSource) -> Path:
     builddir = srcdir / "build"
     builddir.mkdir(exist_ok=True)
     # cc, not an absolute compiler path: libcare-patch-make swaps the `cc` symlink to put libcare-cc in.
     env = dict(os.environ, CC="cc", TERM="dumb")
-    rc = _run_logged(["../configure", *CONFIGURE_ARGS], log, builddir, env, timeout=1200)
+    rc = _run_logged(["../configure", *CONFIGURE_ARGS, f"--with-pkgversion={pkgversion(source)}"], log, builddir,
+                     env, timeout=1200)
     if rc != 0:
         raise HotpatchError(f"QEMU configure failed (exit {rc}): {_tail(Path(log.name))}; full log {log.name}")
     return builddir
 
 
-def make_plain(builddir: Path, log, jobs: int) -> Path:
-    rc = _run_logged(["make", f"-j{jobs}"], log, builddir, dict(os.environ, TERM="dumb"))
+LPMAKEFILE = """\
+# Written by kvm-acceptance (lab/qemu_build.py). libcare-patch-make uses ./lpmakefile when it
+# exists: build and install only the emulator (QEMU's `all` also builds tools and unit tests).
+all:
+\t$(MAKE) -f Makefile qemu-system-x86_64
+install: all
+\tinstall -D -m 0755 qemu-system-x86_64 $(DESTDIR)/usr/bin/qemu-system-x86_64
+clean:
+\t$(MAKE) -f Makefile clean
+.PHONY: all install clean
+"""
+
+
+def write_lpmakefile(builddir: Path) -> Path:
+    path = builddir / "lpmakefile"
+    path.write_text(LPMAKEFILE)
+    return path
+
+
+def make_plain(builddir: Path, log, jobs: int, progress: Progress = _quiet) -> Path:
+    from lab.hotpatch import CC_SWAP_LOCK
+
+    # The tree compiles with `cc`: while a libcare-patch-make run has swapped it for libcare-cc, wait.
+    with file_lock(CC_SWAP_LOCK, "libcare-patch-make run (it swaps the machine's cc)", progress):
+        rc = _run_logged(["make", f"-j{jobs}", BINARY], log, builddir, dict(os.environ, TERM="dumb"))
     binary = builddir / BINARY
     if rc != 0 or not binary.exists():
         raise HotpatchError(f"QEMU build failed (exit {rc}): {_tail(Path(log.name))}; full log {log.name}")
     return binary
 
 
+def config_hash() -> str:
+    """Changes whenever the way the tree is configured or tweaked changes: such builds are not reused."""
+    recipe = "\n".join([*CONFIGURE_ARGS, "pkgversion=kvm-lab", "edk2-unpacking=off"])
+    return hashlib.sha256(recipe.encode()).hexdigest()[:8]
+
+
+def install_emulator(entry: Path, built: Path) -> Path:
+    """Copy the emulator to <entry>/root/usr/bin, a stable path later builds in the tree never rewrite.
+
+    QEMU finds firmware relative to its own location (a relocatable install: /usr/bin/../share/seabios),
+    so <entry>/root/usr/share/seabios etc. are links to the distro's firmware directories.
+    """
+    root = entry / "root"
+    binary = root / "usr" / "bin" / BINARY
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    tmp = binary.with_name(BINARY + ".tmp")
+    shutil.copy2(built, tmp)
+    os.replace(tmp, binary)
+    for firmware in FIRMWARE_PATH:
+        link = root / firmware.lstrip("/")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to(firmware)
+    return binary
+
+
 def cache_dir(build_cache: str | os.PathLike, source: QemuSource, mode: str) -> Path:
-    return Path(build_cache) / f"qemu-{source.slug}-{mode}"
+    return Path(build_cache) / f"qemu-{source.slug}-{mode}-{config_hash()}"
 
 
 @contextlib.contextmanager
@@ -328,18 +383,16 @@ def ensure_qemu_build(build_cache: str | os.PathLike, *, mode: str = "libcare", 
         disable_edk2_unpacking(srcdir)
         with open(log_path, "a") as log:
             progress(f"configuring QEMU {source.version} for x86_64-softmmu (log {log_path})")
-            builddir = configure(srcdir, log, jobs)
+            builddir = configure(srcdir, log, source)
             if mode == "plain":
                 progress(f"building QEMU with make -j{jobs} (about 4 minutes on 2 cores)")
-                built = make_plain(builddir, log, jobs)
+                built = make_plain(builddir, log, jobs, progress)
             else:
                 progress(f"building QEMU through libcare-patch-make's original stage, -j{jobs} "
                          "(about 5 minutes on 2 cores)")
-                built = libcare.build_original(builddir, log_path=log_path, jobs=jobs)
-        bindir = entry / "bin"
-        bindir.mkdir(exist_ok=True)
-        binary = bindir / BINARY
-        shutil.copy2(built, binary)
+                write_lpmakefile(builddir)
+                built = libcare.build_original(builddir, log_path=log_path, jobs=jobs, progress=progress)
+        binary = install_emulator(entry, built)
         build = QemuBuild(dir=entry, source=source, mode=mode, srcdir=srcdir, builddir=builddir, binary=binary,
                           buildid=elf_build_id(binary), minutes=round((time.monotonic() - started) / 60, 2))
         _write_meta(build)
@@ -354,3 +407,79 @@ def patch_set_hash(patch_files: Sequence[str | os.PathLike]) -> str:
         p = Path(path)
         digest.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
+
+
+# -- kpatches for a build, cached by patch set ---------------------------------
+
+def ensure_kpatch(build: QemuBuild, libcare, patch_files: Sequence[str | os.PathLike], patch_id: str, *,
+                  target_buildid: str | None = None, progress: Progress = _quiet, jobs: int | None = None):
+    """The kpatch for `patch_files` (applied in order) against `build`, made once and cached.
+
+    `target_buildid` labels the kpatch for another binary (libcare-patch-make --buildid).
+    A refused build is cached too (its log); asking again re-diagnoses the log and raises
+    lab.hotpatch.HotpatchFailed just like the first time, without another 5-minute build.
+    """
+    from lab.hotpatch import BuildResult, HotpatchFailed, Symbols, diagnose_build, read_kpatch_header
+
+    if build.mode != "libcare":
+        raise HotpatchError(f"{build.dir}: a {build.mode} build cannot make kpatches; use a libcare build")
+    key = f"{patch_id}-{patch_set_hash(patch_files)}" + (f"-for-{target_buildid[:12]}" if target_buildid else "")
+    entry = build.dir / "kpatches" / key
+    result_file = entry / "result.json"
+    symbols = Symbols(build.binary)
+
+    def from_cache():
+        try:
+            data = json.loads(result_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if data["ok"]:
+            paths = tuple(data["kpatch_paths"])
+            if all(Path(p).exists() for p in paths):
+                return BuildResult(paths, data["buildid"], data["log_path"], patch_id, data.get("original_binary", ""),
+                                   data.get("original_buildid", ""), data.get("seconds", 0.0))
+            return None
+        raise HotpatchFailed(diagnose_build(Path(data["log_path"]).read_text(errors="replace"), symbols.name_at,
+                                            symbols.size_of))
+
+    cached = from_cache()
+    if cached:
+        return cached
+    with file_lock(build.dir / ".kpatch.lock", "kpatch build in this QEMU tree", progress):
+        cached = from_cache()
+        if cached:
+            return cached
+        if entry.exists():
+            shutil.rmtree(entry)
+        entry.mkdir(parents=True)
+        log_path = entry / "libcare-patch-make.log"
+        names = ", ".join(Path(p).name for p in patch_files)
+        progress(f"building kpatch {patch_id} from {names} with libcare-patch-make (original + patched stages; "
+                 "a few minutes)")
+        started = time.monotonic()
+        try:
+            result = libcare.build(build.srcdir, patch_files, build.builddir, target_buildid, patch_id=patch_id,
+                                   jobs=jobs or os.cpu_count() or 2, log_path=log_path,
+                                   expect_buildid=build.buildid, progress=progress)
+        except HotpatchFailed:
+            _write_json(result_file, {"ok": False, "log_path": str(log_path)})
+            raise
+        kept = []
+        for path in result.kpatch_paths:
+            dest = entry / Path(path).name
+            shutil.copy2(path, dest)
+            kept.append(str(dest))
+        head = read_kpatch_header(kept[0])
+        seconds = round(time.monotonic() - started, 1)
+        _write_json(result_file, {"ok": True, "kpatch_paths": kept, "buildid": head.buildid, "log_path": str(log_path),
+                                  "original_binary": result.original_binary, "original_buildid": result.original_buildid,
+                                  "seconds": seconds, "patches": [str(p) for p in patch_files]})
+        progress(f"kpatch {patch_id} ready in {seconds / 60:.1f} min: {kept[0]}")
+        return BuildResult(tuple(kept), head.buildid, str(log_path), patch_id, result.original_binary,
+                           result.original_buildid, seconds)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

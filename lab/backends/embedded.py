@@ -46,8 +46,10 @@ CAPS_CACHE = Path("/var/cache/kvm-acceptance-lab/libvirt-qemu-capabilities")  # 
 
 
 def config_digest(config: LabConfig) -> str:
+    """What a running lab was made from: its shape only (not settings that don't change what `up` makes)."""
     doc = asdict(config)
-    doc.pop("source", None)
+    for unrelated in ("source", "hotpatch", "vagrant", "guest"):
+        doc.pop(unrelated, None)
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -97,11 +99,11 @@ class EmbeddedBackend:
                 if state.config_digest == config_digest(self.config):
                     progress(f"lab {self.config.name} is already up")
                     return
+                # Never replace a running lab behind its users' backs (a CLI user holds no lease).
                 users = live_users(self.config.name)
-                if users:
-                    raise BackendError(f"lab {self.config.name!r} is up with another lab.yaml and in use by runs "
-                                       f"{', '.join(users)}; wait for them or use another lab name")
-                progress(f"lab {self.config.name} is up with another lab.yaml and unused: replacing it")
+                using = f" (in use by runs {', '.join(users)})" if users else ""
+                raise BackendError(f"lab {self.config.name!r} is up with another lab.yaml{using}; "
+                                   "run `python -m lab down` first, or use another lab name")
             _require_tools()
             if state is not None or self._leftovers():
                 progress("clearing what an earlier lab left behind")

@@ -611,7 +611,9 @@ static void serve(int fd)
         remember_reply(line, reply);
         sendto(fd, reply, strlen(reply), 0, (struct sockaddr *)&from, fromlen);
         if (off) {
-            /* Cold migration wants a clean stop: flush, then power off. */
+            /* Cold migration wants a clean stop: flush, then power off. Wait a moment first,
+             * so the reply above leaves the virtio NIC before the machine goes away. */
+            usleep(200000);
             sync();
             reboot(RB_POWER_OFF);
             console("LAB-AGENT-ERROR poweroff: %s", strerror(errno));

@@ -1,0 +1,1 @@
+"""The Vagrant lab: settings, Vagrantfile, box builder and the python-vagrant wrapper."""
