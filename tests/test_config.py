@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from lab.config import load_lab_config, parse_lab_config
+from lab.config import DEFAULT_LAB_CONFIG, load_lab_config, parse_lab_config
 from lab.errors import ConfigError
 
 BAD = {
@@ -53,7 +53,7 @@ def test_malformed_lab_yaml_gives_one_line_naming_the_field(tmp_path, text, expe
 
 
 def test_default_lab_yaml_is_valid_and_matches_documented_defaults():
-    config = load_lab_config()
+    config = load_lab_config(DEFAULT_LAB_CONFIG)
     assert [h.name for h in config.hosts] == ["hv1", "hv2"]
     assert config.backend == "embedded" and config.accelerator == "auto"
     assert config == parse_lab_config({}, config.source)
@@ -85,7 +85,7 @@ def test_cli_prints_one_line_and_no_traceback(tmp_path, text, expected):
 
 def test_unknown_host_is_one_line():
     with pytest.raises(ConfigError, match=r"unknown host 'hv9': this lab has hv1, hv2"):
-        load_lab_config().host("hv9")
+        load_lab_config(DEFAULT_LAB_CONFIG).host("hv9")
 
 
 def test_config_from_string_documents_the_yaml_shape():
