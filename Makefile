@@ -4,7 +4,7 @@ PY := .venv/bin/python
 RUN_ID := $(shell date +%Y%m%d-%H%M%S)-$$PPID
 PYTEST_ARGS ?=
 
-.PHONY: setup test acceptance up down status bench clean
+.PHONY: setup test acceptance hotpatch-test up down status bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -18,6 +18,10 @@ acceptance: setup
 	LAB_RUN_ID=$(RUN_ID) $(PY) -m lab up
 	LAB_RUN_ID=$(RUN_ID) $(PY) -m pytest suites/ -n auto --dist loadgroup -m "not slow and not vagrant" $(PYTEST_ARGS); \
 	  status=$$?; echo "report: reports/$(RUN_ID)/"; exit $$status
+
+# Hot patches end to end (slow: QEMU source build + libcare-patch-make); needs libcareplus on PATH.
+hotpatch-test: setup
+	LAB_RUN_ID=$(RUN_ID) $(PY) -m pytest suites/hotpatch tests/test_hotpatch_driver.py $(PYTEST_ARGS)
 
 up: setup
 	$(PY) -m lab up

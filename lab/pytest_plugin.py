@@ -39,7 +39,9 @@ def _is_controller(config) -> bool:
 
 def pytest_configure(config):
     if _is_controller(config):
-        config.kvm_run_id = os.environ.get("LAB_RUN_ID") or new_run_id()
+        # Popped, so that pytest runs nested inside this one's tests get run ids (and leases) of their own:
+        # a nested run that inherited ours would believe it owns the lab and take it down.
+        config.kvm_run_id = os.environ.pop("LAB_RUN_ID", "") or new_run_id()
     else:
         config.kvm_run_id = config.workerinput["kvm_run_id"]
     report_dir = Path(config.getoption("report_dir") or REPORTS / config.kvm_run_id)

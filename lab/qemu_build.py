@@ -94,7 +94,8 @@ def installed_source(package: str = BINARY_PACKAGE) -> QemuSource:
         raise HotpatchError("dpkg-query not found: building QEMU from its source package is implemented for "
                             "Debian (openEuler: rpmbuild the qemu SRPM, then set hotpatch.emulator)") from None
     if proc.returncode != 0 or not proc.stdout.strip():
-        raise HotpatchError(f"{package} is not installed: apt-get install {package} (its source version is what gets built)")
+        raise HotpatchError(f"{package} is not installed: apt-get install {package} "
+                            "(its source version is what gets built)")
     src, src_version, version = proc.stdout.strip().split("\t")
     return QemuSource(src or "qemu", src_version or version, version)
 
@@ -117,7 +118,7 @@ def has_deb_src(sources_dir: Path = APT_SOURCES_DIR, sources_list: Path = Path("
 
 
 def deb_src_stanzas(debian_sources: str) -> str:
-    """deb822 stanzas of the form `Types: deb-src`, mirroring every `Types: deb` stanza's URIs/Suites/Components/Signed-By."""
+    """`Types: deb-src` stanzas mirroring every `Types: deb` stanza's URIs/Suites/Components/Signed-By (deb822)."""
     out = []
     for block in re.split(r"\n\s*\n", debian_sources.strip()):
         fields: dict[str, str] = {}
@@ -190,7 +191,8 @@ def fetch_source(source: QemuSource, dest: Path, progress: Progress = _quiet) ->
     """`apt-get source --download-only`, then dpkg-source -x into dest/src; returns the tree."""
     ensure_deb_src(progress)
     dest.mkdir(parents=True, exist_ok=True)
-    progress(f"fetching source package {source.package}={source.version} (installed {BINARY_PACKAGE} {source.installed})")
+    progress(f"fetching source package {source.package}={source.version} "
+             f"(installed {BINARY_PACKAGE} {source.installed})")
     _apt(["apt-get", "source", "--download-only", "-qq", f"{source.package}={source.version}"],
          f"apt-get source {source.package}={source.version}", timeout=1200, cwd=dest)
     dscs = sorted(dest.glob(f"{source.package}_*.dsc"))
@@ -208,7 +210,8 @@ def disable_edk2_unpacking(srcdir: Path) -> bool:
     """The dfsg tarball has no edk2 blobs; stop meson from unpacking them for x86_64. True if changed."""
     meson = srcdir / "meson.build"
     text = meson.read_text()
-    new = re.sub(r"unpack_edk2_blobs = bzip2\.found\(\)", "unpack_edk2_blobs = false  # kvm-acceptance: dfsg has no edk2 blobs", text)
+    new = re.sub(r"unpack_edk2_blobs = bzip2\.found\(\)",
+                 "unpack_edk2_blobs = false  # kvm-acceptance: dfsg has no edk2 blobs", text)
     if new == text:
         return False
     meson.write_text(new)
@@ -471,9 +474,10 @@ def ensure_kpatch(build: QemuBuild, libcare, patch_files: Sequence[str | os.Path
             kept.append(str(dest))
         head = read_kpatch_header(kept[0])
         seconds = round(time.monotonic() - started, 1)
-        _write_json(result_file, {"ok": True, "kpatch_paths": kept, "buildid": head.buildid, "log_path": str(log_path),
-                                  "original_binary": result.original_binary, "original_buildid": result.original_buildid,
-                                  "seconds": seconds, "patches": [str(p) for p in patch_files]})
+        _write_json(result_file, {"ok": True, "kpatch_paths": kept, "buildid": head.buildid,
+                                  "log_path": str(log_path), "original_binary": result.original_binary,
+                                  "original_buildid": result.original_buildid, "seconds": seconds,
+                                  "patches": [str(p) for p in patch_files]})
         progress(f"kpatch {patch_id} ready in {seconds / 60:.1f} min: {kept[0]}")
         return BuildResult(tuple(kept), head.buildid, str(log_path), patch_id, result.original_binary,
                            result.original_buildid, seconds)
