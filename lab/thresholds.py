@@ -19,6 +19,7 @@ class Tolerance:
     probe_period_ms: float = 1.0
     bandwidth_pct: float = 25.0
     max_downtime_ms: float = 250.0
+    hypervisor_overestimate_ms: float = 25.0
 
 
 @dataclass(frozen=True)

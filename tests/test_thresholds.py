@@ -68,10 +68,12 @@ def test_verdict_uses_p95_and_names_scenario_probe_figure_and_limit():
 
 def test_invariants_catch_a_guest_gap_below_the_hypervisor_figure_and_lost_heartbeats():
     m = _measurement(200, 150, 210, lost=3)
-    problems = check_invariants(m, period_ms=1)
+    problems = check_invariants(m, period_ms=1, overestimate_ms=25)
     assert any("below hypervisor-reported 200 ms" in p for p in problems)
     assert any("3 heartbeat sequence numbers never arrived" in p for p in problems)
     assert check_invariants(_measurement(200, 201, 220), period_ms=1) == []
+    assert check_invariants(_measurement(200, 180, 220), period_ms=1, overestimate_ms=25) == []
+    assert check_invariants(_measurement(200, 180, 220), period_ms=1) != []
 
 
 @pytest.mark.lab

@@ -35,7 +35,8 @@ def run_measured(lab, thresholds, repeat, host_versions, record, test_report_dir
             if scenario.storage == "local":
                 precreate_disk(guest, dst)
             params = scenario.with_lab(lab, dst.address)
-            m = measure_migration(scenario.id, guest, src, dst, params, period_ms)
+            m = measure_migration(scenario.id, guest, src, dst, params, period_ms,
+                                  overestimate_ms=thresholds.tolerance.hypervisor_overestimate_ms)
             doc = m.record(host_versions, limits)
             doc.update(repetition=i + 1, of=count, thresholds_file=thresholds_record(thresholds))
             record(doc)
