@@ -123,7 +123,9 @@ def test_cancel_mid_migration_leaves_the_guest_on_the_source(lab, guest, src_hos
     worker.join(timeout=60)
     result = outcome["r"]
     record({"kind": "live-migration", "scenario": "cancel-mid-migration", "ok": result.ok, "error": result.error})
-    assert not result.ok and "cancel" in result.error.lower(), result.error
+    # libvirt words a cancel differently depending on the phase it hits ("canceled by client",
+    # or an I/O error from the destination connection): what matters is where the guest is.
+    assert not result.ok, "the cancelled migration reported success"
     assert check_intact(guest, before, lab.hosts, src_host) == []
     with pytest.raises(libvirt.libvirtError):
         dst_host.connect().lookupByName(guest.name)
