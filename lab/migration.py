@@ -176,7 +176,10 @@ def migrate(name: str, src: Host, dst: Host, params: MigrationParams) -> Migrati
         dom.migrateSetMaxDowntime(params.max_downtime_ms, 0)
     started_ns, t0 = time.time_ns(), time.monotonic()
     error, aborted = "", False
-    with _Watchdog(dom, params) as watchdog:
+    # The watchdog gets a connection of its own: calls on the connection that is blocked in
+    # migrateToURI3 were seen to hang (abortJob for 10+ minutes under load), killing the budget.
+    watch_conn = src.connect(fresh=True)
+    with _Watchdog(watch_conn.lookupByName(name), params) as watchdog:
         try:
             if params.p2p or params.tunnelled:
                 dom.migrateToURI3(dst.libvirt_uri, params.typed_params(), params.flags())
@@ -187,6 +190,10 @@ def migrate(name: str, src: Host, dst: Host, params: MigrationParams) -> Migrati
             aborted = bool(watchdog.fired)
             if watchdog.fired:
                 error = f"{watchdog.fired}: {error}"
+    try:
+        watch_conn.close()
+    except libvirt.libvirtError:
+        pass
     result = MigrationResult(src.name, dst.name, params, started_ns, time.time_ns(), time.monotonic() - t0,
                              switched_to_postcopy=watchdog.postcopy_switched, aborted=aborted, error=error,
                              watchdog_note=watchdog.postcopy_error)
