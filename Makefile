@@ -4,7 +4,7 @@ PY := .venv/bin/python
 RUN_ID := $(shell date +%Y%m%d-%H%M%S)-$$PPID
 PYTEST_ARGS ?=
 
-.PHONY: setup test acceptance hotpatch-test up down status bench clean
+.PHONY: setup test acceptance hotpatch-test vagrant-test up down status bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +22,17 @@ acceptance: setup
 # Hot patches end to end (slow: QEMU source build + libcare-patch-make); needs libcareplus on PATH.
 hotpatch-test: setup
 	LAB_RUN_ID=$(RUN_ID) $(PY) -m pytest suites/hotpatch tests/test_hotpatch_driver.py $(PYTEST_ARGS)
+
+# The Vagrant lab end to end (slow; not part of `make test` / .ci/run): the fast Vagrant and
+# provisioning checks, then the box (built locally if missing), `lab up` with the Vagrant backend,
+# the playbook run a second time (must change nothing), the preflight suite and the precopy-idle
+# live migration on the lab, and `lab down` (checked to leave no VM, network, volume or daemon).
+# VAGRANT_LAB=lab/vagrant/lab.example.yaml for a machine that can download boxes and has KVM.
+VAGRANT_LAB ?= lab/vagrant/lab.tcg.yaml
+
+vagrant-test: setup
+	LAB_RUN_ID=$(RUN_ID) LAB_VAGRANT_CONFIG=$(VAGRANT_LAB) LAB_VAGRANT_TIMINGS=reports/vagrant-timings.json \
+	  $(PY) -m pytest tests/test_vagrant_lab.py tests/test_provision.py -p no:randomly -rs $(PYTEST_ARGS)
 
 up: setup
 	$(PY) -m lab up

@@ -10,6 +10,7 @@ DEBIAN_PACKAGES=(
   openssh-server openssh-client busybox-static cpio iproute2 nftables
   gcc libc6-dev pkg-config python3-dev python3-venv
   nfs-ganesha nfs-ganesha-vfs rpcbind
+  vagrant vagrant-libvirt ansible-core ansible ansible-lint debootstrap dnsmasq-base
 )
 # openEuler names (dnf); libcareplus is packaged there.
 OPENEULER_PACKAGES=(

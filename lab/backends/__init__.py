@@ -26,8 +26,12 @@ def get_backend(config: LabConfig) -> Backend:
         from lab.backends.embedded import EmbeddedBackend
 
         return EmbeddedBackend(config)
+    if config.backend == "vagrant":
+        from lab.backends.vagrant import VagrantBackend
+
+        return VagrantBackend(config)
     if config.backend == "static":
         from lab.backends.static import StaticBackend
 
         return StaticBackend(config)
-    raise BackendError(f"backend: {config.backend!r} is not available yet in this version; use embedded or static")
+    raise BackendError(f"backend: {config.backend!r} is not available yet in this version; use embedded, static or vagrant")

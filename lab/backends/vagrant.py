@@ -66,6 +66,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _host_uuid(host) -> str:
+    """The host UUID libvirt reports (from the VM's machine-id, see the hypervisor role); '' if unreadable."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        return ET.fromstring(host.connect().getCapabilities()).findtext("./host/uuid") or ""
+    except Exception:  # noqa: BLE001 - informational only
+        return ""
+
+
 class VagrantBackend(StaticBackend):
     def __init__(self, config: LabConfig):
         super().__init__(config)
@@ -201,7 +211,14 @@ class VagrantBackend(StaticBackend):
             if state and state.ready and state.config_digest == config_digest(self.config) and self._vms_running():
                 progress(f"lab {self.config.name} is already up")
                 return
-            if state is not None or self.work.joinpath(".vagrant").exists():
+            resume = bool(state and state.config_digest == config_digest(self.config)
+                          and self.work.joinpath(".vagrant").exists())
+            if resume:
+                # The same lab, stopped half-way (or its VMs stopped): vagrant up and the playbook are
+                # idempotent, so carry on from where it is rather than start over (minutes under TCG).
+                progress(f"lab {self.config.name}: resuming the earlier, unfinished `up` (same lab.yaml)")
+                daemons = state.extra.get("daemons", {})
+            elif state is not None or self.work.joinpath(".vagrant").exists():
                 progress(f"lab {self.config.name}: clearing what an earlier lab left")
                 self._down_locked(progress, keep_daemons=True)
                 kept = LabState.load(self.config.name)  # only the daemons' record survives
@@ -275,7 +292,19 @@ class VagrantBackend(StaticBackend):
         known = self.dir / "known_hosts"
         known.touch()
         write_ssh_client_config(self.dir / "ssh_config", self.key, known)
+        # The VMs may run under TCG: an SSH login there costs seconds, so the runner keeps one
+        # connection per VM open and multiplexes commands over it (`down` closes them).
+        with open(self.dir / "ssh_config", "a") as fh:
+            fh.write(f"  ControlMaster auto\n  ControlPath {self.dir}/cm-%C\n  ControlPersist 120s\n")
         write_ssh_wrapper(self.dir / "ssh", self.dir / "ssh_config")
+
+    def _close_ssh_masters(self, state: LabState) -> None:
+        config = self.dir / "ssh_config"
+        if not config.exists():
+            return
+        for h in state.hosts:
+            subprocess.run(["ssh", "-F", str(config), "-O", "exit", f"{h.ssh_user}@{h.address}"],
+                           capture_output=True, timeout=15)
 
     def _show(self, line: str, progress: Progress, ansible: bool = False) -> None:
         """Vagrant's per-VM lines (==> hv1: ...) and Ansible's task headers, one line each."""
@@ -316,9 +345,11 @@ class VagrantBackend(StaticBackend):
             raise BackendError("provisioning wrote no host keys to the lab's known_hosts (is provision: false?)")
         self._check_runner_address()
         lab = Lab.from_state(self.config, state)
-        for host in lab.hosts:
+        for host, record in zip(lab.hosts, state.hosts):
             progress(f"{host.name}: ssh and libvirt at {host.address} (migration network)")
             self._check_host(host)
+            record.host_uuid = _host_uuid(host)
+        state.save()
         image = ensure_image(progress=progress)
         remote = f"{IMAGE_DIR}/{image.key}"
         for host in lab.hosts:
@@ -348,6 +379,7 @@ class VagrantBackend(StaticBackend):
                 self._ensure_daemons(scratch, progress)  # to remove what is left, libvirtd must answer
             else:
                 uri_ok = False
+        self._close_ssh_masters(scratch)
         if (work / ".vagrant").exists() and (work / "Vagrantfile").exists():
             progress(f"vagrant destroy in {work}")
             try:

@@ -1,0 +1,394 @@
+"""The Vagrant lab: settings validation, the rendered Vagrantfile settings, `vagrant validate`, the box
+builder's pieces, the python-vagrant wrapper, and (marked vagrant + slow) the whole lab end to end.
+
+Fast tests run in CI (`make test`); those that need vagrant / vagrant-libvirt skip with the reason
+when they are missing. The end-to-end test (`make vagrant-test`) builds the box if needed, brings the
+lab up under whatever the machine has (TCG here), checks the playbook is idempotent, runs the
+preflight suite and the precopy-idle live migration on it, and takes it down, checking nothing is left.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lab.config import parse_lab_config
+from lab.errors import ConfigError
+from lab.vagrant import box as boxmod
+from lab.vagrant.render import REPO_VAGRANTFILE, machines, settings_document, vm_mac, write_work_dir
+from lab.vagrant.settings import DEFAULT_BOX, VagrantSpec, check_lab, nfs_server_address, parse_vagrant_settings
+
+REPO = Path(__file__).resolve().parent.parent
+TCG_YAML = REPO / "lab" / "vagrant" / "lab.tcg.yaml"
+EXAMPLE_YAML = REPO / "lab" / "vagrant" / "lab.example.yaml"
+FORBIDDEN = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
+LAB_RANGE = ipaddress.ip_network("198.18.0.0/15")
+
+
+def _doc(path: Path, **changes) -> dict:
+    data = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        if key.startswith("vagrant."):
+            data["vagrant"][key.split(".", 1)[1]] = value
+        else:
+            data[key] = value
+    return data
+
+
+def _config(path: Path = TCG_YAML, **changes):
+    return parse_lab_config(_doc(path, **changes), str(path))
+
+
+def _vagrant_with_libvirt() -> str | None:
+    """None when `vagrant validate` can run here, else why not."""
+    if not shutil.which("vagrant"):
+        return "vagrant is not installed (apt-get install vagrant vagrant-libvirt)"
+    from lab.vagrant.driver import vagrant_env
+
+    out = subprocess.run(["vagrant", "plugin", "list"], capture_output=True, text=True, env=vagrant_env()).stdout
+    if "vagrant-libvirt" not in out:
+        return "the vagrant-libvirt plugin is not installed (apt-get install vagrant-libvirt)"
+    return None
+
+
+# -- settings ---------------------------------------------------------------------------------------
+
+def test_shipped_vagrant_configs_load():
+    for path in (TCG_YAML, EXAMPLE_YAML):
+        config = _config(path)
+        assert config.backend == "vagrant"
+        assert isinstance(config.vagrant, VagrantSpec)
+        check_lab(config)
+
+
+def test_defaults():
+    spec = parse_vagrant_settings({})
+    assert spec.box == DEFAULT_BOX == "debian/bookworm64"
+    assert spec.management_network == "198.19.200.0/24"
+    assert spec.driver == "auto" and spec.nfs_server == "third-vm"
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("cpus", "x", "vagrant.cpus: 'x' is not a whole number"),
+    ("cpus", 0, "vagrant.cpus: 0 is out of range (1 to 64)"),
+    ("memory_mib", True, "vagrant.memory_mib: True is not a whole number"),
+    ("memory_mib", 128, "vagrant.memory_mib: 128 is out of range"),
+    ("driver", "xen", "vagrant.driver: 'xen' is not one of auto, kvm, qemu"),
+    ("management_network", "192.168.121.0/24", "vagrant.management_network: 192.168.121.0/24 overlaps private range"),
+    ("management_network", "203.0.113.0/24", "vagrant.management_network: 203.0.113.0/24 is outside 198.18.0.0/15"),
+    ("management_network", "nonsense", "vagrant.management_network: 'nonsense' is not an IPv4 network"),
+    ("management_network_mode", "bridge", "vagrant.management_network_mode: 'bridge' is not one of nat, none"),
+    ("nfs_server", "Bad Name", "vagrant.nfs_server: 'Bad Name' is not third-vm, none or a host name"),
+    ("vagrant_dir", "relative/dir", "vagrant.vagrant_dir: 'relative/dir' is not an absolute path"),
+    ("box", "two words", "vagrant.box: 'two words' is not a box name"),
+    ("box", "", "vagrant.box: '' is not a non-empty string"),
+    ("provision", "yes", "vagrant.provision: 'yes' is not true or false"),
+    ("libvirt_uri", "xen:///", "vagrant.libvirt_uri: 'xen:///' is not a QEMU libvirt URI"),
+    ("colour", "blue", "vagrant.colour: unknown key (allowed: box,"),
+])
+def test_settings_errors_name_the_field(key, value, message):
+    with pytest.raises(ConfigError) as err:
+        _config(**{f"vagrant.{key}": value})
+    text = str(err.value)
+    assert "\n" not in text
+    assert text.startswith(message), text
+
+
+def test_vagrant_mapping_must_be_a_mapping():
+    data = _doc(TCG_YAML)
+    data["vagrant"] = ["box"]
+    with pytest.raises(ConfigError, match=r"^vagrant: expected a mapping, got list$"):
+        parse_lab_config(data)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"hosts": [{"name": "hv1", "address": "198.19.202.11"}, {"name": "hv2", "address": "198.19.201.12"}]},
+     "hosts[0].address: 198.19.202.11 is not inside network.subnet 198.19.201.0/24"),
+    ({"hosts": [{"name": "hv1", "address": "198.19.201.200"}, {"name": "hv2", "address": "198.19.201.12"}]},
+     "hosts[0].address: 198.19.201.200 collides with the runner address or guest_range"),
+    ({"vagrant.management_network": "198.19.201.0/25"},
+     "vagrant.management_network: 198.19.201.0/25 overlaps the migration network"),
+    ({"vagrant.nfs_server": "none"}, "vagrant.nfs_server: none, but storage: nfs needs an NFS server"),
+    ({"vagrant.nfs_server": "hv9"}, "vagrant.nfs_server: 'hv9' is not third-vm, none or one of the hosts"),
+    ({"vagrant.nfs_server": "third-vm", "vagrant.nfs_vm_name": "hv2"}, "vagrant.nfs_vm_name: 'hv2' is already"),
+    ({"hosts": [{"name": "hv1", "address": "198.19.201.11", "ssh_user": "vagrant"},
+                {"name": "hv2", "address": "198.19.201.12"}]}, "hosts[0].ssh_user: the vagrant lab logs in as root"),
+])
+def test_cross_checks_name_the_field(change, message):
+    config = _config(**change)
+    with pytest.raises(ConfigError) as err:
+        check_lab(config)
+    assert str(err.value).startswith(message), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_local_storage_needs_no_nfs_server():
+    config = _config(storage="local", **{"vagrant.nfs_server": "none"})
+    spec = check_lab(config)
+    assert nfs_server_address(config, spec) is None
+    assert [m.name for m in machines(config, spec)] == ["hv1", "hv2"]
+
+
+# -- the rendered settings --------------------------------------------------------------------------
+
+def _all_addresses(obj) -> list[str]:
+    text = json.dumps(obj)
+    return re.findall(r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?:/\d+)?\b", text)
+
+
+@pytest.mark.parametrize("source", [TCG_YAML, EXAMPLE_YAML], ids=["tcg-hv1-nfs", "example-third-vm"])
+@pytest.mark.parametrize("storage", ["shared", "nfs", "local"])
+def test_settings_document(tmp_path, source, storage):
+    config = dataclasses.replace(_config(source), storage=storage)
+    spec = check_lab(config)
+    lab_dir = Path("/var/lib/kvm-acceptance-lab") / config.name
+    doc = settings_document(config, spec, driver="qemu", lab_dir=lab_dir, work_dir=tmp_path, public_key="ssh-ed25519 K")
+    names = [m["name"] for m in doc["machines"]]
+    third = spec.nfs_server == "third-vm" and storage != "local"
+    assert names == ["hv1", "hv2"] + (["nfs"] if third else [])
+    assert doc["migration"]["host_ip"] == config.network.runner_address
+    assert doc["management"]["address"] == spec.management_network
+    assert doc["prefix"] == f"{config.name}-" and doc["storage_pool"] == config.name
+    for m in doc["machines"]:
+        assert m["mac"] == vm_mac(m["address"])
+    # Never a private range; every lab address inside 198.18.0.0/15 (the netmask aside).
+    for text in _all_addresses(doc):
+        if text == doc["migration"]["netmask"]:
+            continue
+        net = ipaddress.ip_network(text, strict=False)
+        assert not any(net.overlaps(bad) for bad in FORBIDDEN), text
+        assert net.subnet_of(LAB_RANGE), text
+    ev = doc["provision"]["extra_vars"]
+    groups = doc["provision"]["groups"]
+    assert groups["hypervisors"] == ["hv1", "hv2"]
+    if storage == "local":
+        assert ev["lab_shared_mount"] == "" and groups["nfs_servers"] == []
+    else:
+        # Mounted exactly where the harness puts shared disks (lab.session.Lab.storage_path).
+        assert ev["lab_shared_mount"] == str(lab_dir / ("nfs-export" if storage == "nfs" else "shared"))
+        assert groups["nfs_servers"] == (["nfs"] if third else [spec.nfs_server])
+        assert ev["lab_nfs_server"] == nfs_server_address(config, spec)
+    assert Path(doc["provision"]["playbook"]).is_file()
+    assert Path(doc["provision"]["config_file"]).is_file()
+    assert doc["driver"] == "qemu" and doc["cpu_model"] == "qemu64"
+
+
+def test_work_dir_stub_loads_the_repo_vagrantfile(tmp_path):
+    config = _config()
+    doc = settings_document(config, check_lab(config), driver="kvm", lab_dir=tmp_path, work_dir=tmp_path,
+                            public_key="k")
+    settings = write_work_dir(tmp_path / "w", doc)
+    stub = (tmp_path / "w" / "Vagrantfile").read_text()
+    assert f"load '{REPO_VAGRANTFILE}'" in stub and "settings.json" in stub
+    assert json.loads(settings.read_text())["driver"] == "kvm"
+    # The repo Vagrantfile has no lab-specific value of its own.
+    text = REPO_VAGRANTFILE.read_text()
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert not re.search(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}", code)
+    assert "host-passthrough" in text and "nested = true" in text and "'custom'" in text
+
+
+@pytest.mark.parametrize("storage", ["shared", "nfs", "local"])
+@pytest.mark.parametrize("driver", ["qemu", "kvm"])
+def test_vagrant_validate(tmp_path, storage, driver):
+    why = _vagrant_with_libvirt()
+    if why:
+        pytest.skip(why)
+    from lab.vagrant.driver import VagrantLab
+
+    config = dataclasses.replace(_config(EXAMPLE_YAML if storage != "local" else TCG_YAML), storage=storage)
+    doc = settings_document(config, check_lab(config), driver=driver, lab_dir=tmp_path, work_dir=tmp_path,
+                            public_key="ssh-ed25519 K")
+    settings = write_work_dir(tmp_path, doc)
+    out = VagrantLab(tmp_path, settings).validate()
+    assert "validated successfully" in out
+
+
+def test_vagrant_validate_catches_a_bad_setting(tmp_path):
+    why = _vagrant_with_libvirt()
+    if why:
+        pytest.skip(why)
+    from lab.errors import BackendError
+    from lab.vagrant.driver import VagrantLab
+
+    config = _config()
+    doc = settings_document(config, check_lab(config), driver="qemu", lab_dir=tmp_path, work_dir=tmp_path,
+                            public_key="k")
+    doc["box"] = ""
+    settings = write_work_dir(tmp_path, doc)
+    with pytest.raises(BackendError, match="Box value for guest 'hv1' is an empty string"):
+        VagrantLab(tmp_path, settings).validate()
+
+
+# -- box builder pieces and the python-vagrant wrapper ---------------------------------------------
+
+def test_box_vagrantfile_boots_the_kernel_directly():
+    text = boxmod.box_vagrantfile(Path("/c/k"), Path("/c/i"))
+    assert "lv.kernel = '/c/k'" in text and "lv.initrd = '/c/i'" in text
+    assert "root=/dev/vda" in text and "net.ifnames=0" in text
+    p = boxmod.paths("kvmlab/bookworm", Path("/o"))
+    assert p.box == Path("/o/kvmlab-bookworm.box") and p.kernel.name == "kvmlab-bookworm.vmlinuz"
+
+
+def test_box_build_command_help():
+    proc = subprocess.run([sys.executable, "-m", "lab.vagrant.box", "build", "--help"], capture_output=True,
+                          text=True, cwd=REPO)
+    assert proc.returncode == 0 and "--name" in proc.stdout and "--force" in proc.stdout
+
+
+@pytest.fixture
+def fake_vagrant(tmp_path, monkeypatch):
+    """A `vagrant` on PATH that answers ssh-config per machine and records its arguments."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "calls"
+    script = bindir / "vagrant"
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        echo "$@" >> {log}
+        case "$1" in
+          ssh-config) printf 'Host %s\\n  HostName 198.19.200.%s\\n  User vagrant\\n  Port 22\\n  IdentityFile "/k/%s"\\n' \
+                        "$2" "${{2#hv}}" "$2";;
+          snapshot) echo "==> $3: snapshot";;
+          status) echo "1,hv1,state,running"; echo "1,hv2,state,shutoff";;
+          fail) echo "boom: the reason" >&2; exit 3;;
+        esac
+        """))
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    return log
+
+
+def test_wrapper_ssh_config_per_machine_and_snapshots_per_machine(tmp_path, fake_vagrant):
+    from lab.errors import BackendError
+    from lab.vagrant.driver import VagrantLab
+
+    vg = VagrantLab(tmp_path)
+    confs = vg.ssh_configs(["hv1", "hv2"])
+    assert confs["hv1"]["HostName"] == "198.19.200.1" and confs["hv2"]["HostName"] == "198.19.200.2"
+    assert confs["hv2"]["IdentityFile"] == "/k/hv2"
+    vg.snapshot_save("hv2", "clean")
+    calls = fake_vagrant.read_text().splitlines()
+    assert calls[:2] == ["ssh-config hv1", "ssh-config hv2"]
+    assert calls[2] == "snapshot save --force hv2 clean"  # one machine, not all of them
+    with pytest.raises(BackendError, match="boom: the reason"):
+        vg.run("fail")
+
+
+# -- end to end (make vagrant-test) -----------------------------------------------------------------
+
+def _lab(*args: str, config: Path, timeout: float = 3600) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "lab", "--lab-config", str(config), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+    return proc, time.monotonic() - started
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # the process ended meanwhile
+        return b""
+
+
+def _virsh(*args: str) -> str:
+    return subprocess.run(["virsh", "-q", "-c", "qemu:///system", *args], capture_output=True, text=True).stdout
+
+
+@pytest.mark.vagrant
+@pytest.mark.slow
+def test_vagrant_lab_end_to_end(record_property, tmp_path):
+    """Box (built if missing), `lab up`, idempotent playbook, preflight + live migration suites, `lab down`."""
+    why = _vagrant_with_libvirt()
+    if why:
+        pytest.skip(why)
+    if not shutil.which("ansible-playbook"):
+        pytest.skip("ansible-playbook is not installed (apt-get install ansible-core ansible)")
+    if os.geteuid() != 0:
+        pytest.skip("the Vagrant lab needs root (libvirt system connection, box build)")
+    config_path = Path(os.environ.get("LAB_VAGRANT_CONFIG", TCG_YAML))
+    config = parse_lab_config(yaml.safe_load(config_path.read_text()), str(config_path))
+    spec = check_lab(config)
+    timings: dict[str, float] = {}
+    report = Path(os.environ.get("LAB_VAGRANT_TIMINGS", tmp_path / "timings.json"))
+
+    def done(step: str, seconds: float) -> None:
+        timings[step] = round(seconds, 1)
+        record_property(f"{step}_s", timings[step])
+        report.write_text(json.dumps(timings, indent=2))
+
+    if spec.box_url and spec.box_url.startswith("/") and not Path(spec.box_url).exists():
+        started = time.monotonic()
+        built = boxmod.build(spec.box, Path(spec.box_url).parent)
+        assert built.box == Path(spec.box_url), "vagrant.box_url must be where `box build --name BOX` puts it"
+        done("box_build", time.monotonic() - started)
+
+    failures: list[str] = []  # collected, so that `down` and its checks always run and every failure shows
+    try:
+        proc, took = _lab("up", config=config_path)
+        assert proc.returncode == 0, f"lab up failed:\n{proc.stderr[-4000:]}"
+        done("lab_up", took)
+        proc, _ = _lab("status", "--json", config=config_path)
+        status = json.loads(proc.stdout)
+        assert status["up"] and status["backend"] == "vagrant"
+        assert [h["name"] for h in status["hosts"]] == [h.name for h in config.hosts]
+        assert status["vagrant"]["vms"] and all(s == "running" for s in status["vagrant"]["vms"].values())
+        for step, seconds in status["vagrant"]["timings"].items():
+            done(f"up_{step.removesuffix('_s')}", seconds)
+
+        # The playbook again: a second run changes nothing.
+        from lab.vagrant.driver import VagrantLab
+
+        work = Path(status["vagrant"]["work_dir"])
+        started = time.monotonic()
+        last = machines(config, spec)[-1].name  # the machine that carries the ansible provisioner
+        recap = [line for line in VagrantLab(work, work / "settings.json").provision_lines(last) if " : ok=" in line]
+        done("provision_again", time.monotonic() - started)
+        if not recap:
+            failures.append("no PLAY RECAP from the second provisioning run")
+        for line in recap:
+            if not (re.search(r"\bchanged=0\b", line) and re.search(r"\bfailed=0\b", line)):
+                failures.append(f"playbook not idempotent: {line.strip()}")
+
+        for name, args in (("preflight_suite", ["suites/preflight"]),
+                           ("live_migration_precopy_idle", ["suites/live_migration", "-k", "precopy-idle",
+                                                            "--repeat", "1"])):
+            started = time.monotonic()
+            run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:randomly", "-q", *args,
+                                  "--lab-config", str(config_path), "--keep-lab"], cwd=REPO, capture_output=True,
+                                 text=True, timeout=3600)
+            done(name, time.monotonic() - started)
+            summary = (run.stdout.strip().splitlines() or ["no output"])[-1]
+            record_property(f"{name}_summary", summary)
+            if run.returncode != 0 or " passed" not in summary:
+                errors = [line for line in run.stdout.splitlines() if line.startswith("E   ")][:3]
+                failures.append(f"{name}: {summary} {' | '.join(e.strip() for e in errors)}")
+    finally:
+        before = json.loads((Path("/var/lib/kvm-acceptance-lab") / config.name / "state.json").read_text()) \
+            if (Path("/var/lib/kvm-acceptance-lab") / config.name / "state.json").exists() else {}
+        proc, took = _lab("down", config=config_path)
+        done("lab_down", took)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    prefix = f"{config.name}-"
+    assert not [d for d in _virsh("list", "--all", "--name").split() if d.startswith(prefix)]
+    assert not [n for n in _virsh("net-list", "--all", "--name").split() if n.startswith(prefix)]
+    assert config.name not in _virsh("pool-list", "--all", "--name").split()
+    assert not (Path("/var/lib/kvm-acceptance-lab") / config.name).exists()
+    assert not (Path("/var/lib/libvirt/images") / config.name).exists(), "the lab's storage pool directory is left"
+    dnsmasq = [p for p in Path("/proc").glob("[0-9]*/cmdline") if f"dnsmasq/{prefix}".encode() in _read(p)]
+    assert not dnsmasq, f"dnsmasq of the lab's networks still running: {dnsmasq}"
+    for daemon, pid in (before.get("extra", {}).get("daemons") or {}).items():
+        assert not Path(f"/proc/{pid}").exists() or daemon not in Path(f"/proc/{pid}/cmdline").read_text(), \
+            f"the root {daemon} this lab started (PID {pid}) is still running"
+    assert not failures, "\n".join(failures)
