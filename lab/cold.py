@@ -129,7 +129,7 @@ def cold_preflight(lab, guest: Guest, dst: Host, copy: bool) -> None:
 
 
 def cold_migrate(guest: Guest, src: Host, dst: Host, *, copy: bool, cancel: threading.Event | None = None,
-                 copy_rate_mibs: float = 0, boot_timeout: float = 90) -> ColdResult:
+                 copy_rate_mibs: float = 0, boot_timeout: float | None = None) -> ColdResult:
     """Move a running guest src -> dst with a clean shutdown; the guest runs on dst afterwards.
 
     Refuses before touching anything when dst already has a domain of that name.
@@ -161,6 +161,7 @@ def cold_migrate(guest: Guest, src: Host, dst: Host, *, copy: bool, cancel: thre
     boot_ns = time.time_ns()
     dst.connect().lookupByName(guest.name).create()
     guest.host = dst
+    boot_timeout = boot_timeout or guest.config.boot_timeout_s
     deadline = time.monotonic() + boot_timeout
     while guest.heartbeats.count_since(boot_ns) == 0:
         if time.monotonic() > deadline:

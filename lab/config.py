@@ -40,6 +40,8 @@ class GuestSpec:
     vcpus: int = 1
     disk_mib: int = 32
     heartbeat_us: int = 1000
+    boot_timeout_s: int = 90  # start to first heartbeat; raise it for slow labs (nested TCG)
+    agent_timeout_s: int = 10  # default wait for an agent command's answer
 
 
 @dataclass(frozen=True)
@@ -201,13 +203,15 @@ def _parse_hosts(raw: Any, network: NetworkSpec, backend: str) -> tuple[HostSpec
 
 def _parse_guest(data: dict) -> GuestSpec:
     where = "guest"
-    _reject_unknown(data, ("memory_mib", "vcpus", "disk_mib", "heartbeat_us"), where)
+    _reject_unknown(data, ("memory_mib", "vcpus", "disk_mib", "heartbeat_us", "boot_timeout_s", "agent_timeout_s"), where)
     d = GuestSpec()
     return GuestSpec(
         memory_mib=_int(data, "memory_mib", d.memory_mib, 64, 65536, where),
         vcpus=_int(data, "vcpus", d.vcpus, 1, 64, where),
         disk_mib=_int(data, "disk_mib", d.disk_mib, 1, 1 << 20, where),
         heartbeat_us=_int(data, "heartbeat_us", d.heartbeat_us, 100, 1000, where),
+        boot_timeout_s=_int(data, "boot_timeout_s", d.boot_timeout_s, 5, 3600, where),
+        agent_timeout_s=_int(data, "agent_timeout_s", d.agent_timeout_s, 1, 600, where),
     )
 
 

@@ -43,6 +43,8 @@ class GuestConfig:
     disk_cache: str = "none"
     disk_nfs_host: str | None = None  # disk is `disk` on this NFS server, through QEMU's NFS driver
     extra_devices: str = ""  # raw device XML, for tests that need an unusual guest
+    boot_timeout_s: float = 90.0
+    agent_timeout_s: float = 10.0
 
     @property
     def mac(self) -> str:
@@ -123,14 +125,16 @@ class Guest:
         except libvirt.libvirtError as exc:
             raise GuestError(f"{self.name}: not found on {host.name}: {exc.get_error_message()}") from None
 
-    def agent(self, cmd: str, *args: object, timeout: float = 10.0) -> dict[str, str]:
-        return self.control.command(cmd, *args, timeout=timeout)
+    def agent(self, cmd: str, *args: object, timeout: float | None = None) -> dict[str, str]:
+        """An agent command; the wait is at least the lab's agent_timeout_s (slow labs raise it)."""
+        return self.control.command(cmd, *args, timeout=max(timeout or 0, self.config.agent_timeout_s))
 
     def info(self) -> dict[str, str]:
         return self.agent("info")
 
-    def wait_ready(self, timeout: float = 90.0) -> float:
+    def wait_ready(self, timeout: float | None = None) -> float:
         """Seconds until the first heartbeat arrived; then the agent must answer `info`."""
+        timeout = timeout or self.config.boot_timeout_s
         started = time.monotonic()
         if not self.heartbeats.first.wait(timeout):
             raise GuestError(f"{self.name}: no heartbeat within {timeout:.0f} s on {self.host.name} "
@@ -186,7 +190,8 @@ def create_guest(lab, host: Host, *, name: str | None = None, memory_mib: int | 
         address=address, prefixlen=lab.config.network.prefixlen, runner=lab.runner_address,
         heartbeat_port=heartbeats.port, heartbeat_us=lab.config.guest.heartbeat_us,
         kernel=lab.image["kernel"], initrd=lab.image["initrd"], domain_type=lab.domain_type,
-        cpu_model=cpu_model, disk=disk, emulator=emulator, disk_nfs_host=nfs_host)
+        cpu_model=cpu_model, disk=disk, emulator=emulator, disk_nfs_host=nfs_host,
+        boot_timeout_s=lab.config.guest.boot_timeout_s, agent_timeout_s=lab.config.guest.agent_timeout_s)
     if overrides:
         cfg = replace(cfg, **overrides)
     guest = Guest(cfg, host, heartbeats, control, storage=storage)
