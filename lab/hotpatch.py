@@ -15,7 +15,6 @@ does not put it back on every path; `cc_guard` does, whatever happens.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import shutil
@@ -24,11 +23,12 @@ import struct
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from lab.errors import HotpatchError, MissingToolError
+from lab.locks import file_lock
 
 Progress = Callable[[str], None]
 
@@ -513,21 +513,6 @@ def _same_file(a: Path, b: Path | None) -> bool:
     return b is not None and b.exists() and a.read_bytes() == b.read_bytes()
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path, progress: Progress) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            progress(f"waiting for another libcare-patch-make run (it swaps the machine's cc; {path})")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def restore_lpmakeorig(srcdir: str | os.PathLike) -> list[str]:
     """What libcare-patch-make's exit trap does: move `*.N.lpmakeorig` back (lowest N wins). Returns paths restored."""
     found: dict[str, Path] = {}
@@ -619,7 +604,7 @@ class LibcarePlus:
         srcdir = None
         if "-s" in args:
             srcdir = (cwd / args[args.index("-s") + 1]).resolve()
-        with _exclusive(self.cc_lock, progress), cc_guard(self.cc_links, progress=progress), \
+        with file_lock(self.cc_lock, "libcare-patch-make run (it swaps the machine's cc)", progress), cc_guard(self.cc_links, progress=progress), \
                 open(log_path, "a") as log:
             log.write(f"\n$ {' '.join(argv)}  (in {cwd})\n")
             log.flush()

@@ -10,7 +10,7 @@ import contextlib
 import fcntl
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -39,3 +39,19 @@ class MeasurementLock:
     def exclusive(self) -> Iterator[None]:
         with _flock(self.turnstile, fcntl.LOCK_EX), _flock(self.main, fcntl.LOCK_EX):
             yield
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, what: str, progress: Callable[[str], None] = lambda _msg: None) -> Iterator[None]:
+    """An exclusive flock; says whom it waits for when it has to."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"waiting for another {what} ({path})")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

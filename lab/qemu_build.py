@@ -19,8 +19,6 @@ written (atomically, last): an interrupted build is found incomplete and redone.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -30,9 +28,10 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 from lab.errors import HotpatchError
+from lab.locks import file_lock
 
 Progress = Callable[[str], None]
 
@@ -312,22 +311,6 @@ def install_emulator(entry: Path, built: Path) -> Path:
 
 def cache_dir(build_cache: str | os.PathLike, source: QemuSource, mode: str) -> Path:
     return Path(build_cache) / f"qemu-{source.slug}-{mode}-{config_hash()}"
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, what: str, progress: Progress = _quiet) -> Iterator[None]:
-    """An exclusive flock; says whom it waits for when it has to."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            progress(f"waiting for another {what} ({path})")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def load_build(entry: Path) -> QemuBuild | None:

@@ -25,15 +25,14 @@ import subprocess
 import time
 from pathlib import Path
 
-from filelock import FileLock
 
 from lab.backends import Progress
-from lab.backends.embedded import config_digest
+from lab.backends.embedded import _alive, config_digest
 from lab.backends.host_files import write_ssh_client_config, write_ssh_wrapper
 from lab.backends.static import IMAGE_DIR, StaticBackend
 from lab.config import LabConfig
 from lab.errors import BackendError, MissingToolError
-from lab.state import HostState, LabState, lab_dir
+from lab.state import HostState, LabState
 from lab.vagrant.settings import check_lab
 
 POOL_ROOT = Path("/var/lib/libvirt/images")
@@ -51,19 +50,6 @@ def _sock_alive(path: Path) -> bool:
         return False
     finally:
         s.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def _host_uuid(host) -> str:

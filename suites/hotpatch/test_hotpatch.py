@@ -19,7 +19,6 @@ import time
 
 import pytest
 
-from lab.errors import LabError
 from lab.hotpatch import BuildIdMismatch, HotpatchFailed, elf_build_id, read_kpatch_header
 from lab.migration import MigrationParams, migrate
 from suites.hotpatch.conftest import PACKAGE_SUFFIX
