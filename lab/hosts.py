@@ -24,7 +24,18 @@ def _silence_libvirt() -> None:
         import libvirt
 
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        # An event loop, so libvirt answers the daemons' keepalive pings: without one, a cached
+        # connection idle for ~30 s is closed by libvirtd ("client socket is closed" on next use).
+        libvirt.virEventRegisterDefaultImpl()
+        threading.Thread(target=_run_libvirt_events, name="libvirt-events", daemon=True).start()
         _quiet = True
+
+
+def _run_libvirt_events() -> None:
+    import libvirt
+
+    while True:
+        libvirt.virEventRunDefaultImpl()
 _conn_lock = threading.Lock()
 
 
