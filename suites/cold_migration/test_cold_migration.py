@@ -80,7 +80,7 @@ def test_cold_migration_moves_the_guest_and_its_disk(storage, lab, guest_factory
 
 
 @pytest.mark.timing
-@pytest.mark.parametrize("storage", STORAGE)
+@pytest.mark.parametrize("storage", ["shared", pytest.param("local", id="local-copied")])
 def test_live_and_cold_contrasted_on_the_same_guest(storage, lab, guest_factory, measurement_lock, thresholds,
                                                     record, report_dir):
     src, dst = lab.hosts[0], lab.hosts[1]
