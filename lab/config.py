@@ -75,6 +75,8 @@ class LabConfig:
     accelerator: str = "auto"
     hotpatch: HotpatchSpec = field(default_factory=HotpatchSpec)
     vagrant: Any = None  # the vagrant backend's settings (lab/vagrant/settings.py validates them)
+    # Host pairs that xdist workers take from the pool (source, destination); default: consecutive hosts.
+    pairs: tuple[tuple[str, str], ...] = (("hv1", "hv2"),)
     source: str = "<defaults>"
 
     def host(self, name: str) -> HostSpec:
@@ -201,6 +203,30 @@ def _parse_hosts(raw: Any, network: NetworkSpec, backend: str) -> tuple[HostSpec
     return tuple(hosts)
 
 
+def _parse_pairs(raw: Any, hosts: tuple[HostSpec, ...]) -> tuple[tuple[str, str], ...]:
+    """Explicit pairs by host name, or consecutive hosts (hv1+hv2, hv3+hv4, ...; an odd last host joins none)."""
+    names = [h.name for h in hosts]
+    if raw is None:
+        return tuple((names[i], names[i + 1]) for i in range(0, len(names) - 1, 2))
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("pairs: expected a non-empty list of [source, destination] host names")
+    pairs: list[tuple[str, str]] = []
+    for i, pair in enumerate(raw):
+        where = f"pairs[{i}]"
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ConfigError(f"{where}: expected [source, destination], got {pair!r}")
+        for name in pair:
+            if name not in names:
+                raise ConfigError(f"{where}: unknown host {name!r} (hosts: {', '.join(names)})")
+        if pair[0] == pair[1]:
+            raise ConfigError(f"{where}: a pair needs two different hosts, got {pair[0]!r} twice")
+        taken = [n for n in pair if any(n in p for p in pairs)]
+        if taken:
+            raise ConfigError(f"{where}: host {taken[0]!r} is already in another pair (pairs run side by side)")
+        pairs.append((pair[0], pair[1]))
+    return tuple(pairs)
+
+
 def _parse_guest(data: dict) -> GuestSpec:
     where = "guest"
     _reject_unknown(data, ("memory_mib", "vcpus", "disk_mib", "heartbeat_us", "boot_timeout_s", "agent_timeout_s"), where)
@@ -239,16 +265,18 @@ def parse_lab_config(data: Any, source: str = "<string>") -> LabConfig:
         data = {}
     data = _expect_mapping(data, "lab.yaml")
     _reject_unknown(data, ("name", "backend", "hosts", "network", "guest", "storage", "accelerator", "hotpatch",
-                           "vagrant"), "")
+                           "vagrant", "pairs"), "")
     name = data.get("name", "kvmlab")
     if not isinstance(name, str) or not LAB_NAME.match(name):
         raise ConfigError(f"name: {name!r} is not a lab name (lowercase letter, then letters or digits; at most 8)")
     backend = _choice(data, "backend", BACKENDS, "embedded")
     network = _parse_network(_expect_mapping(data.get("network") or {}, "network"))
+    hosts = _parse_hosts(data.get("hosts"), network, backend)
     return LabConfig(
         name=name,
         backend=backend,
-        hosts=_parse_hosts(data.get("hosts"), network, backend),
+        hosts=hosts,
+        pairs=_parse_pairs(data.get("pairs"), hosts),
         network=network,
         guest=_parse_guest(_expect_mapping(data.get("guest") or {}, "guest")),
         storage=_choice(data, "storage", STORAGE_MODES, "shared"),

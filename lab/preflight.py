@@ -50,6 +50,7 @@ class PreflightContext:
     max_downtime_ms: int | None = None  # expected, when the caller configured one
     bandwidth_mibs: int | None = None
     accelerators: dict[str, str] = field(default_factory=dict)  # host name -> kvm | tcg (as the lab probed)
+    nested_required: str = ""  # why the lab needs KVM inside hosts that are VMs ("" = it does not)
     src_conn: object = None  # optional: the libvirt connections to use (default: host.connect())
     dst_conn: object = None
 
@@ -530,13 +531,46 @@ def accelerator(ctx: PreflightContext) -> CheckResult:
     return _result("accelerator", PASS, f"KVM usable on both ({accel})")
 
 
+_NESTED_PROBE = ("v=$(systemd-detect-virt --vm 2>/dev/null); [ -n \"$v\" ] || "
+                 "v=$(grep -qw hypervisor /proc/cpuinfo && echo unknown || echo none); echo virt=$v; "
+                 "echo flag=$(grep -m1 -owE 'vmx|svm' /proc/cpuinfo); "
+                 "echo kvm=$(test -c /dev/kvm && echo yes || echo no)")
+
+
+def _virtualization_of(host: Host) -> dict:
+    """What a host is (bare metal or which VM), the hardware virtualization flag its CPU shows, /dev/kvm."""
+    proc = _sh(host, _NESTED_PROBE)
+    seen = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    return {"virt": seen.get("virt") or "none", "flag": seen.get("flag", ""), "kvm": seen.get("kvm") == "yes"}
+
+
+@check("nested", "accelerator")
+def nested(ctx: PreflightContext) -> CheckResult:
+    """Hosts that are VMs run KVM guests only with nested virtualization: their CPU must show vmx/svm."""
+    facts = {h.name: _virtualization_of(h) for h in (ctx.src, ctx.dst)}
+    vms = {name: f for name, f in facts.items() if f["virt"] != "none"}
+    if not vms:
+        return _result("nested", PASS, f"{ctx.src.name} and {ctx.dst.name} are bare metal: no nesting involved")
+    off = {name: f for name, f in vms.items() if not (f["flag"] and f["kvm"])}
+    seen = "; ".join(f"{name}: {f['virt']} VM, CPU flag {f['flag'] or 'none'}, /dev/kvm {'yes' if f['kvm'] else 'no'}"
+                     for name, f in facts.items())
+    if off and ctx.nested_required:
+        return _result("nested", FAIL, f"nested virtualization is off but needed ({ctx.nested_required}): {seen}",
+                       "on the machine running the host VMs: load kvm_intel/kvm_amd with nested=1 and give the "
+                       "VMs a host-passthrough CPU; or set accelerator: auto to run guests under TCG")
+    if off:
+        return _result("nested", PASS, f"not needed (guests run under TCG here): {seen}")
+    return _result("nested", PASS, f"nested virtualization on: {seen}")
+
+
 # -- running ----------------------------------------------------------------------------
 
 def context_for(lab, src: str | None = None, dst: str | None = None, guest: str | None = None,
                 **expected) -> PreflightContext:
     """A context for a lab's host pair; the storage mode follows where the guest's disk lives."""
     source = lab.host(src) if src else lab.hosts[0]
-    destination = lab.host(dst) if dst else lab.other(source)
+    partner = next((b for a, b in lab.pairs if a.name == source.name), None)
+    destination = lab.host(dst) if dst else partner or lab.other(source)
     mode = lab.storage.mode
     if guest:
         try:
@@ -545,7 +579,17 @@ def context_for(lab, src: str | None = None, dst: str | None = None, guest: str 
             raise LabError(f"guest {guest!r} not found on {source.name}: {exc.get_error_message()}") from None
         mode = "local" if str(lab.storage_path("local")) + "/" in xml else "shared" if mode == "local" else mode
     accel = {h.name: lab.accelerator for h in lab.hosts}
+    expected.setdefault("nested_required", nested_need(lab))
     return PreflightContext(source, destination, guest, mode, accelerators=accel, **expected)
+
+
+def nested_need(lab) -> str:
+    """Why this lab needs KVM inside its hosts, or "" (then hosts without it run guests under TCG)."""
+    if lab.state.backend == "vagrant" and lab.state.extra.get("driver") == "kvm":
+        return "the Vagrant lab runs its hypervisor VMs with driver kvm for nested KVM"
+    if lab.config.accelerator == "kvm":
+        return "lab.yaml accelerator: kvm"
+    return ""
 
 
 def run_preflight(ctx: PreflightContext, only: list[str] | None = None, workers: int = 8) -> list[CheckResult]:

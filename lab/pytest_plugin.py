@@ -108,6 +108,9 @@ def pytest_report_header(config):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    from lab.pairs import release_all
+
+    release_all()
     config = session.config
     if not _is_controller(config) or config.getoption("keep_lab") or config.option.collectonly:
         return
@@ -152,13 +155,18 @@ def lab_config(pytestconfig) -> LabConfig:
 
 @pytest.fixture(scope="session")
 def lab(pytestconfig, lab_config):
-    """The running lab (brought up on first use, once for all workers)."""
+    """The running lab (brought up on first use, once for all workers), as this worker's host pair sees it."""
     from lab.session import Lab
+
+    from lab.pairs import claim_pair
 
     try:
         get_backend(lab_config).up(lambda _msg: None, owner_run=pytestconfig.kvm_run_id)
         _take_lease(pytestconfig, lab_config)
-        return Lab.load(lab_config)
+        whole = Lab.load(lab_config)
+        # A lab with several host pairs: this worker takes one of its own, so workers run side by side.
+        claim = claim_pair(whole, os.environ.get("PYTEST_XDIST_WORKER"))
+        return whole.pair_view(whole.host(claim.src), whole.host(claim.dst))
     except LabError as exc:
         # A failure, not pytest.exit: exiting inside an xdist worker crashes the run.
         pytest.fail(f"kvm-lab: lab did not come up: {exc}", pytrace=False)

@@ -1,6 +1,7 @@
 """The running lab as the suites see it: hosts, accelerator, storage, paths."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,16 @@ class Lab:
     def other(self, host: Host) -> Host:
         return next(h for h in self.hosts if h.name != host.name)
 
+    @property
+    def pairs(self) -> list[tuple[Host, Host]]:
+        """The host pairs of lab.yaml that this lab has (a pair view has just its own)."""
+        mine = {h.name: h for h in self.hosts}
+        return [(mine[a], mine[b]) for a, b in self.config.pairs if a in mine and b in mine]
+
+    def pair_view(self, src: Host, dst: Host) -> "Lab":
+        """The lab as a test on one host pair sees it: hosts are (source, destination)."""
+        return dataclasses.replace(self, hosts=(src, dst))
+
     @classmethod
     def from_state(cls, config: LabConfig, state: LabState) -> "Lab":
         base = lab_dir(state.name)
@@ -100,7 +111,8 @@ class Lab:
                 "accelerator": self.state.accelerator, "accelerator_reason": self.state.accelerator_reason,
                 "storage": {"mode": self.storage.mode, "path": str(self.storage.path), "shared": self.storage.shared,
                             "nfs_server": self.nfs_address},
-                "runner_address": self.runner_address, "hosts": hosts}
+                "runner_address": self.runner_address, "hosts": hosts,
+                "pairs": [[a.name, b.name] for a, b in self.pairs]}
 
 
 def host_versions(host: Host) -> dict:

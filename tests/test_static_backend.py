@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +20,7 @@ from lab.state import lab_dir
 from tests.labtools import lab_cli, write_lab_config
 
 pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("static-lab")]
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +84,7 @@ def test_static_lab_refuses_an_unready_pair_with_the_doctors_table(real_hosts, i
     assert re.search(r"migration-ports +FAIL", up.stderr) and re.search(r"ssh-access +PASS", up.stderr)  # the table
     errors = [line for line in up.stderr.splitlines() if line.startswith("lab: error:")]
     assert errors == ["lab: error: hosts hv1 -> hv2 are not ready for migration: migration-ports failed "
-                      "(table above; `python -m lab doctor`)"], up.stderr
+                      "(table above; `python -m lab doctor --src hv1 --dst hv2`)"], up.stderr
     assert not get_backend(load_lab_config(inventory)).is_up()
 
 
@@ -87,3 +93,117 @@ def test_static_inventory_without_a_key_is_one_line(tmp_path):
     proc = lab_cli(path, "up")
     assert proc.returncode == 2
     assert "hosts[0].ssh_key: missing" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- several host pairs, taken by xdist workers --------------------------------------------------
+
+POOL_PROBE = textwrap.dedent('''
+    """Run by every xdist worker (--dist each): migrate a guest on the pair this worker took."""
+    import json, os
+    from pathlib import Path
+
+    from lab.guest.domain import create_guest, remove_guest
+    from lab.migration import MigrationParams, migrate
+
+    def test_migrate_on_my_pair(lab, shared_lab):
+        src, dst = lab.hosts
+        guest = create_guest(lab, src)
+        try:
+            result = migrate(guest.name, src, dst, MigrationParams(unsafe=lab.needs_unsafe("shared"),
+                                                                   migrate_uri=f"tcp://{dst.address}"))
+            guest.host = dst
+            same_boot = result.ok and guest.info()["boot_id"] == guest.boot_id
+        finally:
+            remove_guest(lab, guest)
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        Path(os.environ["POOL_OUT"], worker + ".json").write_text(json.dumps(
+            {"worker": worker, "pair": [src.name, dst.name], "ok": result.ok, "error": result.error,
+             "same_boot": same_boot}))
+        assert same_boot, result.error
+''')
+
+
+@pytest.fixture(scope="module")
+def four_hosts(tmp_path_factory):
+    """An embedded lab of four hosts: two pairs of existing machines."""
+    folder = tmp_path_factory.mktemp("real4")
+    path = write_lab_config(folder, "kvmreal4", 42)
+    more = "".join(f"  - {{name: hv{i}, address: 198.19.42.1{i}}}\n" for i in (3, 4))
+    path.write_text(path.read_text().replace("address: 198.19.42.12}\n", "address: 198.19.42.12}\n" + more))
+    config = load_lab_config(path)
+    assert [h.name for h in config.hosts] == ["hv1", "hv2", "hv3", "hv4"]
+    backend = get_backend(config)
+    backend.up(lambda _m: None)
+    yield config
+    backend.down(lambda _m: None)
+
+
+def test_xdist_workers_take_separate_host_pairs_from_the_pool(four_hosts, tmp_path, shared_lab):
+    key = lab_dir("kvmreal4") / "id_ed25519"
+    inventory = tmp_path / "pool.yaml"
+    inventory.write_text(
+        "name: kvmpool\nbackend: static\n"
+        "network: {subnet: 198.19.42.0/24, runner_address: 198.19.42.1, guest_range: 198.19.42.128/25}\n"
+        "hosts:\n" + "".join(f"  - {{name: hv{i}, address: 198.19.42.1{i}, ssh_key: {key}}}\n" for i in (1, 2, 3, 4))
+        + "pairs: [[hv1, hv2], [hv4, hv3]]\n")
+    try:
+        up = lab_cli(inventory, "up", timeout=300)
+        assert up.returncode == 0, up.stderr
+        assert "preflight hv1 -> hv2: ready" in up.stderr and "preflight hv4 -> hv3: ready" in up.stderr
+        assert json.loads(lab_cli(inventory, "status", "--json").stdout)["pairs"] == [["hv1", "hv2"], ["hv4", "hv3"]]
+        probe = tmp_path / "test_pool_probe.py"
+        probe.write_text(POOL_PROBE)
+        out = tmp_path / "out"
+        out.mkdir()
+        run = subprocess.run([sys.executable, "-m", "pytest", "-p", "lab.pytest_plugin", "-p", "no:randomly",
+                              "-p", "no:cacheprovider", "-n", "2", "--dist", "each", "-q", str(probe),
+                              "--lab-config", str(inventory), "--keep-lab", "--report-dir", str(tmp_path / "rep")],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                             env={**os.environ, "POOL_OUT": str(out), "PYTHONPATH": str(REPO)})
+        errors = [line for line in run.stdout.splitlines() if line.startswith("E ") or "Error" in line]
+        assert run.returncode == 0, "\n".join(errors[:12]) + run.stdout[-1500:] + run.stderr[-1500:]
+        records = sorted((json.loads(p.read_text()) for p in out.glob("*.json")), key=lambda r: r["worker"])
+        assert [r["worker"] for r in records] == ["gw0", "gw1"], records
+        assert sorted(tuple(r["pair"]) for r in records) == [("hv1", "hv2"), ("hv4", "hv3")], records
+        assert all(r["ok"] and r["same_boot"] for r in records), records
+    finally:
+        lab_cli(inventory, "down")
+
+
+CLAIMER = textwrap.dedent('''
+    import json, sys, types
+    from pathlib import Path
+    from lab import pairs
+    host = lambda name: types.SimpleNamespace(name=name)
+    lab = types.SimpleNamespace(pairs=[(host("a"), host("b")), (host("c"), host("d"))], dir=Path(sys.argv[1]),
+                                config=types.SimpleNamespace(name="pooltest"))
+    claim = pairs.claim_pair(lab, sys.argv[2])
+    print(json.dumps([claim.src, claim.dst, claim.exclusive]), flush=True)
+    sys.stdin.read()  # hold the claim until told to go
+''')
+
+
+def test_pair_claims_are_exclusive_and_freed_when_a_worker_is_killed(tmp_path):
+    """Real flocks between real processes: two workers get two pairs, a third shares, and a killed
+    worker's pair is free again at once (the kernel drops its lock)."""
+    def start(worker: str) -> tuple[subprocess.Popen, list]:
+        proc = subprocess.Popen([sys.executable, "-c", CLAIMER, str(tmp_path), worker], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, cwd=REPO)
+        return proc, json.loads(proc.stdout.readline())
+
+    first, claim0 = start("gw0")
+    second, claim1 = start("gw1")
+    third, claim2 = start("gw2")
+    try:
+        assert claim0 == ["a", "b", True] and claim1 == ["c", "d", True], (claim0, claim1)
+        assert claim2 == ["a", "b", False], claim2  # every pair taken: gw2 shares (2 % 2 = pair 0)
+        first.kill()
+        first.wait()
+        fourth, claim3 = start("gw0")
+        assert claim3 == ["a", "b", True], claim3
+        fourth.kill()
+        fourth.wait()
+    finally:
+        for proc in (first, second, third):
+            proc.kill()
+            proc.wait()

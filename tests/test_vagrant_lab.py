@@ -306,6 +306,27 @@ def _virsh(*args: str) -> str:
     return subprocess.run(["virsh", "-q", "-c", "qemu:///system", *args], capture_output=True, text=True).stdout
 
 
+def _nested_check_on(config) -> list[str]:
+    """The nested check on the hypervisor VMs: as the lab runs, and for a lab that needs KVM inside them."""
+    from lab.preflight import FAIL, PASS, context_for, run_preflight
+    from lab.session import Lab
+
+    lab = Lab.load(config)
+    (as_is,) = run_preflight(context_for(lab), ["nested"])
+    needed = dataclasses.replace(context_for(lab), nested_required="a Vagrant lab with driver kvm")
+    (demanded,) = run_preflight(needed, ["nested"])
+    print(f"nested as the lab runs: {as_is.line()}\nnested when needed: {demanded.line()}")
+    if lab.state.extra.get("driver") == "kvm":
+        ok = as_is.status == PASS and "nested virtualization on" in as_is.seen
+        return [] if ok else [f"nested on a driver-kvm lab: {as_is.line()}"]
+    problems = []
+    if as_is.status != PASS or "not needed" not in as_is.seen:
+        problems.append(f"nested on a TCG lab should pass as not needed: {as_is.line()}")
+    if demanded.status != FAIL or "CPU flag none" not in demanded.seen:
+        problems.append(f"nested should fail on TCG host VMs when needed: {demanded.line()}")
+    return problems
+
+
 @pytest.mark.vagrant
 @pytest.mark.slow
 def test_vagrant_lab_end_to_end(record_property, tmp_path):
@@ -374,6 +395,7 @@ def test_vagrant_lab_end_to_end(record_property, tmp_path):
             if run.returncode != 0 or " passed" not in summary:
                 errors = [line for line in run.stdout.splitlines() if line.startswith("E   ")][:3]
                 failures.append(f"{name}: {summary} {' | '.join(e.strip() for e in errors)}")
+        failures += _nested_check_on(config)
     finally:
         before = json.loads((Path("/var/lib/kvm-acceptance-lab") / config.name / "state.json").read_text()) \
             if (Path("/var/lib/kvm-acceptance-lab") / config.name / "state.json").exists() else {}

@@ -48,7 +48,7 @@ CAPS_CACHE = Path("/var/cache/kvm-acceptance-lab/libvirt-qemu-capabilities")  # 
 def config_digest(config: LabConfig) -> str:
     """What a running lab was made from: its shape only (not settings that don't change what `up` makes)."""
     doc = asdict(config)
-    for unrelated in ("source", "hotpatch", "vagrant", "guest"):
+    for unrelated in ("source", "hotpatch", "vagrant", "guest", "pairs"):
         doc.pop(unrelated, None)
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 

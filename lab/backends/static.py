@@ -130,15 +130,18 @@ class StaticBackend:
         return "kvm", "KVM booted the guest on every host"
 
     def _preflight(self, lab, progress: Progress) -> None:
+        """Every host pair of the pool must be ready; the first unready one is refused with the doctor's table."""
         from lab.preflight import FAIL, context_for, run_preflight, table
 
-        src, dst = lab.hosts[0], lab.hosts[1]
-        results = run_preflight(context_for(lab, src.name, dst.name))
-        failed = [r for r in results if r.status == FAIL]
-        if failed:
-            progress("preflight:\n" + table(results))
-            raise BackendError(f"hosts {src.name} -> {dst.name} are not ready for migration: "
-                               f"{', '.join(r.name for r in failed)} failed (table above; `python -m lab doctor`)")
+        for src, dst in lab.pairs:
+            results = run_preflight(context_for(lab, src.name, dst.name))
+            failed = [r for r in results if r.status == FAIL]
+            if failed:
+                progress(f"preflight {src.name} -> {dst.name}:\n" + table(results))
+                raise BackendError(f"hosts {src.name} -> {dst.name} are not ready for migration: "
+                                   f"{', '.join(r.name for r in failed)} failed (table above; "
+                                   f"`python -m lab doctor --src {src.name} --dst {dst.name}`)")
+            progress(f"preflight {src.name} -> {dst.name}: ready")
 
     def down(self, progress: Progress) -> None:
         with self.lock:

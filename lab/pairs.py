@@ -1,0 +1,65 @@
+"""Host pairs handed out to pytest-xdist workers, so a lab with more hosts runs more at once.
+
+Each worker process claims one pair for its whole life with a non-blocking
+flock on `<lab>/pairs/<src>-<dst>.lock`, starting its search at its own
+index so workers spread out. The kernel drops the lock when the process
+ends, however it ends, so a killed run never leaves a pair taken. With more
+workers than pairs the extra workers share a pair (as every worker shares
+the one pair of a two-host lab).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass
+
+from lab.errors import StateError
+
+_HELD: dict[str, int] = {}  # lock path -> open descriptor, kept for the life of the process
+
+
+@dataclass(frozen=True)
+class Claim:
+    src: str
+    dst: str
+    exclusive: bool  # False: every pair was taken, this worker shares one
+
+
+def worker_index(worker_id: str | None) -> int:
+    """'gw3' -> 3; the controller or a run without xdist is worker 0."""
+    if worker_id and worker_id.startswith("gw") and worker_id[2:].isdigit():
+        return int(worker_id[2:])
+    return 0
+
+
+def claim_pair(lab, worker_id: str | None) -> Claim:
+    pairs = lab.pairs
+    if not pairs:
+        raise StateError(f"lab {lab.config.name!r} has no host pair (lab.yaml pairs:, or at least two hosts)")
+    folder = lab.dir / "pairs"
+    folder.mkdir(parents=True, exist_ok=True)
+    start = worker_index(worker_id) % len(pairs)
+    for offset in range(len(pairs)):
+        src, dst = pairs[(start + offset) % len(pairs)]
+        path = str(folder / f"{src.name}-{dst.name}.lock")
+        if path in _HELD:
+            return Claim(src.name, dst.name, True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {worker_id or 'main'}\n".encode())
+        _HELD[path] = fd
+        return Claim(src.name, dst.name, True)
+    src, dst = pairs[start]
+    return Claim(src.name, dst.name, False)
+
+
+def release_all() -> None:
+    """Give back every pair this process holds (the process ending does the same)."""
+    for path, fd in list(_HELD.items()):
+        os.close(fd)
+        del _HELD[path]
