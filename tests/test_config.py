@@ -4,6 +4,7 @@ import sys
 import textwrap
 
 import pytest
+import yaml
 
 from lab.config import DEFAULT_LAB_CONFIG, load_lab_config, parse_lab_config
 from lab.errors import ConfigError
@@ -35,6 +36,12 @@ BAD = {
     "hosts-not-list": ("hosts: hv1\n", "hosts: expected a non-empty list"),
     "top-not-mapping": ("- a\n- b\n", "lab.yaml: expected a mapping, got list"),
     "not-yaml": ("hosts: [unclosed\n", "not valid YAML at line"),
+    "pair-unknown-host": ("pairs: [[hv1, hv9]]\n", "pairs[0]: unknown host 'hv9' (hosts: hv1, hv2)"),
+    "pair-one-host": ("pairs: [[hv1]]\n", "pairs[0]: expected [source, destination], got ['hv1']"),
+    "pair-same-host": ("pairs: [[hv2, hv2]]\n", "pairs[0]: a pair needs two different hosts, got 'hv2' twice"),
+    "host-in-two-pairs": ("hosts:\n" + "".join(f"  - {{name: hv{i}, address: 198.18.0.1{i}}}\n" for i in (1, 2, 3))
+                          + "pairs: [[hv1, hv2], [hv3, hv1]]\n",
+                          "pairs[1]: host 'hv1' is already in another pair"),
     "runner-in-guest-range": ("network: {runner_address: 198.18.200.1}\n",
                               "network.runner_address: 198.18.200.1 lies inside network.guest_range"),
 }
@@ -96,3 +103,10 @@ def test_config_from_string_documents_the_yaml_shape():
     """)))
     assert yaml_doc["storage"] == config.storage == "local"
     assert (config.guest.memory_mib, config.guest.vcpus) == (128, 2)
+
+
+def test_pairs_default_to_consecutive_hosts():
+    five = "hosts:\n" + "".join(f"  - {{name: hv{i}, address: 198.18.0.1{i}}}\n" for i in range(1, 6))
+    assert parse_lab_config({}).pairs == (("hv1", "hv2"),)
+    assert parse_lab_config(yaml.safe_load(five)).pairs == (("hv1", "hv2"), ("hv3", "hv4"))  # hv5 joins none
+    assert parse_lab_config(yaml.safe_load(five + "pairs: [[hv5, hv1]]\n")).pairs == (("hv5", "hv1"),)
