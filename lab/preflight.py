@@ -551,13 +551,18 @@ def nested(ctx: PreflightContext) -> CheckResult:
     vms = {name: f for name, f in facts.items() if f["virt"] != "none"}
     if not vms:
         return _result("nested", PASS, f"{ctx.src.name} and {ctx.dst.name} are bare metal: no nesting involved")
-    off = {name: f for name, f in vms.items() if not (f["flag"] and f["kvm"])}
+    probed_kvm = all(ctx.accelerators.get(name) == "kvm" for name in facts)
+    # KVM that works without vmx/svm in a VM is para-virtualized nesting (PVM); the lab's probe vouches for it.
+    off = {name: f for name, f in vms.items() if not (f["kvm"] and (f["flag"] or probed_kvm))}
     seen = "; ".join(f"{name}: {f['virt']} VM, CPU flag {f['flag'] or 'none'}, /dev/kvm {'yes' if f['kvm'] else 'no'}"
                      for name, f in facts.items())
     if off and ctx.nested_required:
+        no_flag = [name for name, f in off.items() if not f["flag"]]
+        remedy = ("on the machine running the host VMs: load kvm_intel/kvm_amd with nested=1 and give the VMs a "
+                  "host-passthrough CPU" if no_flag else
+                  f"load kvm_intel or kvm_amd on {', '.join(off)} (the CPU flag is there, /dev/kvm is not)")
         return _result("nested", FAIL, f"nested virtualization is off but needed ({ctx.nested_required}): {seen}",
-                       "on the machine running the host VMs: load kvm_intel/kvm_amd with nested=1 and give the "
-                       "VMs a host-passthrough CPU; or set accelerator: auto to run guests under TCG")
+                       remedy + "; or set accelerator: auto to run guests under TCG")
     if off:
         return _result("nested", PASS, f"not needed (guests run under TCG here): {seen}")
     return _result("nested", PASS, f"nested virtualization on: {seen}")
@@ -585,10 +590,12 @@ def context_for(lab, src: str | None = None, dst: str | None = None, guest: str 
 
 def nested_need(lab) -> str:
     """Why this lab needs KVM inside its hosts, or "" (then hosts without it run guests under TCG)."""
-    if lab.state.backend == "vagrant" and lab.state.extra.get("driver") == "kvm":
-        return "the Vagrant lab runs its hypervisor VMs with driver kvm for nested KVM"
     if lab.config.accelerator == "kvm":
         return "lab.yaml accelerator: kvm"
+    if lab.state.backend == "vagrant" and lab.state.extra.get("driver") == "kvm":
+        return "the Vagrant lab runs its hypervisor VMs with driver kvm for nested KVM"
+    if lab.accelerator == "kvm":
+        return "the lab's probe chose KVM for its guests"
     return ""
 
 

@@ -22,10 +22,10 @@ from lab.errors import BackendError
 from lab.state import HostState, LabState, lab_dir
 
 IMAGE_DIR = "/var/lib/kvm-acceptance-lab/images"
-PROBE_S = 12
 
 
 class StaticBackend:
+    probe_s = 12  # how long the KVM probe waits for the guest's first sign of life on a host
     def __init__(self, config: LabConfig):
         self.config = config
         self.dir = lab_dir(config.name)
@@ -118,15 +118,15 @@ class StaticBackend:
         failures = []
         for host in hosts:
             progress(f"{host.name}: probing KVM by booting the guest")
-            cmd = (f"timeout {PROBE_S} qemu-system-x86_64 -accel kvm -m 128 -nographic -nodefaults -no-reboot "
+            cmd = (f"timeout {self.probe_s} qemu-system-x86_64 -accel kvm -m 128 -nographic -nodefaults -no-reboot "
                    f"-serial stdio -kernel {remote}/vmlinuz -initrd {remote}/initrd.img "
                    f"-append 'console=ttyS0 lab.probe=1 panic=-1 quiet' 2>&1 | grep -m1 -q LAB-AGENT-READY")
-            if host.run(cmd, check=False, timeout=PROBE_S + 30).returncode != 0:
+            if host.run(cmd, check=False, timeout=self.probe_s + 30).returncode != 0:
                 failures.append(host.name)
         if failures and self.config.accelerator == "kvm":
             raise BackendError(f"accelerator: kvm requested but the guest did not boot under KVM on {', '.join(failures)}")
         if failures:
-            return "tcg", f"KVM probe: no sign of life from the guest on {', '.join(failures)} in {PROBE_S} s; using TCG"
+            return "tcg", f"KVM probe: no sign of life from the guest on {', '.join(failures)} in {self.probe_s} s; using TCG"
         return "kvm", "KVM booted the guest on every host"
 
     def _preflight(self, lab, progress: Progress) -> None:
