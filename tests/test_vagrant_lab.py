@@ -310,11 +310,11 @@ def _nested_check_on(config) -> list[str]:
     """The nested check on the hypervisor VMs, for a lab that needs KVM inside them: it must agree with
     what the VMs show, and fail for real once the destination's KVM module is unloaded (then restored).
     Runs after the suites, when no L2 guest holds /dev/kvm."""
-    from lab.preflight import FAIL, PASS, context_for, run_preflight
+    from lab.preflight import FAIL, PASS, context_for, nested_need, run_preflight
     from lab.session import Lab
 
     lab = Lab.load(config)
-    need = "a Vagrant lab with driver kvm"
+    need = nested_need(lab) or "lab.yaml accelerator: kvm"
 
     def nested():
         (result,) = run_preflight(dataclasses.replace(context_for(lab), nested_required=need), ["nested"])
