@@ -11,12 +11,13 @@ DEBIAN_PACKAGES=(
   gcc libc6-dev pkg-config python3-dev python3-venv
   nfs-ganesha nfs-ganesha-vfs rpcbind
   vagrant vagrant-libvirt ansible-core ansible ansible-lint debootstrap dnsmasq-base
+  chrony
 )
 # openEuler names (dnf); libcareplus is packaged there.
 OPENEULER_PACKAGES=(
   qemu qemu-img libvirt libvirt-devel libvirt-client
   openssh-server openssh-clients busybox cpio iproute nftables
-  gcc glibc-static pkgconf python3-devel nfs-ganesha nfs-ganesha-vfs rpcbind libcareplus
+  gcc glibc-static pkgconf python3-devel nfs-ganesha nfs-ganesha-vfs rpcbind libcareplus chrony
 )
 
 missing_debian() {

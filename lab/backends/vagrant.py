@@ -118,8 +118,25 @@ class VagrantBackend(StaticBackend):
             started[name] = int(pidfile.read_text().strip())
             self._save_extra(state, daemons=started)
 
+    def _ensure_time_server(self, state: LabState, progress: Progress) -> None:
+        """After `vagrant up` (the runner's address is on the migration network from then on)."""
+        from lab.vagrant.timeserver import start_time_server
+
+        started = dict(state.extra.get("daemons", {}))
+        if started.get("chronyd") and _alive(started["chronyd"]):
+            return
+        net = self.config.network
+        started["chronyd"] = start_time_server(self.dir, net.runner_address, net.subnet)
+        progress(f"time server for the VMs: chronyd on {net.runner_address}:123 (PID {started['chronyd']}; "
+                 "never sets this machine's clock; `down` stops it)")
+        self._save_extra(state, daemons=started)
+
     def _stop_daemons(self, state: LabState, progress: Progress) -> None:
+        from lab.vagrant.timeserver import stop_time_server
+
         started = state.extra.get("daemons", {})
+        if started.get("chronyd") and stop_time_server(started["chronyd"]):
+            progress(f"stopped the lab's time server (chronyd, PID {started['chronyd']})")
         for name in ("libvirtd", "virtlogd"):
             pid = started.get(name)
             if not pid or not _alive(pid):
@@ -244,6 +261,7 @@ class VagrantBackend(StaticBackend):
                 self._show(line, progress)
             timings["vagrant_up_s"] = round(time.monotonic() - t, 1)
             self._show_status(vg, progress)
+            self._ensure_time_server(state, progress)
             if self.spec.provision:
                 t = time.monotonic()
                 last = self._names()[-1]
@@ -338,6 +356,11 @@ class VagrantBackend(StaticBackend):
             self._check_host(host)
             record.host_uuid = _host_uuid(host)
         state.save()
+        from lab.vagrant.timeserver import wait_for_clock
+
+        for host in lab.hosts:
+            offset = wait_for_clock(host, self.config.network.runner_address)
+            progress(f"{host.name}: clock on the runner's time server (offset {offset * 1000:.2f} ms)")
         image = ensure_image(progress=progress)
         remote = f"{IMAGE_DIR}/{image.key}"
         for host in lab.hosts:

@@ -66,6 +66,7 @@ def playbook_vars(config, spec: VagrantSpec, lab_dir: Path, public_key: str) -> 
         "lab_bridge": BRIDGE,
         "lab_hosts": hosts,
         "lab_public_key": public_key,
+        "lab_time_server": config.network.runner_address,  # the runner's lab chronyd (libvirt's downtime spans two clocks)
         "lab_private_key_src": str(lab_dir / "id_ed25519"),
         "lab_runner_known_hosts": str(lab_dir / "known_hosts"),
         "lab_nfs_server": nfs or "",
