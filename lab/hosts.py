@@ -56,7 +56,7 @@ class Host:
     def ssh_options(self) -> list[str]:
         if self.ssh_config:
             return ["-F", str(self.ssh_config), "-i", str(self.ssh_key)]
-        return ["-i", str(self.ssh_key), "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=15"]
+        return ["-i", str(self.ssh_key), "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"]
 
     def ssh_argv(self, command: str | None = None) -> list[str]:
         argv = ["ssh", *self.ssh_options(), self.ssh_target]

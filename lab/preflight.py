@@ -12,6 +12,7 @@ import ipaddress
 import json
 import re
 import shlex
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
@@ -90,7 +91,7 @@ def _sh(host: Host, command: str, timeout: float = 20):
 def ssh_access(ctx: PreflightContext) -> CheckResult:
     bad = []
     for host in (ctx.src, ctx.dst):
-        proc = _sh(host, "id -un", timeout=15)
+        proc = _sh(host, "id -un", timeout=25)
         if proc.returncode != 0:
             bad.append(f"{host.name}: {(proc.stderr.strip().splitlines() or ['exit %d' % proc.returncode])[-1]}")
     if bad:
@@ -128,11 +129,61 @@ def p2p_reach(ctx: PreflightContext) -> CheckResult:
     return _result("p2p-reach", PASS, f"{ctx.src.name} reaches {ctx.dst.name}'s libvirtd (hostname {seen})")
 
 
+# -- clocks -------------------------------------------------------------------
+
+CLOCK_SKEW_LIMIT_MS = 100  # beyond this, libvirt's downtime (dst resume minus src stop) is misleading
+_CLOCK_PROBE = ("chronyc -n -c tracking 2>/dev/null | sed 's/^/chrony=/'; "
+                "echo ntp=$(timedatectl show -p NTPSynchronized --value 2>/dev/null); "
+                "echo boot=$(cat /proc/sys/kernel/random/boot_id); date +now=%s.%N")
+
+
+def _clock_of(host: Host) -> dict:
+    """The host's own word on its clock (chrony, else systemd), and its time within the ssh round trip."""
+    sent = time.time()
+    proc = _sh(host, _CLOCK_PROBE)
+    back = time.time()
+    seen = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    chrony = seen.get("chrony", "").split(",")
+    state = {"sent": sent, "back": back, "now": float(seen["now"]) if seen.get("now") else None,
+             "boot": seen.get("boot", "")}
+    if len(chrony) >= 14:
+        state["synced"] = chrony[13] == "Normal" and abs(float(chrony[4])) < 0.01
+        state["how"] = f"chrony, reference {chrony[1]}, offset {float(chrony[4]) * 1000:.1f} ms"
+    else:
+        state["synced"] = seen.get("ntp") == "yes"
+        state["how"] = f"NTPSynchronized={seen.get('ntp') or 'unknown'}, no chronyd answering"
+    return state
+
+
+@check("clock-sync", "network")
+def clock_sync(ctx: PreflightContext) -> CheckResult:
+    """libvirt's downtime is the destination's resume time minus the source's stop time: two clocks."""
+    src, dst = _clock_of(ctx.src), _clock_of(ctx.dst)
+    if src["boot"] and src["boot"] == dst["boot"]:
+        return _result("clock-sync", PASS, f"{ctx.src.name} and {ctx.dst.name} run on one kernel: one clock")
+    if src["now"] is None or dst["now"] is None:
+        return _result("clock-sync", FAIL, "could not read both hosts' clocks over ssh", "check ssh-access first")
+    # Each reading lies between its round trip's ends, so the skew lies in [low, high] for certain.
+    low = (dst["now"] - dst["back"]) - (src["now"] - src["sent"])
+    high = (dst["now"] - dst["sent"]) - (src["now"] - src["back"])
+    how = f"{ctx.src.name}: {src['how']}; {ctx.dst.name}: {dst['how']}"
+    remedy = ("run chrony (or systemd-timesyncd) on both hosts against one time server; "
+              "libvirt's downtime figures subtract one host's clock from the other's")
+    if low * 1000 > CLOCK_SKEW_LIMIT_MS or high * 1000 < -CLOCK_SKEW_LIMIT_MS:
+        sure = min(abs(low), abs(high)) * 1000
+        return _result("clock-sync", FAIL, f"{ctx.dst.name}'s clock is at least {sure:.0f} ms "
+                       f"{'ahead of' if low > 0 else 'behind'} {ctx.src.name}'s ({how})", remedy)
+    if not (src["synced"] and dst["synced"]):
+        return _result("clock-sync", WARN, f"clocks within {max(abs(low), abs(high)) * 1000:.0f} ms of each "
+                       f"other, but not both synchronized ({how})", remedy)
+    return _result("clock-sync", PASS, how)
+
+
 # -- network ----------------------------------------------------------------
 
 def _tcp_probe(host: Host, address: str, port: int, timeout_s: int = 2) -> str:
     """'open', 'closed' (refused: reachable, nothing listening) or 'blocked' (timeout or unreachable)."""
-    proc = _sh(host, f"timeout {timeout_s} bash -c 'exec 3<>/dev/tcp/{address}/{port}' 2>&1; echo rc=$?", timeout=15)
+    proc = _sh(host, f"timeout {timeout_s} bash -c 'exec 3<>/dev/tcp/{address}/{port}' 2>&1; echo rc=$?", timeout=25)
     out = proc.stdout
     if "rc=0" in out:
         return "open"

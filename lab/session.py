@@ -122,7 +122,7 @@ def host_versions(host: Host) -> dict:
     try:
         conn = host.connect()
         lib, qemu = conn.getLibVersion(), conn.getVersion()
-        kernel = host.run("uname -r", timeout=15).stdout.strip()
+        kernel = host.run("uname -r", timeout=25).stdout.strip()
         hostname = conn.getHostname()
     except (libvirt.libvirtError, Exception) as exc:  # noqa: BLE001 - status must still print
         return {"error": str(exc)}

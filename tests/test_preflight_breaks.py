@@ -348,6 +348,15 @@ def test_nested_fails_when_the_lab_needs_kvm_inside_hosts_without_vmx(pf):
     assert "CPU flag none" in result.seen and "nested=1" in result.remedy, result.line()
 
 
+def test_clock_sync_cannot_be_broken_between_hosts_on_one_kernel(pf):
+    """The embedded hosts are namespaces of one kernel: one clock, nothing to set apart here.
+    `make vagrant-test` breaks it for real (chrony stopped on hv2 and its clock stepped 5 s)."""
+    lab, _ = pf
+    result = check_one(lab, "clock-sync")
+    assert result.status == PASS and "run on one kernel" in result.seen, result.line()
+    UNBREAKABLE_HERE.add("clock-sync")
+
+
 def test_every_check_was_proven_by_a_break():
     """Runs last in this module: a check no break test made fire is not done."""
     unproven = sorted(set(CHECKS) - PROVEN - UNBREAKABLE_HERE)

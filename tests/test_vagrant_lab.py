@@ -342,6 +342,37 @@ def _nested_check_on(config) -> list[str]:
     return problems
 
 
+def _clock_check_on(config) -> list[str]:
+    """clock-sync passes on the lab as provisioned, fails once hv2's chrony is stopped and its clock stepped
+    5 s ahead, and passes again once chrony has brought it back."""
+    from lab.preflight import FAIL, PASS, context_for, run_preflight
+    from lab.session import Lab
+    from lab.vagrant.timeserver import wait_for_clock
+
+    lab = Lab.load(config)
+    dst = lab.hosts[1]
+
+    def clock():
+        (result,) = run_preflight(context_for(lab), ["clock-sync"])
+        print(f"clock-sync: {result.line()}")
+        return result
+
+    problems = []
+    if (first := clock()).status != PASS or "reference " + config.network.runner_address not in first.seen:
+        problems.append(f"clock-sync should pass on the provisioned lab: {first.line()}")
+    dst.run("systemctl stop chrony && date -s '+5 seconds' >/dev/null")
+    try:
+        broken = clock()
+        if broken.status != FAIL or f"{dst.name}'s clock is at least" not in broken.seen or "ahead of" not in broken.seen:
+            problems.append(f"clock-sync should fail with {dst.name} 5 s ahead: {broken.line()}")
+    finally:
+        dst.run("systemctl start chrony")
+        wait_for_clock(dst, config.network.runner_address)
+    if (again := clock()).status != PASS:
+        problems.append(f"clock-sync should pass again once chrony is back: {again.line()}")
+    return problems
+
+
 @pytest.mark.vagrant
 @pytest.mark.slow
 def test_vagrant_lab_end_to_end(record_property, tmp_path):
@@ -411,6 +442,7 @@ def test_vagrant_lab_end_to_end(record_property, tmp_path):
                 errors = [line for line in run.stdout.splitlines() if line.startswith("E   ")][:3]
                 failures.append(f"{name}: {summary} {' | '.join(e.strip() for e in errors)}")
         failures += _nested_check_on(config)
+        failures += _clock_check_on(config)
     finally:
         before = json.loads((Path("/var/lib/kvm-acceptance-lab") / config.name / "state.json").read_text()) \
             if (Path("/var/lib/kvm-acceptance-lab") / config.name / "state.json").exists() else {}

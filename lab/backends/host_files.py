@@ -70,7 +70,7 @@ def write_ssh_client_config(path: Path, key: Path, known_hosts: Path) -> None:
         "  StrictHostKeyChecking yes\n"
         "  BatchMode yes\n"
         "  LogLevel ERROR\n"
-        "  ConnectTimeout 15\n"  # 5 s was seen to run out on a loaded runner (SYNs retried while VMs boot)
+        "  ConnectTimeout 10\n"  # 5 s was seen to run out on a loaded runner (SYNs retried while VMs boot)
     )
 
 
