@@ -27,11 +27,13 @@ hotpatch-test: setup
 # provisioning checks, then the box (built locally if missing), `lab up` with the Vagrant backend,
 # the playbook run a second time (must change nothing), the preflight suite and the precopy-idle
 # live migration on the lab, and `lab down` (checked to leave no VM, network, volume or daemon).
-# VAGRANT_LAB=lab/vagrant/lab.example.yaml for a machine that can download boxes and has KVM.
+# VAGRANT_LAB=lab/vagrant/lab.example.yaml VAGRANT_THRESHOLDS=thresholds.yaml for a machine that can
+# download boxes and has KVM.
 VAGRANT_LAB ?= lab/vagrant/lab.tcg.yaml
+VAGRANT_THRESHOLDS ?= lab/vagrant/thresholds.tcg.yaml
 
 vagrant-test: setup
-	LAB_RUN_ID=$(RUN_ID) LAB_VAGRANT_CONFIG=$(VAGRANT_LAB) LAB_VAGRANT_TIMINGS=reports/vagrant-timings.json \
+	LAB_RUN_ID=$(RUN_ID) LAB_VAGRANT_CONFIG=$(VAGRANT_LAB) LAB_VAGRANT_THRESHOLDS=$(VAGRANT_THRESHOLDS) LAB_VAGRANT_TIMINGS=reports/vagrant-timings.json \
 	  $(PY) -m pytest tests/test_vagrant_lab.py tests/test_provision.py -p no:randomly -rs $(PYTEST_ARGS)
 
 up: setup
