@@ -33,16 +33,21 @@ def real_hosts(tmp_path_factory):
     backend.down(lambda _m: None)
 
 
+def write_inventory(path: Path, name: str, hosts_of: str, third_octet: int, count: int = 2, extra: str = "") -> Path:
+    """A static inventory of the embedded lab `hosts_of`'s hosts hv1..hvN on 198.19.<third_octet>.0/24."""
+    key = lab_dir(hosts_of) / "id_ed25519"
+    net = f"198.19.{third_octet}"
+    path.write_text(
+        f"name: {name}\nbackend: static\n"
+        f"network: {{subnet: {net}.0/24, runner_address: {net}.1, guest_range: {net}.128/25}}\n"
+        "hosts:\n" + "".join(f"  - {{name: hv{i}, address: {net}.1{i}, ssh_user: root, ssh_key: {key}}}\n"
+                             for i in range(1, count + 1)) + extra)
+    return path
+
+
 @pytest.fixture
 def inventory(real_hosts, tmp_path):
-    key = lab_dir("kvmreal") / "id_ed25519"
-    path = tmp_path / "static.yaml"
-    path.write_text(
-        "name: kvmsta\nbackend: static\n"
-        "network: {subnet: 198.19.40.0/24, runner_address: 198.19.40.1, guest_range: 198.19.40.128/25}\n"
-        "hosts:\n"
-        f"  - {{name: hv1, address: 198.19.40.11, ssh_user: root, ssh_key: {key}}}\n"
-        f"  - {{name: hv2, address: 198.19.40.12, ssh_user: root, ssh_key: {key}}}\n")
+    path = write_inventory(tmp_path / "static.yaml", "kvmsta", "kvmreal", 40)
     yield path
     lab_cli(path, "down")
 
@@ -141,13 +146,8 @@ def four_hosts(tmp_path_factory):
 def test_xdist_workers_take_separate_host_pairs_from_the_pool(four_hosts, tmp_path):
     # No shared_lab here: the inner workers take the measurement lock themselves. Holding it out here
     # deadlocked CI: a measuring test's exclusive request queued behind us, the inner readers behind it.
-    key = lab_dir("kvmreal4") / "id_ed25519"
-    inventory = tmp_path / "pool.yaml"
-    inventory.write_text(
-        "name: kvmpool\nbackend: static\n"
-        "network: {subnet: 198.19.42.0/24, runner_address: 198.19.42.1, guest_range: 198.19.42.128/25}\n"
-        "hosts:\n" + "".join(f"  - {{name: hv{i}, address: 198.19.42.1{i}, ssh_key: {key}}}\n" for i in (1, 2, 3, 4))
-        + "pairs: [[hv1, hv2], [hv4, hv3]]\n")
+    inventory = write_inventory(tmp_path / "pool.yaml", "kvmpool", "kvmreal4", 42, count=4,
+                                extra="pairs: [[hv1, hv2], [hv4, hv3]]\n")
     try:
         up = lab_cli(inventory, "up", timeout=300)
         assert up.returncode == 0, up.stderr
