@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from lab.errors import StateError
 
-_HELD: dict[str, int] = {}  # lock path -> open descriptor, kept for the life of the process
+_HELD: dict[str, "Claim"] = {}  # lock path -> this process's claim (its descriptor stays open)
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class Claim:
     src: str
     dst: str
     exclusive: bool  # False: every pair was taken, this worker shares one
+    fd: int = -1  # the open, locked file that holds the claim (exclusive claims only)
 
 
 def worker_index(worker_id: str | None) -> int:
@@ -38,12 +39,13 @@ def claim_pair(lab, worker_id: str | None) -> Claim:
         raise StateError(f"lab {lab.config.name!r} has no host pair (lab.yaml pairs:, or at least two hosts)")
     folder = lab.dir / "pairs"
     folder.mkdir(parents=True, exist_ok=True)
+    held = list(_HELD.values())
+    if held:  # one claim per process: asking again gives the same pair
+        return held[0]
     start = worker_index(worker_id) % len(pairs)
     for offset in range(len(pairs)):
         src, dst = pairs[(start + offset) % len(pairs)]
         path = str(folder / f"{src.name}-{dst.name}.lock")
-        if path in _HELD:
-            return Claim(src.name, dst.name, True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -52,14 +54,14 @@ def claim_pair(lab, worker_id: str | None) -> Claim:
             continue
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {worker_id or 'main'}\n".encode())
-        _HELD[path] = fd
-        return Claim(src.name, dst.name, True)
+        _HELD[path] = claim = Claim(src.name, dst.name, True, fd)
+        return claim
     src, dst = pairs[start]
     return Claim(src.name, dst.name, False)
 
 
 def release_all() -> None:
     """Give back every pair this process holds (the process ending does the same)."""
-    for path, fd in list(_HELD.items()):
-        os.close(fd)
+    for path, claim in list(_HELD.items()):
+        os.close(claim.fd)
         del _HELD[path]

@@ -180,6 +180,7 @@ CLAIMER = textwrap.dedent('''
     lab = types.SimpleNamespace(pairs=[(host("a"), host("b")), (host("c"), host("d"))], dir=Path(sys.argv[1]),
                                 config=types.SimpleNamespace(name="pooltest"))
     claim = pairs.claim_pair(lab, sys.argv[2])
+    assert pairs.claim_pair(lab, sys.argv[2]) == claim  # one claim per process
     print(json.dumps([claim.src, claim.dst, claim.exclusive]), flush=True)
     sys.stdin.read()  # hold the claim until told to go
 ''')
