@@ -27,10 +27,10 @@ hotpatch-test: setup
 # provisioning checks, then the box (built locally if missing), `lab up` with the Vagrant backend,
 # the playbook run a second time (must change nothing), the preflight suite and the precopy-idle
 # live migration on the lab, and `lab down` (checked to leave no VM, network, volume or daemon).
-# VAGRANT_LAB=lab/vagrant/lab.example.yaml VAGRANT_THRESHOLDS=thresholds.yaml for a machine that can
+# VAGRANT_LAB=labs/vagrant-example.yaml VAGRANT_THRESHOLDS=thresholds.yaml for a machine that can
 # download boxes and has KVM.
-VAGRANT_LAB ?= lab/vagrant/lab.tcg.yaml
-VAGRANT_THRESHOLDS ?= lab/vagrant/thresholds.tcg.yaml
+VAGRANT_LAB ?= labs/vagrant-tcg.yaml
+VAGRANT_THRESHOLDS ?= labs/vagrant-tcg.thresholds.yaml
 
 vagrant-test: setup
 	LAB_RUN_ID=$(RUN_ID) LAB_VAGRANT_CONFIG=$(VAGRANT_LAB) LAB_VAGRANT_THRESHOLDS=$(VAGRANT_THRESHOLDS) LAB_VAGRANT_TIMINGS=reports/vagrant-timings.json \

@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> int:
-    from lab.config import load_lab_config
-    from lab.hotpatch import missing_reason
+    from lab.config.lab import load_lab_config
+    from lab.hotpatch.driver import missing_reason
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)

@@ -18,9 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lab.backends import get_backend  # noqa: E402
-from lab.config import load_lab_config  # noqa: E402
+from lab.config.lab import load_lab_config  # noqa: E402
 from lab.guest.domain import create_guest, remove_guest  # noqa: E402
-from lab.session import Lab  # noqa: E402
+from lab.runtime.lab import Lab  # noqa: E402
 
 CONFIG = """name: kvmbench
 network: {subnet: 198.19.9.0/24, runner_address: 198.19.9.1, guest_range: 198.19.9.128/25}

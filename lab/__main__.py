@@ -10,7 +10,7 @@ import sys
 import time
 
 from lab.backends import get_backend
-from lab.config import LabConfig, load_lab_config
+from lab.config.lab import LabConfig, load_lab_config
 from lab.errors import LabError
 
 
@@ -58,7 +58,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_ssh(args) -> int:
-    from lab.session import Lab
+    from lab.runtime.lab import Lab
 
     host = Lab.load(_config(args)).host(args.host)
     argv = host.ssh_argv(" ".join(args.command) if args.command else None)
@@ -69,7 +69,7 @@ def cmd_ssh(args) -> int:
 
 
 def cmd_guest_list(args) -> int:
-    from lab.session import Lab
+    from lab.runtime.lab import Lab
 
     lab = Lab.load(_config(args))
     import libvirt
@@ -88,8 +88,8 @@ def cmd_guest_list(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from lab.preflight import FAIL, as_json, context_for, run_preflight, table
-    from lab.session import Lab
+    from lab.preflight.checks import FAIL, as_json, context_for, run_preflight, table
+    from lab.runtime.lab import Lab
 
     lab = Lab.load(_config(args))
     expected = {}

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lab import netns
-from lab.state import lab_dir
+from lab.backends.embedded import netns
+from lab.runtime.state import lab_dir
 
 
 def write_lab_config(tmp_path: Path, name: str, third_octet: int, **extra: str) -> Path:

@@ -6,7 +6,7 @@ import textwrap
 import pytest
 import yaml
 
-from lab.config import DEFAULT_LAB_CONFIG, load_lab_config, parse_lab_config
+from lab.config.lab import DEFAULT_LAB_CONFIG, load_lab_config, parse_lab_config
 from lab.errors import ConfigError
 
 BAD = {

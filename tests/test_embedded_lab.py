@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from lab.migration import MigrationParams, migrate
+from lab.migration.live import MigrationParams, migrate
 
 pytestmark = pytest.mark.lab
 

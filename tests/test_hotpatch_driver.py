@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from lab import hotpatch
+from lab.hotpatch import driver as hotpatch
 from lab.errors import ConfigError, HotpatchError, MissingToolError
-from lab.hotpatch import (BuildIdMismatch, HotpatchFailed, LibcarePlus, cc_guard, diagnose_apply, diagnose_build,
+from lab.hotpatch.driver import (BuildIdMismatch, HotpatchFailed, LibcarePlus, cc_guard, diagnose_apply, diagnose_build,
                           diagnose_buildid, elf_build_id, find_libcareplus, parse_apply, parse_dump_header, parse_info,
                           parse_unapply, patched_files, read_kpatch_header, restore_lpmakeorig, text_digest)
-from lab.qemu_build import deb_src_stanzas, has_deb_src, patch_set_hash
+from lab.hotpatch.qemu_build import deb_src_stanzas, has_deb_src, patch_set_hash
 
 REPO = Path(__file__).resolve().parent.parent
 PATCHES = REPO / "suites" / "hotpatch" / "patches"
@@ -558,7 +558,7 @@ def test_cc_guard_restores_the_link_when_the_process_gets_sigterm(tmp_path):
     script = textwrap.dedent(f"""
         import subprocess, sys, time
         sys.path.insert(0, {str(REPO)!r})
-        from lab.hotpatch import cc_guard
+        from lab.hotpatch.driver import cc_guard
         with cc_guard([{str(usr_cc)!r}, {str(alt_cc)!r}]):
             subprocess.run(["bash", "-c", 'unlink "{usr_cc}"; ln -s /opt/libcare/bin/libcare-cc "{usr_cc}"'])
             print("swapped", flush=True)

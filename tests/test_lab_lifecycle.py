@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from lab.state import LabState
+from lab.runtime.state import LabState
 from tests.labtools import lab_cli, leftovers, nothing_left, processes_mentioning, write_lab_config
 
 pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("shared_lab")]

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from lab.backends import get_backend
-from lab.cold import cold_migrate, cold_preflight
-from lab.config import load_lab_config
+from lab.migration.cold import cold_migrate, cold_preflight
+from lab.config.lab import load_lab_config
 from lab.guest.domain import create_guest, remove_guest
-from lab.integrity import check_intact, take_fingerprint
-from lab.migration import MigrationParams, migrate
-from lab.preflight import PASS, context_for, run_preflight
-from lab.session import Lab
+from lab.migration.integrity import check_intact, take_fingerprint
+from lab.migration.live import MigrationParams, migrate
+from lab.preflight.checks import PASS, context_for, run_preflight
+from lab.runtime.lab import Lab
 from tests.labtools import leftovers, nothing_left, processes_mentioning, write_lab_config
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,10 +17,10 @@ import libvirt
 import pytest
 
 from lab.backends import get_backend
-from lab.config import load_lab_config
+from lab.config.lab import load_lab_config
 from lab.guest.domain import create_guest, remove_guest
-from lab.preflight import CHECKS, FAIL, PASS, WARN, context_for, run_preflight
-from lab.session import Lab
+from lab.preflight.checks import CHECKS, FAIL, PASS, WARN, context_for, run_preflight
+from lab.runtime.lab import Lab
 from tests.labtools import write_lab_config
 
 pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("preflight-breaks"), pytest.mark.usefixtures("shared_lab")]

@@ -1,4 +1,4 @@
-"""The provisioning playbook (lab/provision/site.yml): syntax, lint, structure, and that the variables
+"""The provisioning playbook (provision/site.yml): syntax, lint, structure, and that the variables
 the Vagrant lab passes are the ones the roles declare.
 
 Idempotence on real machines (a second run reports changed=0) is checked end to end by
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.vagrant.render import playbook_vars, settings_document
+from lab.backends.vagrant.render import playbook_vars, settings_document
 
 REPO = Path(__file__).resolve().parent.parent
-PROVISION = REPO / "lab" / "provision"
+PROVISION = REPO / "provision"
 PLAYBOOK = PROVISION / "site.yml"
 ROLES = ("common", "hypervisor", "nfs_server", "libcareplus")
 INVENTORIES = sorted((PROVISION / "inventory").glob("*.yml"))
@@ -73,7 +73,7 @@ def _role_defaults() -> dict:
 def test_vagrant_variables_are_the_roles_variables():
     """A variable the lab passes that no role declares is a typo the playbook would silently ignore."""
     from tests.test_vagrant_lab import _config
-    from lab.vagrant.settings import check_lab
+    from lab.config.vagrant import check_lab
 
     config = _config()
     spec = check_lab(config)

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from lab.backends import get_backend
-from lab.config import load_lab_config
+from lab.config.lab import load_lab_config
 from lab.guest.domain import create_guest, remove_guest
-from lab.migration import MigrationParams, migrate
-from lab.session import Lab
-from lab.state import lab_dir
+from lab.migration.live import MigrationParams, migrate
+from lab.runtime.lab import Lab
+from lab.runtime.state import lab_dir
 from tests.labtools import lab_cli, write_lab_config
 
 pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("static-lab")]
@@ -108,7 +108,7 @@ POOL_PROBE = textwrap.dedent('''
     from pathlib import Path
 
     from lab.guest.domain import create_guest, remove_guest
-    from lab.migration import MigrationParams, migrate
+    from lab.migration.live import MigrationParams, migrate
 
     def test_migrate_on_my_pair(lab, shared_lab):
         src, dst = lab.hosts
@@ -175,7 +175,7 @@ def test_xdist_workers_take_separate_host_pairs_from_the_pool(four_hosts, tmp_pa
 CLAIMER = textwrap.dedent('''
     import json, sys, types
     from pathlib import Path
-    from lab import pairs
+    from lab.runtime import pairs
     host = lambda name: types.SimpleNamespace(name=name)
     lab = types.SimpleNamespace(pairs=[(host("a"), host("b")), (host("c"), host("d"))], dir=Path(sys.argv[1]),
                                 config=types.SimpleNamespace(name="pooltest"))

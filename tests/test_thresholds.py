@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from lab.errors import ConfigError
-from lab.measure import Measurement, check_invariants, verdict
-from lab.migration import MigrationParams, MigrationResult
-from lab.stats import Summary, percentile
-from lab.thresholds import load_thresholds, parse_thresholds
+from lab.migration.measure import Measurement, check_invariants, verdict
+from lab.migration.live import MigrationParams, MigrationResult
+from lab.results.stats import Summary, percentile
+from lab.config.thresholds import load_thresholds, parse_thresholds
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -23,15 +23,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.config import parse_lab_config
+from lab.config.lab import parse_lab_config
 from lab.errors import ConfigError
-from lab.vagrant import box as boxmod
-from lab.vagrant.render import REPO_VAGRANTFILE, machines, settings_document, vm_mac, write_work_dir
-from lab.vagrant.settings import DEFAULT_BOX, VagrantSpec, check_lab, nfs_server_address, parse_vagrant_settings
+from lab.backends.vagrant import box as boxmod
+from lab.backends.vagrant.render import REPO_VAGRANTFILE, machines, settings_document, vm_mac, write_work_dir
+from lab.config.vagrant import DEFAULT_BOX, VagrantSpec, check_lab, nfs_server_address, parse_vagrant_settings
 
 REPO = Path(__file__).resolve().parent.parent
-TCG_YAML = REPO / "lab" / "vagrant" / "lab.tcg.yaml"
-EXAMPLE_YAML = REPO / "lab" / "vagrant" / "lab.example.yaml"
+TCG_YAML = REPO / "labs" / "vagrant-tcg.yaml"
+EXAMPLE_YAML = REPO / "labs" / "vagrant-example.yaml"
 FORBIDDEN = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
 LAB_RANGE = ipaddress.ip_network("198.18.0.0/15")
 
@@ -54,7 +54,7 @@ def _vagrant_with_libvirt() -> str | None:
     """None when `vagrant validate` can run here, else why not."""
     if not shutil.which("vagrant"):
         return "vagrant is not installed (apt-get install vagrant vagrant-libvirt)"
-    from lab.vagrant.driver import vagrant_env
+    from lab.backends.vagrant.driver import vagrant_env
 
     out = subprocess.run(["vagrant", "plugin", "list"], capture_output=True, text=True, env=vagrant_env()).stdout
     if "vagrant-libvirt" not in out:
@@ -205,7 +205,7 @@ def test_vagrant_validate(tmp_path, storage, driver):
     why = _vagrant_with_libvirt()
     if why:
         pytest.skip(why)
-    from lab.vagrant.driver import VagrantLab
+    from lab.backends.vagrant.driver import VagrantLab
 
     config = dataclasses.replace(_config(EXAMPLE_YAML if storage != "local" else TCG_YAML), storage=storage)
     doc = settings_document(config, check_lab(config), driver=driver, lab_dir=tmp_path, work_dir=tmp_path,
@@ -220,7 +220,7 @@ def test_vagrant_validate_catches_a_bad_setting(tmp_path):
     if why:
         pytest.skip(why)
     from lab.errors import BackendError
-    from lab.vagrant.driver import VagrantLab
+    from lab.backends.vagrant.driver import VagrantLab
 
     config = _config()
     doc = settings_document(config, check_lab(config), driver="qemu", lab_dir=tmp_path, work_dir=tmp_path,
@@ -242,7 +242,7 @@ def test_box_vagrantfile_boots_the_kernel_directly():
 
 
 def test_box_build_command_help():
-    proc = subprocess.run([sys.executable, "-m", "lab.vagrant.box", "build", "--help"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "lab.backends.vagrant.box", "build", "--help"], capture_output=True,
                           text=True, cwd=REPO)
     assert proc.returncode == 0 and "--name" in proc.stdout and "--force" in proc.stdout
 
@@ -272,7 +272,7 @@ def fake_vagrant(tmp_path, monkeypatch):
 
 def test_wrapper_ssh_config_per_machine_and_snapshots_per_machine(tmp_path, fake_vagrant):
     from lab.errors import BackendError
-    from lab.vagrant.driver import VagrantLab
+    from lab.backends.vagrant.driver import VagrantLab
 
     vg = VagrantLab(tmp_path)
     confs = vg.ssh_configs(["hv1", "hv2"])
@@ -310,8 +310,8 @@ def _nested_check_on(config) -> list[str]:
     """The nested check on the hypervisor VMs, for a lab that needs KVM inside them: it must agree with
     what the VMs show, and fail for real once the destination's KVM module is unloaded (then restored).
     Runs after the suites, when no L2 guest holds /dev/kvm."""
-    from lab.preflight import FAIL, PASS, context_for, nested_need, run_preflight
-    from lab.session import Lab
+    from lab.preflight.checks import FAIL, PASS, context_for, nested_need, run_preflight
+    from lab.runtime.lab import Lab
 
     lab = Lab.load(config)
     need = nested_need(lab) or "lab.yaml accelerator: kvm"
@@ -345,9 +345,9 @@ def _nested_check_on(config) -> list[str]:
 def _clock_check_on(config) -> list[str]:
     """clock-sync passes on the lab as provisioned, fails once hv2's chrony is stopped and its clock stepped
     5 s ahead, and passes again once chrony has brought it back."""
-    from lab.preflight import FAIL, PASS, context_for, run_preflight
-    from lab.session import Lab
-    from lab.vagrant.timeserver import wait_for_clock
+    from lab.preflight.checks import FAIL, PASS, context_for, run_preflight
+    from lab.runtime.lab import Lab
+    from lab.backends.vagrant.timeserver import wait_for_clock
 
     lab = Lab.load(config)
     dst = lab.hosts[1]
@@ -386,7 +386,7 @@ def test_vagrant_lab_end_to_end(record_property, tmp_path):
         pytest.skip("the Vagrant lab needs root (libvirt system connection, box build)")
     config_path = Path(os.environ.get("LAB_VAGRANT_CONFIG", TCG_YAML))
     # The lab's own limits (a nested lab is slower than the embedded one the repo's thresholds.yaml is for).
-    thresholds = Path(os.environ.get("LAB_VAGRANT_THRESHOLDS", REPO / "lab" / "vagrant" / "thresholds.tcg.yaml"))
+    thresholds = Path(os.environ.get("LAB_VAGRANT_THRESHOLDS", REPO / "labs" / "vagrant-tcg.thresholds.yaml"))
     config = parse_lab_config(yaml.safe_load(config_path.read_text()), str(config_path))
     spec = check_lab(config)
     timings: dict[str, float] = {}
@@ -417,7 +417,7 @@ def test_vagrant_lab_end_to_end(record_property, tmp_path):
             done(f"up_{step.removesuffix('_s')}", seconds)
 
         # The playbook again: a second run changes nothing.
-        from lab.vagrant.driver import VagrantLab
+        from lab.backends.vagrant.driver import VagrantLab
 
         work = Path(status["vagrant"]["work_dir"])
         started = time.monotonic()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
-from lab.config import LabConfig
+from lab.config.lab import LabConfig
 from lab.errors import BackendError
 
 Progress = Callable[[str], None]
@@ -23,15 +23,15 @@ class Backend(Protocol):
 
 def get_backend(config: LabConfig) -> Backend:
     if config.backend == "embedded":
-        from lab.backends.embedded import EmbeddedBackend
+        from lab.backends.embedded.backend import EmbeddedBackend
 
         return EmbeddedBackend(config)
     if config.backend == "vagrant":
-        from lab.backends.vagrant import VagrantBackend
+        from lab.backends.vagrant.backend import VagrantBackend
 
         return VagrantBackend(config)
     if config.backend == "static":
-        from lab.backends.static import StaticBackend
+        from lab.backends.static.backend import StaticBackend
 
         return StaticBackend(config)
     raise BackendError(f"backend: {config.backend!r} is not available yet in this version; use embedded, static or vagrant")

@@ -13,8 +13,8 @@ import libvirt
 from lab.errors import GuestError
 from lab.guest.addresses import AddressPool, mac_for
 from lab.guest.control import AgentControl
-from lab.hosts import Host
-from lab.probes import EchoProber, HeartbeatReceiver
+from lab.runtime.hosts import Host
+from lab.guest.probes import EchoProber, HeartbeatReceiver
 
 EMULATOR = "/usr/bin/qemu-system-x86_64"
 CTL_PORT = 7777

@@ -15,9 +15,9 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from lab.cold import cold_migrate, cold_preflight, start_on
+from lab.migration.cold import cold_migrate, cold_preflight, start_on
 from lab.errors import MigrationError, PreflightError
-from lab.migration import MigrationParams, migrate
+from lab.migration.live import MigrationParams, migrate
 
 pytestmark = pytest.mark.lab
 STORAGE = [pytest.param("shared", id="shared", marks=pytest.mark.smoke), pytest.param("local", id="local-copied")]

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from lab.errors import ConfigError, LabError
-from lab.hotpatch import elf_build_id, find_libcareplus, text_digest
+from lab.hotpatch.driver import elf_build_id, find_libcareplus, text_digest
 
 HERE = Path(__file__).resolve().parent
 PATCHES = HERE / "patches"
@@ -93,14 +93,14 @@ class Target:
 
     @property
     def package(self) -> str:
-        from lab.qemu_build import pkgversion
+        from lab.hotpatch.qemu_build import pkgversion
 
         return pkgversion(self.build.source)
 
 
 @pytest.fixture(scope="session")
 def target(lab_config, libcare, build_progress) -> Target:
-    from lab.qemu_build import ensure_qemu_build
+    from lab.hotpatch.qemu_build import ensure_qemu_build
 
     try:
         build = ensure_qemu_build(lab_config.hotpatch.build_cache, mode="libcare", libcare=libcare,
@@ -123,7 +123,7 @@ def target(lab_config, libcare, build_progress) -> Target:
 @pytest.fixture(scope="session")
 def kpatch(target, libcare, build_progress):
     """kpatch(patch_id) -> BuildResult, built once (and cached on disk by source version + patch set)."""
-    from lab.qemu_build import ensure_kpatch
+    from lab.hotpatch.qemu_build import ensure_kpatch
 
     def make(patch_id: str):
         files = [PATCHES / name for name in PATCH_SETS[patch_id]]

@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from lab.hotpatch import BuildIdMismatch, HotpatchFailed, elf_build_id, read_kpatch_header
-from lab.migration import MigrationParams, migrate
+from lab.hotpatch.driver import BuildIdMismatch, HotpatchFailed, elf_build_id, read_kpatch_header
+from lab.migration.live import MigrationParams, migrate
 from suites.hotpatch.conftest import PACKAGE_SUFFIX
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -87,7 +87,7 @@ def verdict_record(record, kind: str, diagnosis, **extra) -> None:
 def test_qemu_builds_from_the_distro_source_package_and_runs_a_lab_guest(lab, lab_config, guest_factory, shared_lab,
                                                                          build_progress, record):
     """The plain build path: same source, same configuration, no libcareplus; a lab guest boots on it."""
-    from lab.qemu_build import ensure_qemu_build, installed_source, pkgversion
+    from lab.hotpatch.qemu_build import ensure_qemu_build, installed_source, pkgversion
 
     source = installed_source()
     started = time.monotonic()

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from lab.hotpatch import TOOLS
+from lab.hotpatch.driver import TOOLS
 
 
 @pytest.mark.smoke

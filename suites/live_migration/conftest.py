@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from lab.evidence import collect
-from lab.integrity import check_intact, take_fingerprint
-from lab.measure import measure_migration, thresholds_record, verdict
+from lab.results.evidence import collect
+from lab.migration.integrity import check_intact, take_fingerprint
+from lab.migration.measure import measure_migration, thresholds_record, verdict
 
 
 def precreate_disk(guest, host) -> None:

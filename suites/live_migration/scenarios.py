@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from lab.migration import MigrationParams
+from lab.migration.live import MigrationParams
 
 LINK_MIBS = 16  # MiB/s: the migration bandwidth cap that plays the link's rate
 DIRTY_REGION_MIB = 64

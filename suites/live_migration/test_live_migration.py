@@ -7,11 +7,11 @@ import time
 import libvirt
 import pytest
 
-from lab.evidence import collect
-from lab.integrity import check_intact, take_fingerprint
-from lab.migration import MigrationParams, get_max_downtime_ms, migrate
-from lab.pytest_plugin import keep_guest_logs
-from lab.stats import Summary
+from lab.results.evidence import collect
+from lab.migration.integrity import check_intact, take_fingerprint
+from lab.migration.live import MigrationParams, get_max_downtime_ms, migrate
+from lab.pytest_plugin.plugin import keep_guest_logs
+from lab.results.stats import Summary
 from suites.live_migration.scenarios import LINK_MIBS, MEASURED, TCG_DIRTY_DEFECT, Scenario
 
 pytestmark = pytest.mark.lab

@@ -1,0 +1,130 @@
+"""The running lab as the suites see it: hosts, accelerator, storage, paths."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.config.lab import LabConfig
+from lab.errors import StateError
+from lab.runtime.hosts import Host
+from lab.runtime.state import LabState, lab_dir
+
+
+@dataclass(frozen=True)
+class Storage:
+    mode: str  # shared | local | nfs
+    path: Path  # where guests' disks live, the same path on every host
+    shared: bool
+
+
+@dataclass(frozen=True)
+class Lab:
+    config: LabConfig
+    state: LabState
+    hosts: tuple[Host, ...]
+    runner_address: str
+    storage: Storage
+    dir: Path
+
+    @property
+    def accelerator(self) -> str:
+        return self.state.accelerator
+
+    @property
+    def domain_type(self) -> str:
+        return "kvm" if self.state.accelerator == "kvm" else "qemu"
+
+    @property
+    def image(self) -> dict:
+        return self.state.extra["image"]
+
+    @property
+    def nfs_address(self) -> str | None:
+        nfs = self.state.extra.get("nfs")
+        return nfs["address"] if nfs else None
+
+    def resolve_storage(self, wanted: str | None) -> str:
+        """'shared' means the lab's shared storage: the NFS export when the lab runs storage: nfs."""
+        wanted = wanted or self.storage.mode
+        return "nfs" if wanted == "shared" and self.storage.mode == "nfs" else wanted
+
+    def needs_unsafe(self, storage: str) -> bool:
+        """The embedded shared directory is shared, but libvirt cannot tell (so VIR_MIGRATE_UNSAFE); NFS it can."""
+        return self.resolve_storage(storage) == "shared"
+
+    def storage_path(self, mode: str) -> Path:
+        """Where disks live: one shared directory, a per-host one at the same path, or the NFS export."""
+        return self.dir / {"local": "local", "nfs": "nfs-export"}.get(self.resolve_storage(mode), "shared")
+
+    def host(self, name: str) -> Host:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise StateError(f"unknown host {name!r}: this lab has {', '.join(h.name for h in self.hosts)}")
+
+    def other(self, host: Host) -> Host:
+        return next(h for h in self.hosts if h.name != host.name)
+
+    @property
+    def pairs(self) -> list[tuple[Host, Host]]:
+        """The host pairs of lab.yaml that this lab has (a pair view has just its own)."""
+        mine = {h.name: h for h in self.hosts}
+        return [(mine[a], mine[b]) for a, b in self.config.pairs if a in mine and b in mine]
+
+    def pair_view(self, src: Host, dst: Host) -> "Lab":
+        """The lab as a test on one host pair sees it: hosts are (source, destination)."""
+        return dataclasses.replace(self, hosts=(src, dst))
+
+    @classmethod
+    def from_state(cls, config: LabConfig, state: LabState) -> "Lab":
+        base = lab_dir(state.name)
+        key = base / "id_ed25519"
+        wrapper = base / "ssh"
+        hosts = tuple(
+            Host(name=h.name, address=h.address, ssh_user=h.ssh_user, ssh_key=Path(h.ssh_key or key),
+                 libvirt_uri=f"qemu+ssh://{h.ssh_user}@{h.address}/system?keyfile={h.ssh_key or key}&command={wrapper}",
+                 ssh_config=base / "ssh_config", extra={"netns": h.netns, "host_uuid": h.host_uuid})
+            for h in state.hosts
+        )
+        mode = state.storage or config.storage
+        path = base / {"local": "local", "nfs": "nfs-export"}.get(mode, "shared")
+        storage = Storage(mode=mode, path=path, shared=mode != "local")
+        return cls(config, state, hosts, config.network.runner_address, storage, base)
+
+    @classmethod
+    def load(cls, config: LabConfig) -> "Lab":
+        state = LabState.load(config.name)
+        if state is None or not state.ready:
+            raise StateError(f"lab {config.name!r} is not up: run `python -m lab up`")
+        return cls.from_state(config, state)
+
+    def describe(self, healthy: bool = True, versions: bool = True) -> dict:
+        hosts = []
+        for h in self.hosts:
+            entry = {"name": h.name, "address": h.address, "libvirt_uri": h.libvirt_uri,
+                     "ssh": h.ssh_target, "host_uuid": h.extra.get("host_uuid")}
+            if versions and healthy:
+                entry.update(host_versions(h))
+            hosts.append(entry)
+        return {"backend": self.state.backend, "name": self.state.name, "up": healthy,
+                "accelerator": self.state.accelerator, "accelerator_reason": self.state.accelerator_reason,
+                "storage": {"mode": self.storage.mode, "path": str(self.storage.path), "shared": self.storage.shared,
+                            "nfs_server": self.nfs_address},
+                "runner_address": self.runner_address, "hosts": hosts,
+                "pairs": [[a.name, b.name] for a, b in self.pairs]}
+
+
+def host_versions(host: Host) -> dict:
+    """libvirt, QEMU and kernel versions as the host reports them."""
+    import libvirt
+
+    try:
+        conn = host.connect()
+        lib, qemu = conn.getLibVersion(), conn.getVersion()
+        kernel = host.run("uname -r", timeout=25).stdout.strip()
+        hostname = conn.getHostname()
+    except (libvirt.libvirtError, Exception) as exc:  # noqa: BLE001 - status must still print
+        return {"error": str(exc)}
+    fmt = lambda v: f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"  # noqa: E731
+    return {"hostname": hostname, "libvirt_version": fmt(lib), "qemu_version": fmt(qemu), "kernel": kernel}

@@ -1,1 +1,0 @@
-"""The Vagrant lab: settings, Vagrantfile, box builder and the python-vagrant wrapper."""
