@@ -1,2 +1,2 @@
 """Loads the lab's pytest plugin for suites/ and tests/ alike."""
-pytest_plugins = ["lab.pytest_plugin.plugin"]
+pytest_plugins = ["lab.pytest_plugin"]

@@ -12,20 +12,22 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the harness is imported from this checkout
+
+from lab.config.lab import load_lab_config  # noqa: E402 - needs the path above
+from lab.hotpatch.libcareplus import missing_reason  # noqa: E402
+from lab.util.process import run  # noqa: E402
+
+SUITE_TIMEOUT_S = None  # the suite's builds take as long as they take; pytest's own timeouts apply
 
 
 def main() -> int:
-    from lab.config.lab import load_lab_config
-    from lab.hotpatch.driver import missing_reason
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("pytest_args", nargs="*")
@@ -40,7 +42,7 @@ def main() -> int:
             "-k", "kpatch_is_named or apply_changes_behaviour", "--repeat", str(args.repeat),
             "--report-dir", str(report), *args.pytest_args]
     start = time.monotonic()
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    proc = run(argv, check=False, timeout=SUITE_TIMEOUT_S, cwd=ROOT)
     wall = time.monotonic() - start
     outcome = (proc.stdout.strip().splitlines() or ["?"])[-1]
     path = report / "results.jsonl"

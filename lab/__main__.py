@@ -9,9 +9,13 @@ import signal
 import sys
 import time
 
+import libvirt
+
 from lab.backends import get_backend
 from lab.config.lab import LabConfig, load_lab_config
 from lab.errors import LabError
+from lab.preflight import FAIL, as_json, context_for, run_preflight, table
+from lab.runtime.lab import Lab
 
 
 def _progress(msg: str) -> None:
@@ -58,7 +62,6 @@ def cmd_status(args) -> int:
 
 
 def cmd_ssh(args) -> int:
-    from lab.runtime.lab import Lab
 
     host = Lab.load(_config(args)).host(args.host)
     argv = host.ssh_argv(" ".join(args.command) if args.command else None)
@@ -69,10 +72,8 @@ def cmd_ssh(args) -> int:
 
 
 def cmd_guest_list(args) -> int:
-    from lab.runtime.lab import Lab
 
     lab = Lab.load(_config(args))
-    import libvirt
 
     rows = []
     for host in lab.hosts:
@@ -88,9 +89,6 @@ def cmd_guest_list(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from lab.preflight.checks import FAIL, as_json, context_for, run_preflight, table
-    from lab.runtime.lab import Lab
-
     lab = Lab.load(_config(args))
     expected = {}
     if args.max_downtime is not None:

@@ -22,7 +22,7 @@ def test_every_host_has_its_own_libvirtd_with_a_valid_distinct_uuid(hosts):
         assert conn.getHostname() == host.name
         host_uuid = conn.getCapabilities().split("<uuid>")[1].split("</uuid>")[0]
         assert uuid.UUID(host_uuid).version == 4
-        assert host_uuid == host.extra["host_uuid"]
+        assert host_uuid == host.host_uuid
         uuids.add(host_uuid)
     assert len(uuids) == len(hosts)
 
@@ -42,7 +42,7 @@ def test_testinfra_sees_each_host_like_a_real_one(hosts):
     for host in hosts:
         infra = host.testinfra()
         assert infra.check_output("hostname") == host.name
-        assert infra.file("/etc/libvirt/libvirtd.conf").contains(host.extra["host_uuid"])
+        assert infra.file("/etc/libvirt/libvirtd.conf").contains(host.host_uuid)
         assert infra.process.filter(comm="libvirtd")
 
 

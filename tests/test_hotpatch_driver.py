@@ -2,12 +2,14 @@
 
 The libcareplus output texts below were captured from real runs on this kind
 of machine (Debian 12, libcareplus built from openeuler-mirror/libcareplus,
-QEMU 1:7.2+dfsg-7+deb12u18 built by lab/qemu_build.py, guests on the embedded
+QEMU 1:7.2+dfsg-7+deb12u18 built by lab/hotpatch/qemu_build.py, guests on the embedded
 lab); addresses and buildIDs are the ones those runs printed.
 """
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,12 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from lab.hotpatch import driver as hotpatch
 from lab.errors import ConfigError, HotpatchError, MissingToolError
-from lab.hotpatch.driver import (BuildIdMismatch, HotpatchFailed, LibcarePlus, cc_guard, diagnose_apply, diagnose_build,
-                          diagnose_buildid, elf_build_id, find_libcareplus, parse_apply, parse_dump_header, parse_info,
-                          parse_unapply, patched_files, read_kpatch_header, restore_lpmakeorig, text_digest)
-from lab.hotpatch.qemu_build import deb_src_stanzas, has_deb_src, patch_set_hash
+from lab.hotpatch.cc_guard import cc_guard
+from lab.hotpatch.ctl_output import parse_apply, parse_dump_header, parse_info, parse_unapply
+from lab.hotpatch.diagnosis import BuildIdMismatch, HotpatchFailed, diagnose_apply, diagnose_build, diagnose_buildid
+from lab.hotpatch.kpatch import KPATCH_HEADER, read_kpatch_header
+from lab.hotpatch.kpatch_cache import patch_set_hash
+from lab.hotpatch.libcareplus import TOOLS, LibcarePlus, find_libcareplus, missing_reason
+from lab.hotpatch.process_site import HostSite, load_base
+from lab.hotpatch.qemu_source import deb_src_stanzas, has_deb_src
+from lab.hotpatch.source_tree import patched_files, restore_lpmakeorig
+from lab.util.elf import build_id, text_digest
+from lab.util.process import run
+from suites.hotpatch.conftest import load_hotpatch_thresholds
 
 REPO = Path(__file__).resolve().parent.parent
 PATCHES = REPO / "suites" / "hotpatch" / "patches"
@@ -376,7 +385,7 @@ buildid:                  421abcbc77fc5afb05099f4de9bcc2ddcaa369ba
 
 # -- finding libcareplus ------------------------------------------------------
 
-def _fake_tools(bindir: Path, names=hotpatch.TOOLS) -> None:
+def _fake_tools(bindir: Path, names=TOOLS) -> None:
     bindir.mkdir(parents=True, exist_ok=True)
     for name in names:
         tool = bindir / name
@@ -390,7 +399,7 @@ def test_absent_libcareplus_gives_the_one_line_skip_reason(tmp_path):
     message = str(caught.value)
     assert message.startswith("libcareplus not found on PATH or hotpatch.libcareplus_prefix: install it")
     assert "dnf install libcareplus" in message and "\n" not in message
-    assert hotpatch.missing_reason(path=str(tmp_path)) == message
+    assert missing_reason(path=str(tmp_path)) == message
 
 
 def test_prefix_from_lab_yaml_is_searched_and_named(tmp_path):
@@ -403,7 +412,7 @@ def test_prefix_from_lab_yaml_is_searched_and_named(tmp_path):
 
 
 def test_a_partial_install_names_the_missing_tools(tmp_path):
-    _fake_tools(tmp_path, [t for t in hotpatch.TOOLS if t != "kpatch_strip"])
+    _fake_tools(tmp_path, [t for t in TOOLS if t != "kpatch_strip"])
     with pytest.raises(MissingToolError, match=r"incomplete on PATH: missing kpatch_strip"):
         find_libcareplus(path=str(tmp_path))
 
@@ -413,21 +422,21 @@ def test_a_partial_install_names_the_missing_tools(tmp_path):
 def test_elf_build_id_matches_readelf_on_a_real_binary():
     binary = "/usr/bin/qemu-system-x86_64" if os.path.exists("/usr/bin/qemu-system-x86_64") else sys.executable
     binary = os.path.realpath(binary)
-    out = subprocess.run(["readelf", "-n", binary], capture_output=True, text=True).stdout
+    out = run(["readelf", "-n", binary], check=False).stdout
     expected = next(line.split()[-1] for line in out.splitlines() if "Build ID:" in line)
-    assert elf_build_id(binary) == expected
-    assert len(text_digest(binary)) == 64
+    assert build_id(binary, error=HotpatchError) == expected
+    assert len(text_digest(binary, error=HotpatchError)) == 64
 
 
 def test_elf_build_id_refuses_a_non_elf_file(tmp_path):
     path = tmp_path / "x"
     path.write_text("#!/bin/sh\n")
     with pytest.raises(HotpatchError, match="not an ELF file"):
-        elf_build_id(path)
+        build_id(path, error=HotpatchError)
 
 
 def _kpatch_bytes(patch_id: str, buildid: str) -> bytes:
-    head = hotpatch._KPATCH_HEAD.pack(b"KPATCH1", patch_id.encode(), 0, 0, b"", b"", buildid.encode(), b"",
+    head = KPATCH_HEADER.pack(b"KPATCH1", patch_id.encode(), 0, 0, b"", b"", buildid.encode(), b"",
                                       1700000000, 0)
     return head + b"\0" * 256
 
@@ -531,7 +540,7 @@ def _cc_chain(tmp_path: Path) -> tuple[Path, Path]:
 
 def _swap_like_libcare_patch_make(link: Path, to: str) -> None:
     # what libcare-patch-make's replace_cc_symbolink does: unlink, then ln -s libcare-cc
-    subprocess.run(["bash", "-c", f'unlink "{link}"; ln -s "{to}" "{link}"'], check=True)
+    run(["bash", "-c", f'unlink "{link}"; ln -s "{to}" "{link}"'])
 
 
 def test_cc_guard_restores_the_link_after_a_normal_run(tmp_path):
@@ -556,11 +565,12 @@ def test_cc_guard_restores_the_link_on_keyboard_interrupt(tmp_path):
 def test_cc_guard_restores_the_link_when_the_process_gets_sigterm(tmp_path):
     usr_cc, alt_cc = _cc_chain(tmp_path)
     script = textwrap.dedent(f"""
-        import subprocess, sys, time
+        import sys, time
         sys.path.insert(0, {str(REPO)!r})
-        from lab.hotpatch.driver import cc_guard
+        from lab.hotpatch.cc_guard import cc_guard
+        from lab.util.process import run
         with cc_guard([{str(usr_cc)!r}, {str(alt_cc)!r}]):
-            subprocess.run(["bash", "-c", 'unlink "{usr_cc}"; ln -s /opt/libcare/bin/libcare-cc "{usr_cc}"'])
+            run(["bash", "-c", 'unlink "{usr_cc}"; ln -s /opt/libcare/bin/libcare-cc "{usr_cc}"'], check=False)
             print("swapped", flush=True)
             time.sleep(60)
     """)
@@ -631,6 +641,96 @@ def test_build_judges_by_output_files_restores_cc_and_passes_absolute_patch_path
         driver.build(src, [patch], src / "build", patch_id="too-long-id")
 
 
+class _HostHere:
+    """A lab host whose shell is this machine's (as the embedded lab's hosts share its filesystem and PIDs)."""
+    name, ssh_target = "here", "root@127.0.0.1"
+
+    def __init__(self):
+        self.commands: list[str] = []
+
+    def run(self, command: str, *, check: bool = True, timeout: float = 60):
+        self.commands.append(command)
+        return run(["bash", "-c", command], check=check, timeout=timeout)
+
+    def ssh_options(self) -> list[str]:
+        return []
+
+    def shell_quote(self, *args: str) -> str:
+        return " ".join(shlex.quote(a) for a in args)
+
+
+FAKE_CTL = """#!/bin/sh
+# A stand-in for libcare-ctl (not libcareplus code): records its arguments, prints a captured output, exits 0.
+printf '%s\\n' "$@" > "$KVMLAB_FAKE_ARGS"
+cat "$KVMLAB_FAKE_OUTPUT"
+"""
+
+
+def test_apply_on_a_host_runs_there_and_reads_the_process_binary_there(tmp_path, monkeypatch):
+    bindir = tmp_path / "libcare"
+    _fake_tools(bindir)
+    (bindir / "libcare-ctl").write_text(FAKE_CTL)
+    (tmp_path / "out").write_text(CAPTURED_APPLY_MISMATCH)
+    monkeypatch.setenv("KVMLAB_FAKE_ARGS", str(tmp_path / "args"))
+    monkeypatch.setenv("KVMLAB_FAKE_OUTPUT", str(tmp_path / "out"))
+    kpatch = tmp_path / f"{LIB_BUILDID}.kpatch"
+    kpatch.write_bytes(_kpatch_bytes("0001", LIB_BUILDID))
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        host = _HostHere()
+        assert HostSite(host).exe(sleeper.pid) == os.path.realpath(shutil.which("sleep"))
+        with pytest.raises(HotpatchFailed) as caught:
+            LibcarePlus(bindir).apply(sleeper.pid, kpatch, host)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    found = caught.value.diagnosis
+    assert isinstance(found, BuildIdMismatch)
+    assert found.binary_buildid == build_id(shutil.which("sleep")) and found.patch_buildid == LIB_BUILDID
+    # the host sees the runner's kpatch and binary: used in place, nothing copied
+    assert (tmp_path / "args").read_text().split() == ["patch", "-p", str(sleeper.pid), str(kpatch)]
+    assert any(c.startswith(f"PATH={bindir}:$PATH libcare-ctl patch") for c in host.commands), host.commands
+    assert not any("mkdir" in c for c in host.commands)
+
+
+FAKE_SCP = """#!/bin/sh
+# scp -q SRC HOST:DST (the fake host has no ssh options), for a host that is this machine: cp SRC DST
+cp "$2" "${3#*:}"
+"""
+
+
+def test_a_kpatch_the_host_does_not_see_is_copied_there_once(tmp_path, monkeypatch):
+    class Elsewhere(_HostHere):  # sees only its own staging folder, not the runner's files
+        def run(self, command: str, *, check: bool = True, timeout: float = 60):
+            if command.startswith("sha256sum") and str(tmp_path / "staging") not in command:
+                self.commands.append(command)
+                return subprocess.CompletedProcess(command, 1, "", "No such file or directory")
+            return super().run(command, check=check, timeout=timeout)
+
+    fakebin = tmp_path / "bin"
+    fakebin.mkdir()
+    (fakebin / "scp").write_text(FAKE_SCP)
+    (fakebin / "scp").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fakebin}{os.pathsep}{os.environ['PATH']}")
+    kpatch = tmp_path / f"{LIB_BUILDID}.kpatch"
+    kpatch.write_bytes(_kpatch_bytes("0001", LIB_BUILDID))
+    host = Elsewhere()
+    site = HostSite(host, staging=str(tmp_path / "staging"))
+    staged = site.stage(kpatch)
+    assert staged != str(kpatch) and staged.startswith(str(tmp_path / "staging") + "/")
+    assert Path(staged).read_bytes() == kpatch.read_bytes() and Path(staged).name == kpatch.name
+    copies = sum("mkdir" in c for c in host.commands)
+    assert site.stage(kpatch) == staged and sum("mkdir" in c for c in host.commands) == copies == 1
+
+
+def test_load_base_is_the_executables_offset_zero_mapping():
+    maps = ("55ba32ddf000-55ba32e5a000 r--p 00000000 08:01 123 /usr/bin/qemu-system-x86_64\n"
+            "55ba32e5a000-55ba33400000 r-xp 0007b000 08:01 123 /usr/bin/qemu-system-x86_64\n"
+            "7f46d8f00000-7f46d8f22000 r--p 00000000 08:01 456 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    assert load_base(maps, "/usr/bin/qemu-system-x86_64") == 0x55ba32ddf000
+    assert load_base(maps, "/usr/bin/other") is None
+
+
 def test_lpmakeorig_backups_are_put_back(tmp_path):
     (tmp_path / "monitor").mkdir()
     (tmp_path / "monitor" / "a.c").write_text("patched\n")
@@ -688,8 +788,6 @@ def test_has_deb_src_reads_both_formats(tmp_path):
 # -- the suite's own threshold file -------------------------------------------
 
 def test_hotpatch_thresholds_load_and_reject_bad_values(tmp_path):
-    from suites.hotpatch.conftest import load_hotpatch_thresholds
-
     shipped = load_hotpatch_thresholds()
     assert set(shipped) == {"apply_stall_ms", "apply_frozen_ms", "unapply_stall_ms"}
     bad = tmp_path / "t.yaml"

@@ -17,7 +17,7 @@ from lab.config.lab import load_lab_config
 from lab.guest.domain import create_guest, remove_guest
 from lab.migration.integrity import check_intact, take_fingerprint
 from lab.migration.live import MigrationParams, migrate
-from lab.preflight.checks import PASS, context_for, run_preflight
+from lab.preflight import PASS, context_for, run_preflight
 from lab.runtime.lab import Lab
 from tests.labtools import leftovers, nothing_left, processes_mentioning, write_lab_config
 

@@ -19,7 +19,7 @@ import pytest
 from lab.backends import get_backend
 from lab.config.lab import load_lab_config
 from lab.guest.domain import create_guest, remove_guest
-from lab.preflight.checks import CHECKS, FAIL, PASS, WARN, context_for, run_preflight
+from lab.preflight import CHECKS, FAIL, PASS, WARN, context_for, run_preflight
 from lab.runtime.lab import Lab
 from tests.labtools import write_lab_config
 

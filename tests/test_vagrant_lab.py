@@ -310,7 +310,7 @@ def _nested_check_on(config) -> list[str]:
     """The nested check on the hypervisor VMs, for a lab that needs KVM inside them: it must agree with
     what the VMs show, and fail for real once the destination's KVM module is unloaded (then restored).
     Runs after the suites, when no L2 guest holds /dev/kvm."""
-    from lab.preflight.checks import FAIL, PASS, context_for, nested_need, run_preflight
+    from lab.preflight import FAIL, PASS, context_for, nested_need, run_preflight
     from lab.runtime.lab import Lab
 
     lab = Lab.load(config)
@@ -345,7 +345,7 @@ def _nested_check_on(config) -> list[str]:
 def _clock_check_on(config) -> list[str]:
     """clock-sync passes on the lab as provisioned, fails once hv2's chrony is stopped and its clock stepped
     5 s ahead, and passes again once chrony has brought it back."""
-    from lab.preflight.checks import FAIL, PASS, context_for, run_preflight
+    from lab.preflight import FAIL, PASS, context_for, run_preflight
     from lab.runtime.lab import Lab
     from lab.backends.vagrant.timeserver import wait_for_clock
 

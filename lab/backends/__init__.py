@@ -1,37 +1,26 @@
-"""Lab backends: each brings hosts up and down behind the same small interface."""
+"""Lab backends, registered by name and loaded on demand: each brings hosts up and down
+behind the same small interface (lab.backends.base.Backend)."""
 from __future__ import annotations
 
-from typing import Callable, Protocol
+import importlib
 
+from lab.backends.base import Backend, Progress
 from lab.config.lab import LabConfig
 from lab.errors import BackendError
 
-Progress = Callable[[str], None]
+__all__ = ["Backend", "Progress", "get_backend", "REGISTRY"]
 
-
-class Backend(Protocol):
-    config: LabConfig
-
-    def up(self, progress: Progress, owner_run: str = "") -> None: ...
-
-    def down(self, progress: Progress) -> None: ...
-
-    def is_up(self) -> bool: ...
-
-    def status(self) -> dict: ...
+# name -> "module:class"; imported only when chosen (the Vagrant one pulls in python-vagrant).
+REGISTRY = {
+    "embedded": "lab.backends.embedded.backend:EmbeddedBackend",
+    "static": "lab.backends.static.backend:StaticBackend",
+    "vagrant": "lab.backends.vagrant.backend:VagrantBackend",
+}
 
 
 def get_backend(config: LabConfig) -> Backend:
-    if config.backend == "embedded":
-        from lab.backends.embedded.backend import EmbeddedBackend
-
-        return EmbeddedBackend(config)
-    if config.backend == "vagrant":
-        from lab.backends.vagrant.backend import VagrantBackend
-
-        return VagrantBackend(config)
-    if config.backend == "static":
-        from lab.backends.static.backend import StaticBackend
-
-        return StaticBackend(config)
-    raise BackendError(f"backend: {config.backend!r} is not available yet in this version; use embedded, static or vagrant")
+    target = REGISTRY.get(config.backend)
+    if target is None:
+        raise BackendError(f"backend: {config.backend!r} is unknown; use one of {', '.join(REGISTRY)}")
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)(config)

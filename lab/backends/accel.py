@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import BackendError
+from lab.runtime.layout import CACHE_ROOT
+from lab.util.files import atomic_write_json
 
-CACHE = Path("/var/cache/kvm-acceptance-lab/accel.json")
+CACHE = CACHE_ROOT / "accel.json"
 READY = b"LAB-AGENT-READY"
 PROBE_TIMEOUT_S = 12.0
 
@@ -95,7 +97,4 @@ def _read_cache() -> dict:
 
 
 def _write_cache(entries: dict) -> None:
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    tmp = CACHE.with_suffix(".tmp")
-    tmp.write_text(json.dumps(entries, indent=2))
-    os.replace(tmp, CACHE)
+    atomic_write_json(CACHE, entries)

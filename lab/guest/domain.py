@@ -189,7 +189,7 @@ def create_guest(lab, host: Host, *, name: str | None = None, memory_mib: int | 
         name=name, memory_mib=memory_mib or lab.config.guest.memory_mib, vcpus=lab.config.guest.vcpus,
         address=address, prefixlen=lab.config.network.prefixlen, runner=lab.runner_address,
         heartbeat_port=heartbeats.port, heartbeat_us=lab.config.guest.heartbeat_us,
-        kernel=lab.image["kernel"], initrd=lab.image["initrd"], domain_type=lab.domain_type,
+        kernel=lab.image.kernel, initrd=lab.image.initrd, domain_type=lab.domain_type,
         cpu_model=cpu_model, disk=disk, emulator=emulator, disk_nfs_host=nfs_host,
         boot_timeout_s=lab.config.guest.boot_timeout_s, agent_timeout_s=lab.config.guest.agent_timeout_s)
     if overrides:

@@ -6,30 +6,27 @@ cache_dir/<key>/ and shared by every pytest-xdist worker (flock + atomic rename)
 from __future__ import annotations
 
 import argparse
-import fcntl
 import functools
 import gzip
 import hashlib
-import lzma
 import os
 import re
 import shutil
-import struct
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import ImageError
+from lab.guest.kernel_modules import KERNEL_ENV, ko_bytes, module_files, module_order
+from lab.util.files import flock
+from lab.util.process import run
 
 # Bump when the build recipe below changes (modules, applets, layout): it is part of the key.
 BUILDER_VERSION = "1"
 DEFAULT_CACHE = Path("/var/cache/kvm-acceptance-lab/guest")
-KERNEL_ENV = "LAB_GUEST_KERNEL_PKG"
 KERNEL_META = {"amd64": "linux-image-cloud-amd64"}
 BUSYBOX = Path("/bin/busybox")
 HERE = Path(__file__).resolve().parent
@@ -83,7 +80,7 @@ def ensure_image(cache_dir: Path = DEFAULT_CACHE,
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ImageError(f"cannot create guest cache {cache_dir}: {e.strerror}; run as root or pass another cache dir") from None
-    with _locked(cache_dir / ".lock"):
+    with flock(cache_dir / ".lock"):
         if _complete(final):  # another worker built it while we waited
             return _load(final, key)
         _sweep_partial(cache_dir)
@@ -145,8 +142,7 @@ def _apt_show(pkg: str) -> dict[str, str]:
 
 
 def _busybox_version() -> str:
-    out = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}|${Version}", "busybox-static"], check=False,
-                         capture_output=True, text=True)
+    out = run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}|${Version}", "busybox-static"], check=False)
     status, _, version = out.stdout.partition("|")
     if out.returncode or not status.startswith("ii") or not BUSYBOX.is_file():
         raise ImageError(f"busybox-static not installed: apt-get install busybox-static ({SETUP_HINT})")
@@ -204,7 +200,7 @@ def _build(out: Path, deb: Path, inputs: _Inputs, key: str, progress: Callable[[
     _compile_agent(agent)
 
     progress("packing initramfs")
-    order = _module_order(moddir, MODULES)
+    order = module_order(moddir, MODULES)
     _stage(stage, agent, moddir, order)
     (out / "initrd.img").write_bytes(gzip.compress(_cpio(stage), compresslevel=6, mtime=0))
     shutil.copyfile(vmlinuz, out / "vmlinuz")
@@ -250,9 +246,9 @@ def _stage(stage: Path, agent: Path, moddir: Path, order: list[str]) -> None:
     shutil.copyfile(agent, stage / "agent")
     for exe in ("bin/busybox", "init", "agent"):
         (stage / exe).chmod(0o755)
-    files = _module_files(moddir)
+    files = module_files(moddir)
     for name in order:
-        (stage / "lib/modules" / f"{name}.ko").write_bytes(_ko_bytes(files[name]))
+        (stage / "lib/modules" / f"{name}.ko").write_bytes(ko_bytes(files[name]))
     (stage / "lib/modules/order").write_text("".join(f"{name}.ko\n" for name in order))
 
 
@@ -262,84 +258,6 @@ def _cpio(stage: Path) -> bytes:
     paths = sorted(str(p.relative_to(stage)) for p in stage.rglob("*"))
     return _run(["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0", "-0"], "cpio",
                 cwd=stage, input="\0".join(paths).encode())
-
-
-# ---------- kernel modules ----------
-
-def _mod_name(path: Path) -> str:
-    return path.name.split(".ko")[0].replace("-", "_")
-
-
-def _module_files(moddir: Path) -> dict[str, Path]:
-    return {_mod_name(p): p for p in moddir.rglob("*.ko*")}
-
-
-def _module_order(moddir: Path, wanted: tuple[str, ...]) -> list[str]:
-    """Wanted modules and their dependencies, each after everything it needs (insmod order)."""
-    files = _module_files(moddir)
-    builtin = {_mod_name(Path(line)) for line in _read_lines(moddir / "modules.builtin")}
-    deps_of = _deps_from_modules_dep(moddir) if (moddir / "modules.dep").is_file() else None
-    order: list[str] = []
-
-    def visit(name: str, chain: tuple[str, ...]) -> None:
-        if name in order or name in builtin:
-            return
-        if name in chain:
-            raise ImageError(f"module dependency loop {' -> '.join(chain + (name,))}: set {KERNEL_ENV} to another kernel")
-        if name not in files:
-            raise ImageError(f"kernel module {name} not in the kernel package: set {KERNEL_ENV} to a kernel with virtio")
-        needs = deps_of.get(name, []) if deps_of is not None else _modinfo_depends(_ko_bytes(files[name]))
-        for dep in needs:
-            visit(dep, chain + (name,))
-        order.append(name)
-
-    for name in wanted:
-        visit(name, ())
-    return order
-
-
-def _deps_from_modules_dep(moddir: Path) -> dict[str, list[str]]:
-    deps: dict[str, list[str]] = {}
-    for line in _read_lines(moddir / "modules.dep"):
-        mod, _, rest = line.partition(":")
-        deps[_mod_name(Path(mod))] = [_mod_name(Path(d)) for d in rest.split()]
-    return deps
-
-
-def _modinfo_depends(ko: bytes) -> list[str]:
-    """depends= from the .modinfo ELF section; Debian's .deb ships no modules.dep (postinst runs depmod)."""
-    if ko[:5] != b"\x7fELF\x02" or ko[5] != 1:
-        raise ImageError("kernel module is not a 64-bit little-endian ELF: set another guest kernel with " + KERNEL_ENV)
-    shoff = struct.unpack_from("<Q", ko, 0x28)[0]
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", ko, 0x3A)
-
-    def section(i: int) -> tuple[int, int, int]:  # (name offset, file offset, size)
-        name, _t, _f, _a, off, size = struct.unpack_from("<IIQQQQ", ko, shoff + i * shentsize)
-        return name, off, size
-
-    strtab = section(shstrndx)[1]
-    for i in range(shnum):
-        name, off, size = section(i)
-        if ko[strtab + name:ko.index(b"\0", strtab + name)] == b".modinfo":
-            for entry in ko[off:off + size].split(b"\0"):
-                if entry.startswith(b"depends="):
-                    return [d for d in entry[8:].decode().split(",") if d]
-            return []
-    return []
-
-
-def _ko_bytes(path: Path) -> bytes:
-    """Module content, decompressed: busybox insmod cannot load .ko.xz/.ko.zst."""
-    data = path.read_bytes()
-    if path.name.endswith(".xz"):
-        return lzma.decompress(data)
-    if path.name.endswith(".gz"):
-        return gzip.decompress(data)
-    if path.name.endswith(".zst"):
-        if not shutil.which("zstd"):
-            raise ImageError(f"zstd not found, needed for {path.name}: apt-get install zstd")
-        return _run(["zstd", "-dc", str(path)], f"zstd -d {path.name}")
-    return data
 
 
 # ---------- cache ----------
@@ -360,30 +278,16 @@ def _sweep_partial(cache_dir: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing drops the lock
-
-
 # ---------- helpers ----------
 
 def _run(argv: list[str], what: str, fix: str = "", cwd: str | Path | None = None,
          input: bytes | None = None) -> bytes:
-    """Run argv and return stdout; failure becomes a one-line ImageError."""
-    env = dict(os.environ, LC_ALL="C")
-    try:
-        proc = subprocess.run(argv, check=False, capture_output=True, cwd=cwd, input=input, env=env,
-                              stdin=None if input is not None else subprocess.DEVNULL)
-    except FileNotFoundError:
-        raise ImageError(f"{argv[0]} not found: {fix or SETUP_HINT}") from None
+    """Run argv and return stdout; failure becomes a one-line ImageError (apt's warnings are noise here)."""
+    proc = run(argv, check=False, cwd=cwd, input=input, text=False, env=dict(os.environ, LC_ALL="C"),
+               error=ImageError, what=what, fix=fix, timeout=1800)
     if proc.returncode:
         lines = [ln.strip() for ln in proc.stderr.decode(errors="replace").splitlines()
-                 if ln.strip() and not ln.startswith("W: ")]  # apt warnings are noise here
+                 if ln.strip() and not ln.startswith("W: ")]
         errors = [ln for ln in lines if re.search(r"\berror\b|^E:", ln)]
         detail = errors[0] if errors else lines[-1] if lines else f"exit status {proc.returncode}"
         raise ImageError(f"{what} failed: {detail.strip()[:300]}" + (f"; {fix}" if fix else ""))

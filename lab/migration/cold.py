@@ -15,10 +15,11 @@ from dataclasses import asdict, dataclass, field
 
 import libvirt
 
-from lab.errors import AgentTimeout, MigrationError
+from lab.errors import AgentTimeout, MigrationError, PreflightError
 from lab.guest.domain import Guest
-from lab.runtime.hosts import Host
 from lab.migration.live import MigrationParams, migrate
+from lab.preflight import FAIL, context_for, run_preflight
+from lab.runtime.hosts import Host
 
 CHUNK = 1 << 20
 
@@ -117,9 +118,6 @@ COLD_PREFLIGHT = ("storage-mode", "storage-filesystem", "storage-writable", "des
 
 def cold_preflight(lab, guest: Guest, dst: Host, copy: bool) -> None:
     """The checks that matter while the guest is off; any fail stops the move before anything changes."""
-    from lab.errors import PreflightError
-    from lab.preflight.checks import FAIL, context_for, run_preflight
-
     ctx = context_for(lab, src=guest.host.name, dst=dst.name, guest=guest.name)
     ctx.storage_mode = "local" if copy else ctx.storage_mode
     failed = [r for r in run_preflight(ctx, list(COLD_PREFLIGHT)) if r.status == FAIL]

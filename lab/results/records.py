@@ -1,11 +1,12 @@
 """Typed run records, appended as JSON lines to reports/<run>/results.jsonl."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import time
 from pathlib import Path
+
+from lab.util.files import locked_append
 
 REPORTS = Path(__file__).resolve().parents[2] / "reports"
 
@@ -18,9 +19,7 @@ def append_record(report_dir: Path, record: dict) -> None:
     """Append one record; a file lock keeps lines from parallel workers whole."""
     report_dir.mkdir(parents=True, exist_ok=True)
     line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}, default=str) + "\n"
-    with open(report_dir / "results.jsonl", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        fh.write(line)
+    locked_append(report_dir / "results.jsonl", line)
 
 
 def read_records(report_dir: Path) -> list[dict]:

@@ -8,35 +8,40 @@ from __future__ import annotations
 import shlex
 import subprocess
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import libvirt
+import testinfra
+
 from lab.errors import LabError
+from lab.util.process import run
 
-_conn_cache: dict[str, object] = {}
-_quiet = False
+_conn_cache: dict[str, libvirt.virConnect] = {}
+_conn_lock = threading.Lock()
+_prepared = False
 
 
-def _silence_libvirt() -> None:
-    """libvirt prints every error to stderr by default; the harness reports them itself."""
-    global _quiet
-    if not _quiet:
-        import libvirt
+def prepare_libvirt() -> None:
+    """Once per process: keep libvirt quiet on stderr and run its event loop.
 
+    libvirt prints every error to stderr by default; the harness reports them itself.
+    The event loop answers the daemons' keepalive pings: without one, a cached
+    connection idle for ~30 s is closed by libvirtd ("client socket is closed").
+    """
+    global _prepared
+    with _conn_lock:
+        if _prepared:
+            return
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-        # An event loop, so libvirt answers the daemons' keepalive pings: without one, a cached
-        # connection idle for ~30 s is closed by libvirtd ("client socket is closed" on next use).
         libvirt.virEventRegisterDefaultImpl()
         threading.Thread(target=_run_libvirt_events, name="libvirt-events", daemon=True).start()
-        _quiet = True
+        _prepared = True
 
 
 def _run_libvirt_events() -> None:
-    import libvirt
-
     while True:
         libvirt.virEventRunDefaultImpl()
-_conn_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,7 @@ class Host:
     ssh_key: Path
     libvirt_uri: str
     ssh_config: Path | None = None  # client config with the lab's known_hosts, when the backend made one
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
+    host_uuid: str = ""  # libvirt's host UUID, where the backend knows it
 
     @property
     def ssh_target(self) -> str:
@@ -64,21 +69,11 @@ class Host:
 
     def run(self, command: str, *, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         """Run a shell command on the host over SSH."""
-        try:
-            proc = subprocess.run(self.ssh_argv(command), capture_output=True, text=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise LabError(f"{self.name}: `{command}` over ssh timed out after {timeout:.0f} s") from None
-        if check and proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-            raise LabError(f"{self.name}: `{command}` failed: {last}")
-        return proc
+        return run(self.ssh_argv(command), check=check, timeout=timeout, what=f"{self.name}: `{command}`")
 
     def connect(self, fresh: bool = False):
         """A libvirt connection to this host over qemu+ssh, shared per process."""
-        import libvirt
-
-        _silence_libvirt()
+        prepare_libvirt()
         with _conn_lock:
             conn = None if fresh else _conn_cache.get(self.libvirt_uri)
             if conn is not None:
@@ -97,8 +92,6 @@ class Host:
 
     def testinfra(self):
         """A testinfra host over SSH (the lab's client config when there is one), for testinfra-style checks."""
-        import testinfra
-
         if self.ssh_config:
             return testinfra.get_host(f"ssh://{self.ssh_target}", ssh_config=str(self.ssh_config))
         return testinfra.get_host(f"paramiko://{self.ssh_target}", ssh_identity_file=str(self.ssh_key))

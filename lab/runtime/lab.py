@@ -5,10 +5,13 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import libvirt
+
 from lab.config.lab import LabConfig
-from lab.errors import StateError
+from lab.errors import LabError, StateError
 from lab.runtime.hosts import Host
-from lab.runtime.state import LabState, lab_dir
+from lab.runtime.layout import LabLayout
+from lab.runtime.state import ImageRecord, LabState
 
 
 @dataclass(frozen=True)
@@ -36,13 +39,25 @@ class Lab:
         return "kvm" if self.state.accelerator == "kvm" else "qemu"
 
     @property
-    def image(self) -> dict:
-        return self.state.extra["image"]
+    def layout(self) -> LabLayout:
+        return self.state.layout
+
+    @property
+    def image(self) -> ImageRecord:
+        if self.state.image is None:
+            raise StateError(f"lab {self.state.name!r} has no guest image recorded: run `python -m lab up`")
+        return self.state.image
 
     @property
     def nfs_address(self) -> str | None:
-        nfs = self.state.extra.get("nfs")
-        return nfs["address"] if nfs else None
+        return self.state.nfs.address if self.state.nfs else None
+
+    @property
+    def nested_kvm_reason(self) -> str:
+        """Why the lab made its hosts as VMs that need KVM inside them, or "" (only Vagrant's driver kvm does)."""
+        if self.state.vagrant is not None and self.state.vagrant.driver == "kvm":
+            return "the Vagrant lab runs its hypervisor VMs with driver kvm for nested KVM"
+        return ""
 
     def resolve_storage(self, wanted: str | None) -> str:
         """'shared' means the lab's shared storage: the NFS export when the lab runs storage: nfs."""
@@ -55,7 +70,7 @@ class Lab:
 
     def storage_path(self, mode: str) -> Path:
         """Where disks live: one shared directory, a per-host one at the same path, or the NFS export."""
-        return self.dir / {"local": "local", "nfs": "nfs-export"}.get(self.resolve_storage(mode), "shared")
+        return self.layout.storage_path(self.resolve_storage(mode))
 
     def host(self, name: str) -> Host:
         for h in self.hosts:
@@ -78,19 +93,17 @@ class Lab:
 
     @classmethod
     def from_state(cls, config: LabConfig, state: LabState) -> "Lab":
-        base = lab_dir(state.name)
-        key = base / "id_ed25519"
-        wrapper = base / "ssh"
+        layout = state.layout
         hosts = tuple(
-            Host(name=h.name, address=h.address, ssh_user=h.ssh_user, ssh_key=Path(h.ssh_key or key),
-                 libvirt_uri=f"qemu+ssh://{h.ssh_user}@{h.address}/system?keyfile={h.ssh_key or key}&command={wrapper}",
-                 ssh_config=base / "ssh_config", extra={"netns": h.netns, "host_uuid": h.host_uuid})
+            Host(name=h.name, address=h.address, ssh_user=h.ssh_user, ssh_key=Path(h.ssh_key or layout.key),
+                 libvirt_uri=(f"qemu+ssh://{h.ssh_user}@{h.address}/system?keyfile={h.ssh_key or layout.key}"
+                              f"&command={layout.ssh_wrapper}"),
+                 ssh_config=layout.ssh_config, host_uuid=h.host_uuid)
             for h in state.hosts
         )
         mode = state.storage or config.storage
-        path = base / {"local": "local", "nfs": "nfs-export"}.get(mode, "shared")
-        storage = Storage(mode=mode, path=path, shared=mode != "local")
-        return cls(config, state, hosts, config.network.runner_address, storage, base)
+        storage = Storage(mode=mode, path=layout.storage_path(mode), shared=mode != "local")
+        return cls(config, state, hosts, config.network.runner_address, storage, layout.dir)
 
     @classmethod
     def load(cls, config: LabConfig) -> "Lab":
@@ -103,7 +116,7 @@ class Lab:
         hosts = []
         for h in self.hosts:
             entry = {"name": h.name, "address": h.address, "libvirt_uri": h.libvirt_uri,
-                     "ssh": h.ssh_target, "host_uuid": h.extra.get("host_uuid")}
+                     "ssh": h.ssh_target, "host_uuid": h.host_uuid}
             if versions and healthy:
                 entry.update(host_versions(h))
             hosts.append(entry)
@@ -117,14 +130,12 @@ class Lab:
 
 def host_versions(host: Host) -> dict:
     """libvirt, QEMU and kernel versions as the host reports them."""
-    import libvirt
-
     try:
         conn = host.connect()
         lib, qemu = conn.getLibVersion(), conn.getVersion()
         kernel = host.run("uname -r", timeout=25).stdout.strip()
         hostname = conn.getHostname()
-    except (libvirt.libvirtError, Exception) as exc:  # noqa: BLE001 - status must still print
+    except (libvirt.libvirtError, LabError) as exc:  # status must still print
         return {"error": str(exc)}
     fmt = lambda v: f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"  # noqa: E731
     return {"hostname": hostname, "libvirt_version": fmt(lib), "qemu_version": fmt(qemu), "kernel": kernel}

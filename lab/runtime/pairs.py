@@ -9,11 +9,11 @@ the one pair of a two-host lab).
 """
 from __future__ import annotations
 
-import fcntl
 import os
 from dataclasses import dataclass
 
 from lab.errors import StateError
+from lab.util.files import try_hold
 
 _HELD: dict[str, "Claim"] = {}  # lock path -> this process's claim (its descriptor stays open)
 
@@ -37,8 +37,7 @@ def claim_pair(lab, worker_id: str | None) -> Claim:
     pairs = lab.pairs
     if not pairs:
         raise StateError(f"lab {lab.config.name!r} has no host pair (lab.yaml pairs:, or at least two hosts)")
-    folder = lab.dir / "pairs"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = lab.layout.pairs
     held = list(_HELD.values())
     if held:  # one claim per process: asking again gives the same pair
         return held[0]
@@ -46,11 +45,8 @@ def claim_pair(lab, worker_id: str | None) -> Claim:
     for offset in range(len(pairs)):
         src, dst = pairs[(start + offset) % len(pairs)]
         path = str(folder / f"{src.name}-{dst.name}.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = try_hold(path)
+        if fd is None:
             continue
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {worker_id or 'main'}\n".encode())

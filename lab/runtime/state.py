@@ -1,73 +1,89 @@
 """The lab's state file: everything a lab made, so `down` can undo it after a crash.
 
-Kept outside the checkout (a CI run starts from a fresh clone on the same machine)
-and written after every step of `up`, so a runner killed half-way still leaves
-a record of what exists.
+Written after every step of `up`, so a runner killed half-way still leaves a
+record of what exists. Typed: each backend's own record is a section of its
+own, and a file with an unknown key is refused with the key's name.
 """
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lab.errors import StateError
-
-STATE_ROOT = Path(os.environ.get("LAB_STATE_ROOT", "/var/lib/kvm-acceptance-lab"))
-
-
-def lab_dir(name: str) -> Path:
-    return STATE_ROOT / name
+from lab.runtime.layout import LabLayout
+from lab.util.files import atomic_write_text
 
 
-@dataclass
-class HostState:
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HostState(_Record):
     name: str
     address: str
-    netns: str
-    veth: str
-    host_uuid: str
-    holder_pid: int = 0  # keeps the host's mount+uts namespaces alive
-    pids: dict[str, int] = field(default_factory=dict)  # daemon name -> PID
+    netns: str = ""  # embedded: the host's network namespace
+    veth: str = ""  # embedded: the root-namespace end of its veth
+    host_uuid: str = ""
+    holder_pid: int = 0  # embedded: keeps the host's mount+uts namespaces alive
+    pids: dict[str, int] = Field(default_factory=dict)  # daemon name -> PID
     ssh_user: str = "root"
     ssh_key: str = ""  # empty: the lab's own key
 
 
-@dataclass
-class LabState:
+class ImageRecord(_Record):
+    """The guest kernel and initrd as the hosts see them."""
+    kernel: str
+    initrd: str
+    key: str
+
+
+class VagrantRecord(_Record):
+    daemons: dict[str, int] = Field(default_factory=dict)  # root-namespace daemons the lab started
+    work_dir: str = ""
+    prefix: str = ""
+    networks: list[str] = Field(default_factory=list)
+    vms: list[str] = Field(default_factory=list)
+    timings: dict[str, float] = Field(default_factory=dict)
+    driver: str = ""
+    driver_reason: str = ""
+    provision_recap: list[str] = Field(default_factory=list)
+
+
+class LabState(_Record):
     name: str
     backend: str
     config_digest: str
     bridge: str = ""
-    hosts: list[HostState] = field(default_factory=list)
+    hosts: list[HostState] = Field(default_factory=list)
     accelerator: str = ""
     accelerator_reason: str = ""
     storage: str = ""
     owner_run: str = ""  # the pytest run that brought it up, if any
     ready: bool = False
-    extra: dict = field(default_factory=dict)  # backend-specific records
+    image: ImageRecord | None = None
+    nfs: HostState | None = None  # embedded: the NFS server host (storage: nfs)
+    vagrant: VagrantRecord | None = None
 
     @property
-    def path(self) -> Path:
-        return lab_dir(self.name) / "state.json"
+    def layout(self) -> LabLayout:
+        return LabLayout(self.name)
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.layout.state_file, self.model_dump_json(indent=2))
 
     @classmethod
     def load(cls, name: str) -> "LabState | None":
-        path = lab_dir(name) / "state.json"
+        path = LabLayout(name).state_file
         try:
-            data = json.loads(path.read_text())
+            return cls.model_validate_json(path.read_text())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
-            raise StateError(f"{path}: unreadable lab state ({exc}); remove it after `python -m lab down`") from None
-        hosts = [HostState(**h) for h in data.pop("hosts", [])]
-        return cls(hosts=hosts, **data)
+        except (OSError, ValidationError) as exc:
+            detail = exc.errors()[0] if isinstance(exc, ValidationError) else {"msg": str(exc), "loc": ()}
+            where = ".".join(str(p) for p in detail["loc"]) or "file"
+            raise StateError(f"{path}: unreadable lab state ({where}: {detail['msg']}); "
+                             "`python -m lab down` clears the lab by its names, then remove the file") from None
 
     def host(self, name: str) -> HostState:
         for h in self.hosts:
@@ -79,7 +95,7 @@ class LabState:
 def live_users(name: str, excluding: str = "") -> list[str]:
     """pytest runs holding a lease on lab `name` whose controller process is still alive."""
     users = []
-    for lease in (lab_dir(name) / "users").glob("*"):
+    for lease in LabLayout(name).leases.glob("*"):
         if lease.name == excluding:
             continue
         try:

@@ -1,17 +1,17 @@
 """Fixtures for the hot patch suite: libcareplus, the lab's patchable QEMU, kpatches built once per session."""
 from __future__ import annotations
 
-import os
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
 from lab.errors import ConfigError, LabError
-from lab.hotpatch.driver import elf_build_id, find_libcareplus, text_digest
+from lab.hotpatch.kpatch_cache import ensure_kpatch
+from lab.hotpatch.libcareplus import find_libcareplus
+from lab.hotpatch.progress import progress_printer
+from lab.hotpatch.qemu_build import ensure_qemu_build
+from lab.hotpatch.target import PatchTarget, patch_target
 
 HERE = Path(__file__).resolve().parent
 PATCHES = HERE / "patches"
@@ -47,20 +47,6 @@ def load_hotpatch_thresholds(path: Path = THRESHOLDS_FILE) -> dict[str, float]:
     return out
 
 
-def progress_printer(report_dir: Path):
-    """Progress of long builds: to the terminal (past pytest's capture) and to the run's report folder."""
-    log = report_dir / "hotpatch-build-progress.log"
-    started = time.monotonic()
-
-    def say(msg: str) -> None:
-        line = f"[hotpatch {time.monotonic() - started:6.0f}s] {msg}"
-        print(line, file=sys.__stderr__, flush=True)
-        report_dir.mkdir(parents=True, exist_ok=True)
-        with open(log, "a") as fh:
-            fh.write(line + "\n")
-    return say
-
-
 @pytest.fixture(scope="session")
 def hotpatch_thresholds():
     try:
@@ -83,50 +69,24 @@ def libcare(lab_config):
         pytest.skip(str(exc))
 
 
-@dataclass(frozen=True)
-class Target:
-    """The QEMU binary guests of this suite run on, and how its kpatches are made."""
-    emulator: str
-    buildid: str
-    build: object  # lab.qemu_build.QemuBuild the kpatches are made in
-    installed: bool  # True: lab.yaml hotpatch.emulator, kpatches made with --buildid of it
-
-    @property
-    def package(self) -> str:
-        from lab.hotpatch.qemu_build import pkgversion
-
-        return pkgversion(self.build.source)
-
-
 @pytest.fixture(scope="session")
-def target(lab_config, libcare, build_progress) -> Target:
-    from lab.hotpatch.qemu_build import ensure_qemu_build
-
+def target(lab_config, libcare, build_progress) -> PatchTarget:
     try:
         build = ensure_qemu_build(lab_config.hotpatch.build_cache, mode="libcare", libcare=libcare,
                                   progress=build_progress)
     except LabError as exc:
         pytest.fail(f"the lab's patchable QEMU could not be built: {exc}", pytrace=False)
-    emulator = lab_config.hotpatch.emulator
-    if not emulator:
-        return Target(build.emulator, build.buildid, build, installed=False)
-    # An installed binary is patchable with --buildid only when its code is the rebuilt original's.
-    if not os.path.exists(emulator):
-        pytest.fail(f"hotpatch.emulator {emulator}: no such file; fix lab.yaml or set it to null", pytrace=False)
-    if text_digest(emulator) != text_digest(build.binary):
-        pytest.fail(f"hotpatch.emulator {emulator} was not built in an environment matching this host's source "
-                    f"build (.text differs from {build.binary}): a --buildid kpatch would jump to wrong addresses; "
-                    "set hotpatch.emulator to null to run guests on the lab's build", pytrace=False)
-    return Target(emulator, elf_build_id(emulator), build, installed=True)
+    try:
+        return patch_target(build, lab_config.hotpatch.emulator)
+    except LabError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def kpatch(target, libcare, build_progress):
     """kpatch(patch_id) -> BuildResult, built once (and cached on disk by source version + patch set)."""
-    from lab.hotpatch.qemu_build import ensure_kpatch
-
     def make(patch_id: str):
         files = [PATCHES / name for name in PATCH_SETS[patch_id]]
-        return ensure_kpatch(target.build, libcare, files, patch_id,
-                             target_buildid=target.buildid if target.installed else None, progress=build_progress)
+        return ensure_kpatch(target.build, libcare, files, patch_id, target_buildid=target.kpatch_buildid,
+                             progress=build_progress)
     return make

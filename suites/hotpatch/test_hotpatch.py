@@ -1,11 +1,13 @@
-"""QEMU hot patches end to end with libcareplus, on the embedded lab.
+"""QEMU hot patches end to end with libcareplus, on the lab's hosts.
 
 Guests run on the lab's own QEMU (built from the distro source package of the
 installed version, through libcare-patch-make's original stage); kpatches are
 built against that binary, loaded into running guests' QEMU processes,
 verified through QMP, measured (the guest's heartbeat stall during the apply),
 stacked, taken back out, migrated; and the FAQ's two classic failures are
-provoked and diagnosed.
+provoked and diagnosed. QEMU processes are reached through their lab host
+(libvirt's pid file, /proc and libcare-ctl there, over SSH), so the suite does
+not depend on the runner sharing the hosts' process table.
 
 Without libcareplus every test here that needs it skips, saying how to get it;
 the QEMU source build (plain, no libcareplus) still runs.
@@ -14,13 +16,20 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 
+import libvirt_qemu
 import pytest
 
-from lab.hotpatch.driver import BuildIdMismatch, HotpatchFailed, elf_build_id, read_kpatch_header
+from lab.guest.domain import EMULATOR
+from lab.hotpatch.diagnosis import BuildIdMismatch, HotpatchFailed
+from lab.hotpatch.kpatch import read_kpatch_header
+from lab.hotpatch.process_site import HostSite, qemu_pid as libvirt_qemu_pid
+from lab.hotpatch.qemu_build import ensure_qemu_build, pkgversion
+from lab.hotpatch.qemu_source import installed_source
 from lab.migration.live import MigrationParams, migrate
+from lab.util.elf import build_id as elf_build_id
+from lab.util.process import run
 from suites.hotpatch.conftest import PACKAGE_SUFFIX
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -31,18 +40,17 @@ SETTLE_S = 0.5  # quiet time on either side of a measured apply
 # -- helpers ------------------------------------------------------------------
 
 def qemu_pid(guest, host=None, emulator: str | None = None) -> int:
-    """The guest's QEMU process (PIDs are global in the embedded lab), checked to run `emulator`."""
+    """The guest's QEMU process on its host, checked there to run `emulator`."""
     host = host or guest.host
-    pid = int(host.run(f"cat /run/libvirt/qemu/{guest.name}.pid").stdout.strip())
+    pid = libvirt_qemu_pid(host, guest.name)
     if emulator:
-        exe = os.path.realpath(f"/proc/{pid}/exe")
-        assert exe == os.path.realpath(emulator), f"{guest.name}: QEMU PID {pid} runs {exe}, not {emulator}"
+        site = HostSite(host)
+        exe = site.exe(pid)
+        assert exe == site.realpath(emulator), f"{guest.name}: QEMU PID {pid} runs {exe}, not {emulator}"
     return pid
 
 
 def qmp(guest, command: str, host=None) -> dict:
-    import libvirt_qemu
-
     reply = libvirt_qemu.qemuMonitorCommand(guest.domain(host), json.dumps({"execute": command}), 0)
     return json.loads(reply)["return"]
 
@@ -51,8 +59,8 @@ def package(guest, host=None) -> str:
     return qmp(guest, "query-version", host)["package"]
 
 
-def applied(libcare, pid: int) -> list[tuple[str, tuple[str, ...]]]:
-    return [(entry.buildid, entry.patch_ids) for entry in libcare.info(pid)]
+def applied(libcare, pid: int, host) -> list[tuple[str, tuple[str, ...]]]:
+    return [(entry.buildid, entry.patch_ids) for entry in libcare.info(pid, host)]
 
 
 def measured(guest, action):
@@ -87,12 +95,10 @@ def verdict_record(record, kind: str, diagnosis, **extra) -> None:
 def test_qemu_builds_from_the_distro_source_package_and_runs_a_lab_guest(lab, lab_config, guest_factory, shared_lab,
                                                                          build_progress, record):
     """The plain build path: same source, same configuration, no libcareplus; a lab guest boots on it."""
-    from lab.hotpatch.qemu_build import ensure_qemu_build, installed_source, pkgversion
-
     source = installed_source()
     started = time.monotonic()
     build = ensure_qemu_build(lab_config.hotpatch.build_cache, mode="plain", progress=build_progress)
-    version = subprocess.run([build.emulator, "--version"], capture_output=True, text=True, timeout=30).stdout
+    version = run([build.emulator, "--version"], check=False, timeout=30).stdout
     assert source.version.split(":")[-1].split("+")[0] in version, version
     assert pkgversion(source) in version, f"{build.emulator} --version does not name the lab build: {version}"
     assert build.buildid == elf_build_id(build.binary)
@@ -131,19 +137,20 @@ def test_apply_changes_behaviour_with_a_bounded_stall_and_unapply_restores_it(
         libcare, lab, target, kpatch, guest_factory, measurement_lock, hotpatch_thresholds, repeat, record):
     path = kpatch("0001").kpatch_paths[0]
     guest = guest_factory(host=lab.hosts[0], emulator=target.emulator)
+    host = guest.host
     pid = qemu_pid(guest, emulator=target.emulator)
     assert package(guest) == target.package
-    assert applied(libcare, pid) == []
+    assert applied(libcare, pid, host) == []
     stalls, frozen, unstalls = [], [], []
     for i in range(repeat):
-        result, stall, baseline = measured(guest, lambda: libcare.apply(pid, path))
+        result, stall, baseline = measured(guest, lambda: libcare.apply(pid, path, host))
         assert result.frozen_time_us is not None, f"libcare-ctl printed no frozen_time: {result.raw_output[-300:]}"
-        info = libcare.info(pid)
+        info = libcare.info(pid, host)
         assert [(e.buildid, e.patch_ids) for e in info] == [(target.buildid, ("0001",))], info
         assert package(guest) == target.package + PACKAGE_SUFFIX["0001"]
         assert stall.lost == 0 and stall.reordered == 0, f"apply {i + 1}: heartbeats lost/reordered: {stall}"
-        undo, unstall, _ = measured(guest, lambda: libcare.unapply(pid, "0001"))
-        assert applied(libcare, pid) == []
+        undo, unstall, _ = measured(guest, lambda: libcare.unapply(pid, "0001", host))
+        assert applied(libcare, pid, host) == []
         assert package(guest) == target.package
         assert unstall.lost == 0, f"unapply {i + 1}: heartbeats lost: {unstall}"
         # The probe must see the freeze libcare-ctl reports (no heartbeat leaves a stopped QEMU).
@@ -178,22 +185,23 @@ def test_apply_changes_behaviour_with_a_bounded_stall_and_unapply_restores_it(
 def test_patch_levels_stack_and_unapply_in_order(libcare, lab, target, kpatch, guest_factory, shared_lab, record):
     first, second = kpatch("0001").kpatch_paths[0], kpatch("0002").kpatch_paths[0]
     guest = guest_factory(host=lab.hosts[0], emulator=target.emulator)
+    host = guest.host
     pid = qemu_pid(guest, emulator=target.emulator)
     seen = [("none", package(guest))]
-    libcare.apply(pid, first)
+    libcare.apply(pid, first, host)
     seen.append(("0001", package(guest)))
-    libcare.apply(pid, second)
+    libcare.apply(pid, second, host)
     seen.append(("0001+0002", package(guest)))
-    ids_both = applied(libcare, pid)
-    libcare.unapply(pid, "0002")
+    ids_both = applied(libcare, pid, host)
+    libcare.unapply(pid, "0002", host)
     seen.append(("0001 after unapply 0002", package(guest)))
-    ids_one = applied(libcare, pid)
-    libcare.unapply(pid, "0001")
+    ids_one = applied(libcare, pid, host)
+    libcare.unapply(pid, "0001", host)
     seen.append(("none after unapply 0001", package(guest)))
     record({"kind": "hotpatch-levels", "packages": seen, "info_both": ids_both, "info_one": ids_one})
     assert ids_both == [(target.buildid, ("0001", "0002"))]
     assert ids_one == [(target.buildid, ("0001",))]
-    assert applied(libcare, pid) == []
+    assert applied(libcare, pid, host) == []
     assert [p for _, p in seen] == [target.package, target.package + PACKAGE_SUFFIX["0001"],
                                     target.package + PACKAGE_SUFFIX["0002"], target.package + PACKAGE_SUFFIX["0001"],
                                     target.package]
@@ -211,7 +219,7 @@ def test_patched_guest_live_migrates_and_the_destination_is_patched_after_arriva
     path = kpatch("0001").kpatch_paths[0]
     src, dst = lab.hosts[0], lab.hosts[1]
     guest = guest_factory(host=src, emulator=target.emulator)
-    libcare.apply(qemu_pid(guest, emulator=target.emulator), path)
+    libcare.apply(qemu_pid(guest, emulator=target.emulator), path, src)
     assert package(guest) == target.package + PACKAGE_SUFFIX["0001"]
     since = time.time_ns()
     result = migrate(guest.name, src, dst, MigrationParams(unsafe=lab.needs_unsafe(guest.storage),
@@ -221,8 +229,8 @@ def test_patched_guest_live_migrates_and_the_destination_is_patched_after_arriva
     assert_alive(guest, since, "the migration")
     dst_pid = qemu_pid(guest, dst, emulator=target.emulator)
     on_arrival = package(guest, dst)
-    info_on_arrival = applied(libcare, dst_pid)
-    libcare.apply(dst_pid, path)
+    info_on_arrival = applied(libcare, dst_pid, dst)
+    libcare.apply(dst_pid, path, dst)
     after_apply = package(guest, dst)
     record({"kind": "hotpatch-migration", "destination": dst.name,
             "destination_binary": "same unpatched binary (fresh QEMU process); patch re-applied after arrival",
@@ -231,7 +239,7 @@ def test_patched_guest_live_migrates_and_the_destination_is_patched_after_arriva
     assert on_arrival == target.package, "the destination QEMU should run the unpatched binary"
     assert info_on_arrival == []
     assert after_apply == target.package + PACKAGE_SUFFIX["0001"]
-    assert applied(libcare, dst_pid) == [(target.buildid, ("0001",))]
+    assert applied(libcare, dst_pid, dst) == [(target.buildid, ("0001",))]
 
 
 # -- diagnosis of the FAQ's failures ------------------------------------------
@@ -240,16 +248,17 @@ def test_patched_guest_live_migrates_and_the_destination_is_patched_after_arriva
 def test_a_patch_for_another_qemu_build_is_diagnosed_as_a_buildid_mismatch(
         libcare, lab, target, kpatch, guest_factory, shared_lab, record):
     """The lab build's kpatch against a guest on the distro's own QEMU binary (another build of the same source)."""
-    from lab.guest.domain import EMULATOR
-
     path = kpatch("0001").kpatch_paths[0]
-    distro_id = elf_build_id(EMULATOR)
-    assert distro_id != target.buildid, "the distro binary and the lab build have the same buildID; nothing to test"
     guest = guest_factory(host=lab.hosts[0], emulator=EMULATOR)
+    host = guest.host
     pid = qemu_pid(guest, emulator=EMULATOR)
+    binary = HostSite(host).exe_copy(pid)  # the binary the host's QEMU runs, fetched from there unless shared
+    assert binary, f"{host.name}: cannot read /proc/{pid}/exe"
+    distro_id = elf_build_id(binary)
+    assert distro_id != target.buildid, "the distro binary and the lab build have the same buildID; nothing to test"
     before = package(guest)
     with pytest.raises(HotpatchFailed) as caught:
-        libcare.apply(pid, path)
+        libcare.apply(pid, path, host)
     diagnosis = caught.value.diagnosis
     verdict_record(record, "hotpatch-diagnosis", diagnosis, case="buildid-mismatch")
     assert isinstance(diagnosis, BuildIdMismatch), diagnosis.report()
@@ -257,7 +266,7 @@ def test_a_patch_for_another_qemu_build_is_diagnosed_as_a_buildid_mismatch(
     assert target.buildid in diagnosis.verdict and distro_id in diagnosis.verdict and "remedy:" in diagnosis.verdict
     assert "\n" not in diagnosis.verdict
     assert any("No patch(es) applicable" in e for e in diagnosis.evidence)
-    assert applied(libcare, pid) == [] and package(guest) == before
+    assert applied(libcare, pid, host) == [] and package(guest) == before
 
 
 @hotpatch
@@ -265,11 +274,12 @@ def test_a_function_always_on_a_threads_stack_fails_the_safety_check(
         libcare, lab, target, kpatch, guest_factory, shared_lab, record):
     path = kpatch("stack").kpatch_paths[0]
     guest = guest_factory(host=lab.hosts[0], emulator=target.emulator)
+    host = guest.host
     pid = qemu_pid(guest, emulator=target.emulator)
 
     def refused():
         with pytest.raises(HotpatchFailed) as caught:
-            libcare.apply(pid, path)
+            libcare.apply(pid, path, host)
         return caught
 
     caught, stall, _ = measured(guest, refused)
@@ -282,7 +292,7 @@ def test_a_function_always_on_a_threads_stack_fails_the_safety_check(
     assert "qemu_main_loop" in diagnosis.verdict and "\n" not in diagnosis.verdict
     assert any("safety check failed" in e for e in diagnosis.evidence)
     # Refused, not half-applied: QEMU keeps running unpatched.
-    assert applied(libcare, pid) == []
+    assert applied(libcare, pid, host) == []
     assert package(guest) == target.package
     assert_alive(guest, since, "the refused apply")
 

@@ -7,10 +7,9 @@ import time
 import libvirt
 import pytest
 
-from lab.results.evidence import collect
 from lab.migration.integrity import check_intact, take_fingerprint
 from lab.migration.live import MigrationParams, get_max_downtime_ms, migrate
-from lab.pytest_plugin.plugin import keep_guest_logs
+from lab.results.evidence import collect
 from lab.results.stats import Summary
 from suites.live_migration.scenarios import LINK_MIBS, MEASURED, TCG_DIRTY_DEFECT, Scenario
 
@@ -32,7 +31,7 @@ def test_measured_migration(request, scenario, lab, guest_factory, measurement_l
     if failures and lab.accelerator == "tcg" and _known_tcg_defect(lab, guest, failures):
         # The defect's signature (rebooted after a migration, a kernel panic on the serial console) and
         # nothing that the crash does not explain; logs kept. Any other failure fails the test.
-        keep_guest_logs(lab, guest, test_report_dir)
+        collect(lab.hosts, guest.name, test_report_dir)
         pytest.xfail(f"{TCG_DIRTY_DEFECT}. Seen here: " + " | ".join(failures[:4]))
     assert not failures, "\n".join(failures)
 

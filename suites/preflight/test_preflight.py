@@ -5,7 +5,7 @@ The break tests in tests/test_preflight_breaks.py prove each check can fail.
 """
 import pytest
 
-from lab.preflight.checks import CHECKS, FAIL, context_for, run_preflight
+from lab.preflight import CHECKS, FAIL, context_for, run_preflight
 
 pytestmark = pytest.mark.lab
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from lab.runtime.layout import MIGRATION_PORTS
+
 # Bind-mounted over these paths inside each host, so each host has its own daemons' view.
 PER_HOST_DIRS = {
     "etc-libvirt": "/etc/libvirt",
@@ -14,7 +16,6 @@ PER_HOST_DIRS = {
     "root-ssh": "/root/.ssh",
 }
 PER_HOST_FILES = {"hosts": "/etc/hosts", "hostname": "/etc/hostname"}
-MIGRATION_PORTS = (49152, 49215)
 
 
 def copy_libvirt_config(dest: Path) -> None:
@@ -57,27 +58,6 @@ def write_hosts(path: Path, entries: list[tuple[str, str]]) -> None:
     lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
     lines += [f"{address} {name}" for name, address in entries]
     path.write_text("\n".join(lines) + "\n")
-
-
-def write_ssh_client_config(path: Path, key: Path, known_hosts: Path) -> None:
-    """Client config for the runner and for p2p between hosts: lab key, lab known_hosts, strict checking."""
-    path.write_text(
-        "Host *\n"
-        "  User root\n"
-        f"  IdentityFile {key}\n"
-        "  IdentitiesOnly yes\n"
-        f"  UserKnownHostsFile {known_hosts}\n"
-        "  StrictHostKeyChecking yes\n"
-        "  BatchMode yes\n"
-        "  LogLevel ERROR\n"
-        "  ConnectTimeout 10\n"  # 5 s was seen to run out on a loaded runner (SYNs retried while VMs boot)
-    )
-
-
-def write_ssh_wrapper(path: Path, config: Path) -> None:
-    """libvirt's ssh transport takes a `command`: this one makes it use the lab's client config."""
-    path.write_text(f'#!/bin/sh\nexec ssh -F {config} "$@"\n')
-    path.chmod(0o755)
 
 
 def write_sshd_config(path: Path, address: str, host_key: Path, authorized: Path, pidfile: Path) -> None:

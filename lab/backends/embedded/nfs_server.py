@@ -7,7 +7,14 @@ a private /run/rpcbind, or ganesha dies with "Cannot register NFS V3".
 """
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+
+from lab.backends.embedded.host import DAEMON_ENV, make_network, nsenter, port_open, start_holder
+from lab.config.lab import LabConfig
+from lab.errors import BackendError
+from lab.runtime.state import HostState, LabState
+from lab.util.process import alive, wait_until
 
 NFS_PORT = 2049
 
@@ -43,3 +50,38 @@ def ganesha_argv(conf: Path, workdir: Path) -> list[str]:
 
 def rpcbind_argv() -> list[str]:
     return ["rpcbind", "-f", "-w"]
+
+
+def start_nfs_server(config: LabConfig, state: LabState, veth: str, lab_bridge: str) -> None:
+    """A third lab host running rpcbind and ganesha, exporting the lab's nfs-export over NFSv3."""
+    layout = state.layout
+    nfs = HostState(name="nfs", address=config.network.nfs_address, netns=f"{config.name}-nfs", veth=veth)
+    state.nfs = nfs
+    state.save()
+    make_network(config, nfs, lab_bridge)
+    hdir = layout.host_dir("nfs")
+    for sub in ("run-rpcbind", "ganesha", "ganesha/recovery"):
+        (hdir / sub).mkdir(parents=True, exist_ok=True)
+    export = layout.storage_path("nfs")
+    export.mkdir(parents=True, exist_ok=True)
+    write_ganesha_conf(hdir / "ganesha.conf", nfs.address, export, hdir / "ganesha")
+    start_holder(nfs, binds=[(hdir / "run-rpcbind", "/run/rpcbind")])
+    state.save()
+    for name, argv in (("rpcbind", rpcbind_argv()), ("ganesha", ganesha_argv(hdir / "ganesha.conf", hdir / "ganesha"))):
+        with open(hdir / f"{name}.stderr", "w") as stderr:
+            proc = subprocess.Popen(nsenter(nfs, *argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=stderr, start_new_session=True, env=DAEMON_ENV)
+        nfs.pids[name] = proc.pid  # nsenter execs the daemon: same PID
+        state.save()
+        if name == "rpcbind":
+            wait_until((hdir / "run-rpcbind" / "rpcbind.sock").exists, 10)
+    def settled() -> str | None:
+        if port_open(nfs.address, NFS_PORT):
+            return "serving"
+        return "died" if any(not alive(p) for p in nfs.pids.values()) else None
+
+    if wait_until(settled, 30, interval=0.1) == "serving":
+        return
+    err = (hdir / "ganesha.stderr").read_text().strip().splitlines()[-1:] or ["no output"]
+    raise BackendError(f"nfs: ganesha did not serve NFSv3 on {nfs.address}:{NFS_PORT} ({err[0]}); "
+                       f"see {hdir}/ganesha/ganesha.log")

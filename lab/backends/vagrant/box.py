@@ -22,14 +22,14 @@ import glob
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.errors import ImageError, MissingToolError
+from lab.errors import ImageError, LabError, MissingToolError
+from lab.util.process import run
 
 DEFAULT_OUT = Path("/var/cache/kvm-acceptance-lab/vagrant/boxes")
 DEFAULT_NAME = "kvmlab/bookworm"
@@ -65,11 +65,7 @@ def paths(name: str = DEFAULT_NAME, out: Path = DEFAULT_OUT) -> BuiltBox:
 
 
 def _run(argv: list[str], log, **kw) -> None:
-    log.write(f"$ {' '.join(argv)}\n")
-    log.flush()
-    proc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, **kw)
-    if proc.returncode != 0:
-        raise ImageError(f"box build: `{' '.join(argv[:4])} ...` failed (exit {proc.returncode}); see {log.name}")
+    run(argv, log=log, timeout=3600, error=ImageError, what=f"box build: `{' '.join(argv[:4])} ...`", **kw)
 
 
 def _need(*tools: str) -> None:
@@ -100,7 +96,7 @@ def _chroot_install(root: Path, packages: tuple[str, ...], log) -> None:
         _run(["chroot", str(root), "apt-get", "clean"], log, env=env)
     finally:
         for m in reversed(mounts):
-            subprocess.run(["umount", "-l", str(m)], stdout=log, stderr=subprocess.STDOUT)
+            run(["umount", "-l", m], check=False, log=log)
         policy.unlink(missing_ok=True)
 
 
@@ -229,7 +225,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default=DEFAULT_NAME)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    from lab.errors import LabError
 
     try:
         if args.command == "path":

@@ -22,7 +22,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import vagrant  # python-vagrant
+
 from lab.errors import BackendError, MissingToolError
+from lab.util.process import run, stream
 
 VAGRANT_HOME = Path(os.environ.get("LAB_VAGRANT_HOME", "/var/cache/kvm-acceptance-lab/vagrant/home"))
 
@@ -40,7 +43,7 @@ def vagrant_env(settings: Path | None = None) -> dict[str, str]:
 def require_vagrant() -> None:
     if not shutil.which("vagrant"):
         raise MissingToolError("vagrant not found: apt-get install vagrant vagrant-libvirt (Debian 12)")
-    out = subprocess.run(["vagrant", "plugin", "list"], capture_output=True, text=True, env=vagrant_env()).stdout
+    out = run(["vagrant", "plugin", "list"], check=False, env=vagrant_env(), error=MissingToolError).stdout
     if "vagrant-libvirt" not in out:
         raise MissingToolError("the vagrant-libvirt plugin is missing: apt-get install vagrant-libvirt")
 
@@ -49,16 +52,14 @@ class VagrantLab:
     """One Vagrant work dir (multi-machine)."""
 
     def __init__(self, root: Path, settings: Path | None = None):
-        import vagrant  # python-vagrant
-
         self.root = Path(root)
         self.env = vagrant_env(settings)
         self.v = vagrant.Vagrant(str(self.root), quiet_stdout=True, quiet_stderr=True, env=self.env)
 
     # -- plain commands, with vagrant's own words on failure ---------------------------------------
     def run(self, *args: str, timeout: float = 600) -> str:
-        proc = subprocess.run(["vagrant", *args], cwd=self.root, env=self.env, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = run(["vagrant", *args], check=False, cwd=self.root, env=self.env, timeout=timeout,
+                   error=BackendError, what=f"vagrant {' '.join(args)}")
         if proc.returncode != 0:
             text = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
             raise BackendError(f"vagrant {' '.join(args)} failed: {' / '.join(text[-3:]) or proc.returncode}")
@@ -66,18 +67,8 @@ class VagrantLab:
 
     def stream(self, *args: str) -> Iterator[str]:
         """Lines of a vagrant command as they come (stderr merged); BackendError with the tail on failure."""
-        proc = subprocess.Popen(["vagrant", *args], cwd=self.root, env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL, bufsize=1)
-        tail: list[str] = []
-        try:
-            for line in proc.stdout:
-                line = line.rstrip("\n")
-                tail = (tail + [line])[-6:]
-                yield line
-        finally:
-            rc = proc.wait()
-        if rc != 0:
-            raise BackendError(f"vagrant {' '.join(args)} failed (exit {rc}): " + " / ".join(t.strip() for t in tail if t.strip()))
+        return stream(["vagrant", *args], cwd=self.root, env=self.env, error=BackendError,
+                      what=f"vagrant {' '.join(args)}")
 
     def validate(self) -> str:
         return self.run("validate")

@@ -7,13 +7,12 @@ apart under TCG; seen here: libvirt reported 766 ms where the guest saw a
 """
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 from lab.errors import BackendError, MissingToolError
+from lab.util.process import run, terminate, wait_until
 
 SYNCED_WITHIN_S = 0.005  # a host counts as on the runner's clock once chrony's offset is below this
 
@@ -27,10 +26,8 @@ def start_time_server(lab_dir: Path, runner_address: str, subnet: str) -> int:
     conf.write_text(f"bindaddress {runner_address}\nallow {subnet}\nlocal stratum 8\ncmdport 0\n"
                     f"pidfile {pidfile}\n")
     pidfile.unlink(missing_ok=True)
-    proc = subprocess.run([chronyd, "-x", "-u", "root", "-f", str(conf)], capture_output=True, text=True, timeout=30)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not (pidfile.exists() and pidfile.read_text().strip()):
-        time.sleep(0.2)
+    proc = run([chronyd, "-x", "-u", "root", "-f", conf], check=False, timeout=30)
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, interval=0.2)
     if proc.returncode != 0 or not pidfile.exists():
         last = (proc.stderr.strip().splitlines() or ["no pidfile"])[-1]
         raise BackendError(f"the lab's time server (chronyd on {runner_address}:123) did not start: {last}; "
@@ -40,16 +37,18 @@ def start_time_server(lab_dir: Path, runner_address: str, subnet: str) -> int:
 
 def stop_time_server(pid: int) -> bool:
     """End the chronyd this lab started, by its PID (only if that PID is still a chronyd)."""
+    if not is_program(pid, "chronyd"):
+        return False
+    terminate({pid}, grace=10)
+    return True
+
+
+def is_program(pid: int, name: str) -> bool:
+    """True when PID runs `name` (a recorded PID may have been reused by something else)."""
     try:
-        if not Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"chronyd"):
-            return False
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode().endswith(name)
     except OSError:
         return False
-    os.kill(pid, 15)
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return True
 
 
 def wait_for_clock(host, server: str, timeout_s: float = 180) -> float:

@@ -1,0 +1,65 @@
+"""What several check groups ask of hosts and guests: a shell command, a TCP probe, qemu.conf, the disks."""
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+
+from lab.preflight.context import PreflightContext
+from lab.runtime.hosts import Host
+
+
+def sh(host: Host, command: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    """A command on the host whose failure the check judges itself (no exception on a non-zero exit)."""
+    return host.run(command, check=False, timeout=timeout)
+
+
+def key_values(text: str) -> dict[str, str]:
+    """The KEY=VALUE lines of a probe's output (the probes print one fact per line)."""
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def tcp_probe(host: Host, address: str, port: int, timeout_s: int = 2) -> str:
+    """'open', 'closed' (refused: reachable, nothing listening) or 'blocked' (timeout or unreachable)."""
+    proc = sh(host, f"timeout {timeout_s} bash -c 'exec 3<>/dev/tcp/{address}/{port}' 2>&1; echo rc=$?", timeout=25)
+    out = proc.stdout
+    if "rc=0" in out:
+        return "open"
+    if "refused" in out:
+        return "closed"
+    return "blocked"
+
+
+def qemu_conf(host: Host) -> str:
+    """libvirt's QEMU driver configuration on the host (migration ports, QEMU's user)."""
+    return sh(host, "cat /etc/libvirt/qemu.conf").stdout
+
+
+@dataclass(frozen=True)
+class Disk:
+    type: str  # file | block | network
+    path: str | None  # file or device; for a network disk the source name
+    server: str | None  # a network disk's server
+    protocol: str | None
+    cache: str | None
+    target: str
+    readonly: bool
+
+    @property
+    def directory(self) -> str:
+        return (self.path or "").rsplit("/", 1)[0]
+
+
+def disks(ctx: PreflightContext) -> list[Disk]:
+    """The guest's disks that have a source (an empty CD-ROM has none)."""
+    found = []
+    for disk in ctx.domain_xml().findall("./devices/disk"):
+        source = disk.find("source")
+        driver = disk.find("driver")
+        if source is None:
+            continue
+        host_el = source.find("host")
+        found.append(Disk(type=disk.get("type"), path=source.get("file") or source.get("dev") or source.get("name"),
+                          server=host_el.get("name") if host_el is not None else None,
+                          protocol=source.get("protocol"), cache=driver.get("cache") if driver is not None else None,
+                          target=disk.find("target").get("dev"), readonly=disk.find("readonly") is not None))
+    return found
