@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import signal
@@ -12,7 +11,7 @@ import time
 import libvirt
 
 from lab.backends import get_backend
-from lab.config.lab import LabConfig, load_lab_config
+from lab.config.lab import BACKENDS, LabConfig, load_lab_config
 from lab.errors import LabError
 from lab.preflight import FAIL, as_json, context_for, run_preflight, table
 from lab.runtime.lab import Lab
@@ -25,7 +24,7 @@ def _progress(msg: str) -> None:
 def _config(args) -> LabConfig:
     config = load_lab_config(args.lab_config)
     if args.lab and args.lab != config.backend:
-        config = dataclasses.replace(config, backend=args.lab)
+        config = config.model_copy(update={"backend": args.lab})
     return config
 
 
@@ -110,7 +109,7 @@ def cmd_doctor(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__)
     parser.add_argument("--lab-config", metavar="PATH", help="lab.yaml to use (default: $LAB_CONFIG or ./lab.yaml)")
-    parser.add_argument("--lab", choices=("embedded", "vagrant", "static"), help="backend, overriding lab.yaml")
+    parser.add_argument("--lab", choices=BACKENDS, help="backend, overriding lab.yaml")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="bring the lab up (idempotent)").set_defaults(func=cmd_up)
     sub.add_parser("down", help="remove everything the lab made (idempotent)").set_defaults(func=cmd_down)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from lab.backends.embedded import netns
-from lab.runtime.state import lab_dir
+from lab.runtime.layout import LabLayout
 
 
 def write_lab_config(tmp_path: Path, name: str, third_octet: int, **extra: str) -> Path:
@@ -44,7 +44,7 @@ def processes_mentioning(text: str) -> list[tuple[int, str]]:
 
 def leftovers(name: str) -> dict[str, list]:
     """Everything of lab `name` that still exists; empty lists mean nothing was left behind."""
-    directory = str(lab_dir(name))
+    directory = str(LabLayout(name).dir)
     mounts = [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if directory in line]
     return {
         "netns": netns.list_netns(f"{name}-"),

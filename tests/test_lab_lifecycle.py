@@ -46,8 +46,8 @@ def test_down_after_runner_killed_with_a_guest_running(tmp_path):
     script = tmp_path / "runner.py"
     script.write_text(
         "import sys, time\n"
-        "from lab.config import load_lab_config\nfrom lab.backends import get_backend\n"
-        "from lab.session import Lab\nfrom lab.guest.domain import create_guest\n"
+        "from lab.config.lab import load_lab_config\nfrom lab.backends import get_backend\n"
+        "from lab.runtime.lab import Lab\nfrom lab.guest.domain import create_guest\n"
         f"cfg = load_lab_config({str(config)!r})\n"
         "get_backend(cfg).up(lambda m: None)\n"
         "lab = Lab.load(cfg)\n"

@@ -16,7 +16,7 @@ from lab.config.lab import load_lab_config
 from lab.guest.domain import create_guest, remove_guest
 from lab.migration.live import MigrationParams, migrate
 from lab.runtime.lab import Lab
-from lab.runtime.state import lab_dir
+from lab.runtime.layout import LabLayout
 from tests.labtools import lab_cli, write_lab_config
 
 pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("static-lab")]
@@ -35,7 +35,7 @@ def real_hosts(tmp_path_factory):
 
 def write_inventory(path: Path, name: str, hosts_of: str, third_octet: int, count: int = 2, extra: str = "") -> Path:
     """A static inventory of the embedded lab `hosts_of`'s hosts hv1..hvN on 198.19.<third_octet>.0/24."""
-    key = lab_dir(hosts_of) / "id_ed25519"
+    key = LabLayout(hosts_of).dir / "id_ed25519"
     net = f"198.19.{third_octet}"
     path.write_text(
         f"name: {name}\nbackend: static\n"

@@ -150,7 +150,7 @@ def _all_addresses(obj) -> list[str]:
 @pytest.mark.parametrize("source", [TCG_YAML, EXAMPLE_YAML], ids=["tcg-hv1-nfs", "example-third-vm"])
 @pytest.mark.parametrize("storage", ["shared", "nfs", "local"])
 def test_settings_document(tmp_path, source, storage):
-    config = dataclasses.replace(_config(source), storage=storage)
+    config = _config(source).model_copy(update={"storage": storage})
     spec = check_lab(config)
     lab_dir = Path("/var/lib/kvm-acceptance-lab") / config.name
     doc = settings_document(config, spec, driver="qemu", lab_dir=lab_dir, work_dir=tmp_path, public_key="ssh-ed25519 K")
@@ -175,7 +175,7 @@ def test_settings_document(tmp_path, source, storage):
     if storage == "local":
         assert ev["lab_shared_mount"] == "" and groups["nfs_servers"] == []
     else:
-        # Mounted exactly where the harness puts shared disks (lab.session.Lab.storage_path).
+        # Mounted exactly where the harness puts shared disks (lab.runtime.lab.Lab.storage_path).
         assert ev["lab_shared_mount"] == str(lab_dir / ("nfs-export" if storage == "nfs" else "shared"))
         assert groups["nfs_servers"] == (["nfs"] if third else [spec.nfs_server])
         assert ev["lab_nfs_server"] == nfs_server_address(config, spec)
@@ -207,7 +207,7 @@ def test_vagrant_validate(tmp_path, storage, driver):
         pytest.skip(why)
     from lab.backends.vagrant.driver import VagrantLab
 
-    config = dataclasses.replace(_config(EXAMPLE_YAML if storage != "local" else TCG_YAML), storage=storage)
+    config = _config(EXAMPLE_YAML if storage != "local" else TCG_YAML).model_copy(update={"storage": storage})
     doc = settings_document(config, check_lab(config), driver=driver, lab_dir=tmp_path, work_dir=tmp_path,
                             public_key="ssh-ed25519 K")
     settings = write_work_dir(tmp_path, doc)

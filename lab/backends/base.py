@@ -1,7 +1,6 @@
 """What every backend is: a narrow interface, and the digest of the lab it made."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from typing import Callable, Protocol
@@ -29,7 +28,7 @@ class Backend(Protocol):
 
 def config_digest(config: LabConfig) -> str:
     """What a running lab was made from: its shape only (not settings that don't change what `up` makes)."""
-    doc = config.model_dump(mode="json") if hasattr(config, "model_dump") else dataclasses.asdict(config)
+    doc = config.model_dump(mode="json")
     for unrelated in ("source", "hotpatch", "vagrant", "guest", "pairs"):
         doc.pop(unrelated, None)
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]

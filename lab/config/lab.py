@@ -22,15 +22,15 @@ from lab.errors import ConfigError
 
 DEFAULT_LAB_CONFIG = Path(__file__).resolve().parents[2] / "lab.yaml"
 Backend = Literal["embedded", "vagrant", "static"]
-Storage = Literal["shared", "nfs", "local"]
-Accelerator = Literal["auto", "kvm", "tcg"]
-BACKENDS, STORAGE_MODES, ACCELERATORS = get_args(Backend), get_args(Storage), get_args(Accelerator)
+BACKENDS = get_args(Backend)
 LAB_NAME = re.compile(r"[a-z][a-z0-9]{0,7}")  # short: it prefixes the bridge's and namespaces' names
-LabName = Annotated[str, rule(LAB_NAME.fullmatch, "is not a lab name (lowercase letter, then letters or digits; "
-                                                  "at most 8)")]
+LabName = Annotated[str, rule(LAB_NAME.fullmatch,
+                              "is not a lab name (lowercase letter, then letters or digits; at most 8)")]
 
 
 class HostSpec(Model):
+    """One hypervisor host: its name, and its address on the lab network."""
+
     name: HostName
     address: IPv4 = Field(description="an IPv4 address inside network.subnet")
     ssh_user: str = "root"
@@ -38,20 +38,25 @@ class HostSpec(Model):
 
 
 class GuestSpec(Model):
+    """The lab guests' default size and timing."""
+
     memory_mib: StrictInt = Field(256, ge=64, le=65536)
     vcpus: StrictInt = Field(1, ge=1, le=64)
     disk_mib: StrictInt = Field(32, ge=1, le=1 << 20)
     heartbeat_us: StrictInt = Field(1000, ge=100, le=1000)
-    boot_timeout_s: StrictInt = Field(90, ge=5, le=3600)  # start to first heartbeat; raise it for slow labs (nested TCG)
+    # Start to first heartbeat; raise it for slow labs (nested TCG).
+    boot_timeout_s: StrictInt = Field(90, ge=5, le=3600)
     agent_timeout_s: StrictInt = Field(10, ge=1, le=600)  # default wait for an agent command's answer
 
 
 class NetworkSpec(Model):
+    """The lab network: hosts, the runner and guests share it; guests take addresses from guest_range."""
+
     subnet: LabNetwork = "198.18.0.0/16"
     runner_address: IPv4 = "198.18.0.1"
     guest_range: Network = "198.18.128.0/17"
     mtu: StrictInt = Field(1500, ge=576, le=9000)
-    # The NFS server host, with storage: nfs; default: the subnet's 10th address (198.18.0.10).
+    # The NFS server host, with storage: nfs; default: the subnet's first host address + 9 (198.18.0.10).
     nfs_address: IPv4 = Field(None, validate_default=True)
 
     @property
@@ -60,7 +65,7 @@ class NetworkSpec(Model):
 
     @field_validator("nfs_address", mode="before")
     @classmethod
-    def _tenth_of_subnet(cls, value: Any, info: ValidationInfo) -> Any:
+    def _nfs_default(cls, value: Any, info: ValidationInfo) -> Any:
         if value is None and "subnet" in info.data:
             return str(next(iter(ipaddress.IPv4Network(info.data["subnet"]).hosts())) + 9)
         return value
@@ -86,6 +91,8 @@ DEFAULT_HOSTS = (HostSpec(name="hv1", address="198.18.0.11"), HostSpec(name="hv2
 
 
 class LabConfig(Document):
+    """A whole lab.yaml."""
+
     null_means_default = ("network", "guest", "hotpatch", "hosts")
     name: LabName = "kvmlab"
     backend: Backend = "embedded"
@@ -94,8 +101,8 @@ class LabConfig(Document):
     # Host pairs that xdist workers take from the pool (source, destination); default: consecutive hosts.
     pairs: tuple[tuple[str, str], ...] = Field(None, validate_default=True)
     guest: GuestSpec = Field(default_factory=GuestSpec)
-    storage: Storage = "shared"
-    accelerator: Accelerator = "auto"
+    storage: Literal["shared", "nfs", "local"] = "shared"
+    accelerator: Literal["auto", "kvm", "tcg"] = "auto"
     hotpatch: HotpatchSpec = Field(default_factory=HotpatchSpec)
     vagrant: VagrantSpec | None = None  # the vagrant backend's settings (check_lab cross-checks them)
 
@@ -116,7 +123,10 @@ class LabConfig(Document):
     @field_validator("hosts")
     @classmethod
     def _hosts_fit_the_lab(cls, hosts: tuple[HostSpec, ...], info: ValidationInfo) -> tuple[HostSpec, ...]:
-        """Unique names and addresses; on the embedded lab, inside the lab network; keys where needed."""
+        """Unique names and addresses; on the embedded lab, inside the lab network; keys where needed.
+
+        Checks the hosts lab.yaml lists (pydantic does not validate the default ones).
+        """
         backend, network = info.data.get("backend"), info.data.get("network")
         if backend is None or network is None:
             return hosts  # their own error is the one to report
@@ -138,8 +148,8 @@ class LabConfig(Document):
                 raise problem((i, "ssh_key"), f"only the static backend takes a key (the {backend} lab makes its own)")
         if len(hosts) < 2:
             raise ValueError(f"the {backend} lab needs at least 2 hosts")
-        for i, host in enumerate(hosts):
-            if backend == "static" and not host.ssh_key:
+        for i, host in enumerate(hosts if backend == "static" else ()):
+            if not host.ssh_key:
                 raise problem((i, "ssh_key"), f"missing (the private key that logs in as {host.ssh_user})")
         return hosts
 

@@ -19,6 +19,8 @@ PROBES = ("hypervisor", "guest", "network")
 
 
 class Tolerance(Model):
+    """How far the three downtime figures may stray from each other and from what was configured."""
+
     probe_period_ms: PositiveNumber = 1.0
     bandwidth_pct: PositiveNumber = 25.0
     max_downtime_ms: PositiveNumber = 250.0
@@ -26,7 +28,9 @@ class Tolerance(Model):
 
 
 class Limits(Model):
-    downtime_ms: dict[str, PositiveNumber] = Field(default_factory=dict, validate_default=True)  # every probe
+    """What one scenario is judged by: the downtime per probe, and the whole migration's duration."""
+
+    downtime_ms: dict[str, PositiveNumber] = Field(default_factory=dict, validate_default=True)  # all of PROBES
     total_s: PositiveNumber
 
     @field_validator("downtime_ms", mode="before")
@@ -47,11 +51,15 @@ class Limits(Model):
 
 
 class ColdLimits(Model):
+    """The cold migration suite's limits."""
+
     interruption_s: PositiveNumber = 90.0  # last echo reply before shutdown to first after boot
     live_vs_cold_max_ratio: PositiveNumber = 0.25  # live interruption must stay below this share of cold's
 
 
 class Thresholds(Document):
+    """A whole thresholds.yaml."""
+
     null_means_default = ("tolerance", "scenarios", "cold")
     tolerance: Tolerance = Field(default_factory=Tolerance)
     defaults: Limits = Field(description="a mapping with downtime_ms and total_s")
@@ -85,4 +93,5 @@ def parse_thresholds(data: Any, source: str = "<string>") -> Thresholds:
 def load_thresholds(path: str | os.PathLike | None = None) -> Thresholds:
     """thresholds.yaml from PATH, $LAB_THRESHOLDS, or the repo's, in that order."""
     chosen = Path(path or os.environ.get("LAB_THRESHOLDS") or DEFAULT_THRESHOLDS)
-    return load_file(chosen, "thresholds file", "pass --thresholds PATH", lambda data: parse_thresholds(data, str(chosen)))
+    return load_file(chosen, "thresholds file", "pass --thresholds PATH",
+                     lambda data: parse_thresholds(data, str(chosen)))

@@ -1,12 +1,12 @@
 """How config files are validated: one base model, and pydantic's errors told as one line naming the field.
 
 Every config file is a pydantic model built on `Model` (frozen; a key it does not declare is
-an error). `validated` runs a model and raises ConfigError with the first error as
-``<field path>: <what is wrong>``, e.g. ``hosts[1].address: '300.1.1.1' is not an IPv4 address``.
-The path comes from pydantic's error location; the words from the error's type and the
-field's own declaration (its bounds, choices, description, the model's keys), so a model
-states each rule once. Validators say what is wrong by raising ValueError (about their own
-field) or `problem` (about a field below them, for rules that span fields).
+an error). `validated` runs a model and raises ConfigError with its first error told by
+`one_line`: ``<field path>: <what is wrong>``, e.g. ``hosts[1].address: '300.1.1.1' is not an
+IPv4 address``. The path comes from pydantic's error location; the words from the error's
+type and the field's own declaration (its bounds, choices, description, the model's keys),
+so a model states each rule once. Validators say what is wrong by raising ValueError (about
+their own field) or `problem` (about a field below them, for rules that span fields).
 """
 from __future__ import annotations
 
@@ -61,24 +61,27 @@ def problem(at: str | int | tuple, text: str) -> PydanticCustomError:
 
 
 def validated(model: type[M], data: Any, *, root: str, where: tuple = (), source: str | None = None) -> M:
-    """`model` validated from `data`, or ConfigError naming the first wrong field.
-
-    root: what to call the document when the error is about all of it ("lab.yaml");
-    where: the path of `data` in its file (("vagrant",)); source: a Document's origin.
-    """
+    """`model` validated from `data`, or ConfigError naming the wrong field (see `one_line`)."""
     try:
         return model.model_validate(data, context=None if source is None else {"source": source})
     except ValidationError as exc:
-        errors = exc.errors()
-    # An unknown key in the section of the first error comes first: likely a misspelling that explains it.
-    first = errors[0]
-    first = next((e for e in errors if e["type"] == "extra_forbidden"
-                  and tuple(first["loc"][:len(e["loc"]) - 1]) == tuple(e["loc"][:-1])), first)
-    raise ConfigError(describe(model, first, root=root, where=where))
+        raise ConfigError(one_line(model, exc, root=root, where=where)) from None
 
 
-def describe(model: type[BaseModel], error: Any, *, root: str, where: tuple = ()) -> str:
-    """One of pydantic's errors (from ValidationError.errors()) as ``field.path: what is wrong``."""
+def one_line(model: type[BaseModel], exc: ValidationError, *, root: str, where: tuple = ()) -> str:
+    """`model`'s ValidationError as one line, ``field.path: what is wrong``, about its first error.
+
+    An unknown key in that error's section is told instead: a misspelt key explains a missing one.
+    root: what to call the document when the error is about all of it ("lab.yaml");
+    where: the path of the validated data in its file (("vagrant",) for the `vagrant:` section).
+    """
+    errors = exc.errors()
+    error = errors[0]
+    for other in errors:
+        section = tuple(other["loc"][:-1])
+        if other["type"] == "extra_forbidden" and tuple(error["loc"][:len(section)]) == section:
+            error = other
+            break
     loc = tuple(error["loc"])
     if error["type"] == PROBLEM:
         loc += tuple(error["ctx"]["at"])

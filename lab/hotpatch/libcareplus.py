@@ -52,7 +52,7 @@ def missing_reason(prefix: str | None = None, path: str | None = None) -> str | 
     return None
 
 
-def find_libcareplus(prefix: str | None = None, path: str | None = None) -> "LibcarePlus":
+def find_libcareplus(prefix: str | None = None, path: str | None = None) -> LibcarePlus:
     """libcareplus's tools from `prefix`/bin (lab.yaml hotpatch.libcareplus_prefix) or else PATH."""
     where = "hotpatch.libcareplus_prefix" if prefix else "PATH"
     search = str(Path(prefix) / "bin") + os.pathsep + prefix if prefix else (path if path is not None

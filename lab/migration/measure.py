@@ -122,4 +122,4 @@ def verdict(scenario: str, measurements: list[Measurement], limits: Limits) -> t
 
 
 def thresholds_record(thresholds: Thresholds) -> dict:
-    return {"source": thresholds.source, "tolerance": asdict(thresholds.tolerance)}
+    return {"source": thresholds.source, "tolerance": thresholds.tolerance.model_dump()}

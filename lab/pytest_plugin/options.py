@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.config.lab import LabConfig, load_lab_config
+from lab.config.lab import BACKENDS, LabConfig, load_lab_config
 from lab.results.records import REPORTS, new_run_id
 
 
@@ -28,7 +28,7 @@ RUN = pytest.StashKey[RunInfo]()
 def pytest_addoption(parser):
     group = parser.getgroup("kvm-lab", "KVM acceptance lab")
     group.addoption("--lab-config", metavar="PATH", help="lab.yaml to use (default: $LAB_CONFIG or the repo's lab.yaml)")
-    group.addoption("--lab", choices=("embedded", "vagrant", "static"), help="lab backend, overriding lab.yaml")
+    group.addoption("--lab", choices=BACKENDS, help="lab backend, overriding lab.yaml")
     group.addoption("--keep-lab", action="store_true", help="leave the lab up after the run")
     group.addoption("--report-dir", metavar="DIR", help="where this run's records go (default: reports/<run-id>)")
     group.addoption("--thresholds", metavar="PATH", help="thresholds.yaml to use (default: the repo's)")

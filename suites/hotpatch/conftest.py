@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
-from lab.errors import ConfigError, LabError
+from lab.config.hotpatch import load_hotpatch_limits
+from lab.errors import LabError
 from lab.hotpatch.kpatch_cache import ensure_kpatch
 from lab.hotpatch.libcareplus import find_libcareplus
 from lab.hotpatch.progress import progress_printer
@@ -16,7 +16,6 @@ from lab.hotpatch.target import PatchTarget, patch_target
 HERE = Path(__file__).resolve().parent
 PATCHES = HERE / "patches"
 THRESHOLDS_FILE = HERE / "hotpatch-thresholds.yaml"
-THRESHOLD_KEYS = ("apply_stall_ms", "apply_frozen_ms", "unapply_stall_ms")
 
 # What each kpatch is made of: id (at most 7 characters) -> patch files, applied in order.
 PATCH_SETS = {
@@ -29,22 +28,8 @@ PACKAGE_SUFFIX = {"0001": " +hotpatch-0001", "0002": " +hotpatch-0001 +hotpatch-
 
 
 def load_hotpatch_thresholds(path: Path = THRESHOLDS_FILE) -> dict[str, float]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read hot patch thresholds: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of {', '.join(THRESHOLD_KEYS)}")
-    for key in data:
-        if key not in THRESHOLD_KEYS:
-            raise ConfigError(f"{path}: {key}: unknown key (allowed: {', '.join(THRESHOLD_KEYS)})")
-    out = {}
-    for key in THRESHOLD_KEYS:
-        value = data.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigError(f"{path}: {key}: {value!r} is not a positive number (milliseconds)")
-        out[key] = float(value)
-    return out
+    """The suite's limits (validated by lab.config.hotpatch) as a plain mapping: the test indexes it and records it."""
+    return load_hotpatch_limits(path).model_dump()
 
 
 @pytest.fixture(scope="session")

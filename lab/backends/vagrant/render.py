@@ -47,7 +47,7 @@ def machines(config, spec: VagrantSpec) -> list[Machine]:
 
 
 def shared_mount(config, lab_dir: Path) -> str:
-    """Where the hypervisors mount the NFS export: the path the harness puts shared disks in (lab/session.py)."""
+    """Where the hypervisors mount the NFS export: the path the harness puts shared disks in (lab/runtime/layout.py)."""
     if config.storage == "local":
         return ""
     return str(lab_dir / ("nfs-export" if config.storage == "nfs" else "shared"))

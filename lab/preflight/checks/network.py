@@ -7,12 +7,12 @@ import json
 import re
 import shlex
 
+from lab.runtime.layout import MIGRATION_PORTS  # libvirt's own default, when qemu.conf sets none
 from lab.preflight.checks.probes import qemu_conf, sh, tcp_probe
 from lab.preflight.context import PreflightContext
 from lab.preflight.registry import FAIL, PASS, CheckResult, check, result
 from lab.runtime.hosts import Host
 
-DEFAULT_MIGRATION_PORTS = (49152, 49215)  # libvirt's own default when qemu.conf sets none
 
 
 @check("reachable", "network")
@@ -60,7 +60,7 @@ def mtu(ctx: PreflightContext) -> CheckResult:
 
 def _migration_ports(host: Host) -> tuple[int, int]:
     found = {k: int(v) for k, v in re.findall(r"^\s*(migration_port_m(?:in|ax))\s*=\s*(\d+)", qemu_conf(host), re.M)}
-    return found.get("migration_port_min", DEFAULT_MIGRATION_PORTS[0]), found.get("migration_port_max", DEFAULT_MIGRATION_PORTS[1])
+    return found.get("migration_port_min", MIGRATION_PORTS[0]), found.get("migration_port_max", MIGRATION_PORTS[1])
 
 
 @check("migration-ports", "network")
