@@ -54,7 +54,8 @@ def cmd_status(args) -> int:
           + (f" (NFSv3 server {nfs}, nfs-ganesha)" if nfs else ""))
     print(f"  runner:      {status['runner_address']}")
     for h in status["hosts"]:
-        versions = f"libvirt {h.get('libvirt_version', '?')}, QEMU {h.get('qemu_version', '?')}"
+        versions = (f"stack {h.get('stack', {}).get('name', 'system')}: libvirt {h.get('libvirt_version', '?')}, "
+                    f"QEMU {h.get('qemu_version', '?')}")
         print(f"  {h['name']:<6} {h['address']:<15} {versions}  uuid {h['host_uuid']}")
         print(f"         {h['libvirt_uri']}")
     return 0

@@ -47,3 +47,11 @@ class PreflightError(LabError):
 
 class HotpatchError(LabError):
     """A libcareplus build, apply or unapply failed."""
+
+
+class StackError(LabError):
+    """A hypervisor stack (QEMU + libvirt build) could not be found, fetched, unpacked or used."""
+
+
+class ReportError(LabError):
+    """A run report could not be built: the folder is not a run, or a part of it cannot be written."""

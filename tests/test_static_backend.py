@@ -177,10 +177,10 @@ CLAIMER = textwrap.dedent('''
     from pathlib import Path
     from lab.runtime import pairs
     host = lambda name: types.SimpleNamespace(name=name)
-    lab = types.SimpleNamespace(pairs=[(host("a"), host("b")), (host("c"), host("d"))], dir=Path(sys.argv[1]),
-                                config=types.SimpleNamespace(name="pooltest"))
-    claim = pairs.claim_pair(lab, sys.argv[2])
-    assert pairs.claim_pair(lab, sys.argv[2]) == claim  # one claim per process
+    pool = [(host("a"), host("b")), (host("c"), host("d"))]
+    folder = Path(sys.argv[1]) / "pairs"
+    claim = pairs.claim_pair("pooltest", pool, folder, sys.argv[2])
+    assert pairs.claim_pair("pooltest", pool, folder, sys.argv[2]) == claim  # one claim per process
     print(json.dumps([claim.src, claim.dst, claim.exclusive]), flush=True)
     sys.stdin.read()  # hold the claim until told to go
 ''')

@@ -16,6 +16,7 @@ from pydantic import Field, StrictInt, ValidationInfo, field_validator, model_va
 
 from lab.config.common import IPv4, HostName, LabNetwork, Network, rule
 from lab.config.hotpatch import HotpatchSpec
+from lab.config.stacks import SYSTEM, StackName, StackSpec, check_host_stack, check_stacks
 from lab.config.vagrant import VagrantSpec
 from lab.config.validation import Document, Model, load_file, problem, validated
 from lab.errors import ConfigError
@@ -35,6 +36,7 @@ class HostSpec(Model):
     address: IPv4 = Field(description="an IPv4 address inside network.subnet")
     ssh_user: str = "root"
     ssh_key: str | None = None  # static backend: the key to reach it
+    stack: StackName = SYSTEM  # the QEMU + libvirt it runs: `system` or a name under `stacks:`
 
 
 class GuestSpec(Model):
@@ -47,6 +49,11 @@ class GuestSpec(Model):
     # Start to first heartbeat; raise it for slow labs (nested TCG).
     boot_timeout_s: StrictInt = Field(90, ge=5, le=3600)
     agent_timeout_s: StrictInt = Field(10, ge=1, le=600)  # default wait for an agent command's answer
+    # What the guests run as; `lab doctor` without --guest plans with these too. Names as libvirt spells them.
+    cpu_model: Annotated[str, rule(re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}").fullmatch,
+                                   "is not a CPU model name (e.g. qemu64; `virsh cpu-models x86_64`)")] = "qemu64"
+    machine: Annotated[str, rule(re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}").fullmatch,
+                                 "is not a machine type (e.g. pc, q35; `qemu-system-x86_64 -machine help`)")] = "pc"
 
 
 class NetworkSpec(Model):
@@ -93,10 +100,11 @@ DEFAULT_HOSTS = (HostSpec(name="hv1", address="198.18.0.11"), HostSpec(name="hv2
 class LabConfig(Document):
     """A whole lab.yaml."""
 
-    null_means_default = ("network", "guest", "hotpatch", "hosts")
+    null_means_default = ("network", "guest", "hotpatch", "hosts", "stacks")
     name: LabName = "kvmlab"
     backend: Backend = "embedded"
     network: NetworkSpec = Field(default_factory=NetworkSpec)
+    stacks: dict[StackName, StackSpec] = Field(default_factory=dict)  # name -> where its QEMU and libvirt come from
     hosts: tuple[HostSpec, ...] = DEFAULT_HOSTS
     # Host pairs that xdist workers take from the pool (source, destination); default: consecutive hosts.
     pairs: tuple[tuple[str, str], ...] = Field(None, validate_default=True)
@@ -112,6 +120,11 @@ class LabConfig(Document):
                 return spec
         known = ", ".join(h.name for h in self.hosts)
         raise ConfigError(f"unknown host {name!r}: this lab has {known}")
+
+    @field_validator("stacks")
+    @classmethod
+    def _stacks(cls, stacks: dict[str, StackSpec]) -> dict[str, StackSpec]:
+        return check_stacks(stacks)
 
     @field_validator("hosts", mode="before")
     @classmethod
@@ -144,6 +157,8 @@ class LabConfig(Document):
             if (any(h.address == host.address for h in hosts[:i])
                     or (backend == "embedded" and host.address == network.nfs_address)):
                 raise problem((i, "address"), f"{address} is used twice")
+            if "stacks" in info.data:
+                check_host_stack(i, host.stack, info.data["stacks"], backend)
             if host.ssh_key is not None and backend != "static":
                 raise problem((i, "ssh_key"), f"only the static backend takes a key (the {backend} lab makes its own)")
         if len(hosts) < 2:

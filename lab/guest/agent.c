@@ -5,7 +5,8 @@
  * guest, e.g. migration downtime, to about one period.  A control socket
  * (UDP, runner -> guest) answers echo probes and text commands that load
  * the guest (dirty memory), prove memory and disk survived a migration
- * (fill/verify, diskwrite/disksum) and shut it down cleanly (poweroff).
+ * (fill/verify, diskwrite/disksum), check the pages written during a migration
+ * (oracle) and shut it down cleanly (poweroff).
  *
  * Configuration comes only from the kernel command line (/proc/cmdline):
  *   lab.runner=IPv4 lab.hb_port=N lab.hb_us=N lab.ctl_port=N lab.name=STR
@@ -269,25 +270,79 @@ static void *heartbeat_main(void *unused)
     return NULL;
 }
 
-/* ---------- dirty: background page writer ---------- */
+/* ---------- dirty: background page writer, and the dirty-page oracle ----------
+ *
+ * The writer sweeps the region in page order, storing the sweep's round number
+ * in each page's first word, at the requested rate. So at any moment pages
+ * [0, pos) hold `round` and pages [pos, N) hold `round - 1`: one boundary. A
+ * page holding anything else after a migration lost a write (the destination
+ * got a stale copy). Checked two ways, so a stale page is caught whether the
+ * writer reaches it first or the check does: the writer checks each page holds
+ * the previous round's value before it rewrites it, and `oracle` scans the
+ * whole region with the writer stopped (under its mutex).
+ *
+ * A large sweep keeps evicting TCG's TLB entries, and the writes QEMU 7.2 loses
+ * under TCG (upstream 03bfc2188f06) are those made through entries that stay
+ * resident. So a second thread rewrites a small hot set of pages (far fewer
+ * than the TLB holds) every millisecond, each write preceded by a check that
+ * the page still holds the previous round's value. Its round counter lives in
+ * a local the compiler keeps in a register: CPU state always migrates whole,
+ * so the counter is right on the destination even when memory is not.
+ */
+
+#define HOT_PAGES 8
+#define HOT_PERIOD_NS 1000000ULL
+#define ORACLE_FIRST 6 /* wrong pages reported with address, found and expected */
+
+struct wrong_page {
+    uintptr_t addr;
+    uint64_t found, expected;
+};
 
 static struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int started;
     double rate_mibs; /* requested; 0 = stopped */
-    volatile uint8_t *base;
+    volatile uint64_t *base;
     size_t pages;
     size_t pos;
+    uint64_t round; /* pages before pos hold round, the rest round - 1 */
 } dirty = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 static _Atomic double dirty_measured; /* MiB/s over the last second */
+
+/* Wrong pages found by a writer before it rewrote them (sweep and hot set), since the last `oracle`. */
+struct findings {
+    pthread_mutex_t mu;
+    uint64_t wrong;
+    struct wrong_page first[ORACLE_FIRST];
+};
+static struct findings sweep_found = {.mu = PTHREAD_MUTEX_INITIALIZER};
+static struct findings hot_found = {.mu = PTHREAD_MUTEX_INITIALIZER};
+static volatile uint64_t *hot_base; /* HOT_PAGES pages, never unmapped */
+static atomic_uint_least64_t hot_rounds;
+
+static atomic_uint console_wrong; /* wrong pages told on the serial console this boot */
+
+static void note_wrong(struct findings *f, volatile uint64_t *word, uint64_t found, uint64_t expected)
+{
+    pthread_mutex_lock(&f->mu);
+    if (f->wrong < ORACLE_FIRST)
+        f->first[f->wrong] = (struct wrong_page){(uintptr_t)word, found, expected};
+    f->wrong++;
+    pthread_mutex_unlock(&f->mu);
+    /* Also on the serial console (the host keeps its log): evidence that outlives a guest
+     * the lost writes crash. The first few only, so a broken guest cannot flood it. */
+    if (atomic_fetch_add(&console_wrong, 1) < ORACLE_FIRST)
+        console("LAB-ORACLE-WRONG writer=%s addr=0x%lx found=%llu expected=%llu", f == &hot_found ? "hot" : "sweep",
+                (unsigned long)(uintptr_t)word, (unsigned long long)found, (unsigned long long)expected);
+}
 
 static void *dirty_main(void *unused)
 {
     (void)unused;
     uint64_t last = 0, win_start = 0, win_pages = 0;
     double owed = 0;
-    uint8_t stamp = 0;
 
     pthread_mutex_lock(&dirty.mu);
     for (;;) {
@@ -309,9 +364,14 @@ static void *dirty_main(void *unused)
         last = now;
         size_t n = (size_t)owed;
         owed -= (double)n;
-        stamp++;
         for (size_t i = 0; i < n; i++) {
-            dirty.base[dirty.pos * PAGE] = stamp;
+            if (dirty.pos == 0)
+                dirty.round++;
+            volatile uint64_t *word = dirty.base + dirty.pos * (PAGE / 8);
+            uint64_t found = *word;
+            if (found != dirty.round - 1)
+                note_wrong(&sweep_found, word, found, dirty.round - 1);
+            *word = dirty.round;
             if (++dirty.pos == dirty.pages)
                 dirty.pos = 0;
         }
@@ -331,6 +391,97 @@ static void *dirty_main(void *unused)
     return NULL;
 }
 
+static void *hot_main(void *unused)
+{
+    (void)unused;
+    register uint64_t round = 1; /* in a register: migrates with the vCPU state */
+    uint64_t next = clock_ns(CLOCK_MONOTONIC);
+    for (;;) {
+        for (size_t j = 0; j < HOT_PAGES; j++) {
+            volatile uint64_t *word = hot_base + j * (PAGE / 8);
+            uint64_t found = *word;
+            if (found != round - 1)
+                note_wrong(&hot_found, word, found, round - 1);
+            *word = round;
+        }
+        round++;
+        atomic_store_explicit(&hot_rounds, round - 1, memory_order_relaxed);
+        next += HOT_PERIOD_NS;
+        sleep_until(next);
+    }
+    return NULL;
+}
+
+static int start_hot_set(void)
+{
+    void *p = mmap(NULL, HOT_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (p == MAP_FAILED)
+        return -1;
+    hot_base = p;
+    pthread_t t;
+    if (pthread_create(&t, NULL, hot_main, NULL) != 0)
+        return -1;
+    pthread_detach(t);
+    return 0;
+}
+
+static int append_wrong(char *out, size_t outsz, int n, const struct wrong_page *w, size_t count, size_t before)
+{
+    for (size_t i = 0; i < count && (size_t)n < outsz; i++)
+        n += snprintf(out + n, outsz - (size_t)n, "%s0x%lx:%llu:%llu", i + before ? "," : "", (unsigned long)w[i].addr,
+                      (unsigned long long)w[i].found, (unsigned long long)w[i].expected);
+    return n;
+}
+
+/* Take (and reset) what a writer found since the last oracle. */
+static uint64_t take_findings(struct findings *f, struct wrong_page *first, size_t *nfirst)
+{
+    pthread_mutex_lock(&f->mu);
+    uint64_t wrong = f->wrong;
+    *nfirst = wrong < ORACLE_FIRST ? wrong : ORACLE_FIRST;
+    memcpy(first, f->first, *nfirst * sizeof *first);
+    f->wrong = 0;
+    pthread_mutex_unlock(&f->mu);
+    return wrong;
+}
+
+/* oracle: scan the sweep region (writer stopped), then report and reset what the writers found. */
+static int cmd_oracle(char *out, size_t outsz)
+{
+    struct wrong_page scan_first[ORACLE_FIRST], sweep_first[ORACLE_FIRST], hot_first[ORACLE_FIRST];
+    size_t scan_wrong = 0, n_scan, n_sweep, n_hot;
+    pthread_mutex_lock(&dirty.mu);
+    size_t checked = dirty.pages;
+    for (size_t i = 0; i < dirty.pages; i++) {
+        uint64_t want = i < dirty.pos ? dirty.round : dirty.round - 1;
+        if (dirty.round == 0)
+            want = 0;
+        volatile uint64_t *word = dirty.base + i * (PAGE / 8);
+        if (*word != want) {
+            if (scan_wrong < ORACLE_FIRST)
+                scan_first[scan_wrong] = (struct wrong_page){(uintptr_t)word, *word, want};
+            scan_wrong++;
+        }
+    }
+    uint64_t round = dirty.round;
+    uintptr_t sweep_base = (uintptr_t)dirty.base;
+    pthread_mutex_unlock(&dirty.mu);
+    n_scan = scan_wrong < ORACLE_FIRST ? scan_wrong : ORACLE_FIRST;
+    uint64_t sweep_wrong = take_findings(&sweep_found, sweep_first, &n_sweep);
+    uint64_t hot_wrong = take_findings(&hot_found, hot_first, &n_hot);
+
+    int n = snprintf(out, outsz, "ok sweep_base=0x%lx sweep_pages=%zu sweep_round=%llu scan_wrong=%zu sweep_wrong=%llu "
+                     "hot_base=0x%lx hot_pages=%d hot_rounds=%llu hot_wrong=%llu first=", (unsigned long)sweep_base,
+                     checked, (unsigned long long)round, scan_wrong, (unsigned long long)sweep_wrong,
+                     (unsigned long)(uintptr_t)hot_base, HOT_PAGES,
+                     (unsigned long long)atomic_load_explicit(&hot_rounds, memory_order_relaxed),
+                     (unsigned long long)hot_wrong);
+    n = append_wrong(out, outsz, n, scan_first, n_scan, 0);
+    n = append_wrong(out, outsz, n, sweep_first, n_sweep, n_scan);
+    n = append_wrong(out, outsz, n, hot_first, n_hot, n_scan + n_sweep);
+    return n;
+}
+
 static int cmd_dirty(char **av, int ac, char *out, size_t outsz)
 {
     double rate;
@@ -347,6 +498,7 @@ static int cmd_dirty(char **av, int ac, char *out, size_t outsz)
             munmap((void *)dirty.base, dirty.pages * PAGE);
         dirty.base = NULL;
         dirty.pages = dirty.pos = 0;
+        dirty.round = 0; /* fresh pages hold 0: round 0 */
         if (want) {
             void *p = mmap(NULL, want * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
             if (p == MAP_FAILED) {
@@ -545,6 +697,8 @@ static int run_command(char *line, char *reply, size_t replysz)
         cmd_fill(args, nargs, out, outsz);
     else if (!strcmp(cmd, "verify"))
         cmd_verify(out, outsz);
+    else if (!strcmp(cmd, "oracle"))
+        cmd_oracle(out, outsz);
     else if (!strcmp(cmd, "diskwrite"))
         cmd_diskwrite(args, nargs, out, outsz);
     else if (!strcmp(cmd, "disksum"))
@@ -644,6 +798,8 @@ int main(void)
     console("LAB-AGENT-READY name=%s boot_id=%s", cfg.name, boot_id_text);
     if (cfg.probe)
         return 0;
+    if (start_hot_set())
+        fatal("start the oracle's hot set");
     serve(fd);
     return 0;
 }

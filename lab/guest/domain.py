@@ -167,7 +167,7 @@ def unique_guest_name(prefix: str = "g") -> str:
 
 
 def create_guest(lab, host: Host, *, name: str | None = None, memory_mib: int | None = None,
-                 with_disk: bool = True, cpu_model: str = "qemu64", wait: bool = True,
+                 with_disk: bool = True, cpu_model: str | None = None, wait: bool = True,
                  storage: str | None = None, emulator: str = EMULATOR, start: bool = True,
                  transient: bool = False, disk_mib: int | None = None, disk_dir: str | None = None,
                  **overrides) -> Guest:
@@ -190,7 +190,8 @@ def create_guest(lab, host: Host, *, name: str | None = None, memory_mib: int | 
         address=address, prefixlen=lab.config.network.prefixlen, runner=lab.runner_address,
         heartbeat_port=heartbeats.port, heartbeat_us=lab.config.guest.heartbeat_us,
         kernel=lab.image.kernel, initrd=lab.image.initrd, domain_type=lab.domain_type,
-        cpu_model=cpu_model, disk=disk, emulator=emulator, disk_nfs_host=nfs_host,
+        cpu_model=cpu_model or lab.config.guest.cpu_model, machine=lab.config.guest.machine,
+        disk=disk, emulator=emulator, disk_nfs_host=nfs_host,
         boot_timeout_s=lab.config.guest.boot_timeout_s, agent_timeout_s=lab.config.guest.agent_timeout_s)
     if overrides:
         cfg = replace(cfg, **overrides)

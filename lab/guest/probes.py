@@ -50,6 +50,16 @@ class GapStats:
     reordered: int
     duplicates: int
     gap_start_ns: int = 0  # when the largest gap began (realtime)
+    # Every gap above STALL_PERIODS periods, not only the largest: (start ns, length ms).
+    stalls: tuple[tuple[int, float], ...] = ()
+    boot_ids: int = 1  # distinct boot ids seen in the window (heartbeats; more than one: two guests)
+
+    @property
+    def stalled_ms(self) -> float:
+        return round(sum(ms for _start, ms in self.stalls), 3)
+
+
+STALL_PERIODS = 3  # a gap longer than this many probe periods is a stall worth keeping
 
 
 def _max_gap(times: list[int]) -> tuple[float, int]:
@@ -58,6 +68,11 @@ def _max_gap(times: list[int]) -> tuple[float, int]:
         if b - a > best:
             best, start = b - a, a
     return best / 1e6, start
+
+
+def _stalls(times: list[int], period_ns: int) -> tuple[tuple[int, float], ...]:
+    limit = STALL_PERIODS * period_ns
+    return tuple((a, round((b - a) / 1e6, 3)) for a, b in zip(times, times[1:]) if b - a > limit)
 
 
 def _indices_between(times: array, start_ns: int, end_ns: int) -> range:
@@ -73,7 +88,8 @@ class HeartbeatReceiver:
         self.port = self.sock.getsockname()[1]
         self.seqs = array("Q")
         self.times = array("q")
-        self.boot_ids: list[bytes] = []
+        self.boot_ids: list[bytes] = []  # each boot id in the order first seen
+        self.boot_of = array("I")  # per heartbeat: index into boot_ids
         self.first = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeats:{self.port}", daemon=True)
@@ -88,10 +104,11 @@ class HeartbeatReceiver:
             if len(data) < HEARTBEAT.size or data[:4] != b"LHB1":
                 continue
             _magic, _flags, seq, _mono, boot_id, _uptime = HEARTBEAT.unpack_from(data)
-            self.seqs.append(seq)
-            self.times.append(stamp)
             if not self.boot_ids or self.boot_ids[-1] != boot_id:
                 self.boot_ids.append(boot_id)
+            self.boot_of.append(len(self.boot_ids) - 1)  # before the time: a window never sees a time without it
+            self.seqs.append(seq)
+            self.times.append(stamp)
             self.first.set()
 
     def count(self) -> int:
@@ -103,20 +120,26 @@ class HeartbeatReceiver:
     def last_time(self) -> int:
         return self.times[-1] if self.times else 0
 
-    def window(self, start_ns: int, end_ns: int) -> GapStats:
-        """Largest gap between consecutive heartbeats arriving in [start, end], and sequence accounting."""
+    def window(self, start_ns: int, end_ns: int, period_ns: int = 1_000_000) -> GapStats:
+        """Gaps between consecutive heartbeats arriving in [start, end], and sequence accounting."""
         idx = _indices_between(self.times, start_ns, end_ns)
         if not idx:
-            return GapStats(0, (end_ns - start_ns) / 1e6, 0, 0, 0, start_ns)
+            return GapStats(0, (end_ns - start_ns) / 1e6, 0, 0, 0, start_ns, ((start_ns, (end_ns - start_ns) / 1e6),), 0)
         times = [self.times[i] for i in idx]
         seqs = [self.seqs[i] for i in idx]
         # The window's edges count as heartbeats: silence at either end is a gap too.
-        gap, gap_start = _max_gap([start_ns, *times, end_ns])
+        edged = [start_ns, *times, end_ns]
+        gap, gap_start = _max_gap(edged)
         reordered = sum(1 for a, b in zip(seqs, seqs[1:]) if b < a)
         unique = set(seqs)
         duplicates = len(seqs) - len(unique)
         lost = (max(unique) - min(unique) + 1) - len(unique)
-        return GapStats(len(seqs), gap, lost, reordered, duplicates, gap_start)
+        boots = len({self.boot_of[i] for i in idx})
+        return GapStats(len(seqs), gap, lost, reordered, duplicates, gap_start, _stalls(edged, period_ns), boots)
+
+    def arrivals(self, start_ns: int, end_ns: int) -> list[int]:
+        """Arrival times (ns) in [start, end]: the series a report's timeline draws."""
+        return [self.times[i] for i in _indices_between(self.times, start_ns, end_ns)]
 
     def close(self) -> None:
         self._stop.set()
@@ -176,13 +199,18 @@ class EchoProber:
         idx = _indices_between(self.reply_times, start_ns, end_ns)
         times = [self.reply_times[i] for i in idx]
         seqs = [self.reply_seqs[i] for i in idx]
-        gap, gap_start = _max_gap([start_ns, *times, end_ns])
+        edged = [start_ns, *times, end_ns]
+        gap, gap_start = _max_gap(edged)
+        stalls = _stalls(edged, self.interval_ns)
         if not seqs:
-            return GapStats(0, gap, 0, 0, 0, gap_start)
+            return GapStats(0, gap, 0, 0, 0, gap_start, stalls)
         unique = set(seqs)
         lost = (max(unique) - min(unique) + 1) - len(unique)
         reordered = sum(1 for a, b in zip(seqs, seqs[1:]) if b < a)
-        return GapStats(len(seqs), gap, lost, reordered, len(seqs) - len(unique), gap_start)
+        return GapStats(len(seqs), gap, lost, reordered, len(seqs) - len(unique), gap_start, stalls)
+
+    def arrivals(self, start_ns: int, end_ns: int) -> list[int]:
+        return [self.reply_times[i] for i in _indices_between(self.reply_times, start_ns, end_ns)]
 
     def replies(self) -> int:
         return len(self.reply_seqs)

@@ -4,12 +4,11 @@ which writes past pytest's output capture to the terminal and to the run's repor
 """
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 from lab.util.files import locked_append
+from lab.util.progress import StatusLine
 
 Progress = Callable[[str], None]
 PROGRESS_LOG = "hotpatch-build-progress.log"
@@ -20,12 +19,8 @@ def quiet(_msg: str) -> None:
 
 
 def progress_printer(report_dir: Path) -> Progress:
-    """Progress of long builds: to the terminal (past pytest's capture) and to the run's report folder."""
+    """Progress of long builds: to the terminal (past pytest's capture; a live line on a TTY, a
+    reminder a minute otherwise, while a build runs silently) and to the run's report folder."""
     log = report_dir / PROGRESS_LOG
-    started = time.monotonic()
-
-    def say(msg: str) -> None:
-        line = f"[hotpatch {time.monotonic() - started:6.0f}s] {msg}"
-        print(line, file=sys.__stderr__, flush=True)
-        locked_append(log, line + "\n")  # whole lines, with xdist workers writing too
-    return say
+    # whole lines, with xdist workers writing too
+    return StatusLine("hotpatch", also=lambda line: locked_append(log, line + "\n"))

@@ -1,12 +1,18 @@
-"""What must survive a migration: memory contents, disk contents, the boot, the network answer."""
+"""What must survive a migration: memory (the fill pattern and the dirty-page oracle), the disk,
+the boot, the network answer, and the guest on exactly one host. Each problem is a Finding of
+its own kind, so a known defect can explain exactly the findings it causes and no others."""
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
-from lab.errors import GuestError
+from lab.errors import GuestError, LabError
 from lab.guest.domain import Guest
+from lab.results.verdicts import Finding, Kind
 from lab.runtime.hosts import Host
+
+ORACLE_LINE = re.compile(r"LAB-ORACLE-WRONG writer=(\w+) addr=(0x[0-9a-f]+) found=(\d+) expected=(\d+)")
 
 
 @dataclass(frozen=True)
@@ -17,36 +23,97 @@ class Fingerprint:
 
 
 def take_fingerprint(guest: Guest, seed: int = 1234, fill_mib: int = 32, disk_mib: int = 4) -> Fingerprint:
-    """Fill guest memory with a known pattern and write known data to its disk; remember both."""
+    """Fill guest memory with a known pattern and write known data to its disk; remember both.
+
+    Also reads (and so resets) the dirty-page oracle, so the next reading covers the migration.
+    """
     guest.agent("fill", seed, fill_mib, timeout=60)
     disk_sum = guest.agent("diskwrite", seed, disk_mib, timeout=60)["sum"] if guest.config.disk else None
+    memory_oracle(guest)
     return Fingerprint(guest.info()["boot_id"], fill_mib, disk_sum)
 
 
+def memory_oracle(guest: Guest) -> dict:
+    """The agent's dirty-page oracle: the sweep region scanned now, plus what the sweep writer and the
+    hot-set writer found wrong since the last reading (which this one resets). Figures as integers."""
+    reply = guest.agent("oracle", timeout=60)
+    doc = {k: int(v, 0) for k, v in reply.items() if k not in ("first",) and re.fullmatch(r"(0x)?[0-9a-f]+", v)}
+    doc["first"] = [dict(zip(("address", "found", "expected"), item.split(":")))
+                    for item in reply.get("first", "").split(",") if item]
+    doc["wrong"] = doc.get("scan_wrong", 0) + doc.get("sweep_wrong", 0) + doc.get("hot_wrong", 0)
+    return doc
+
+
+def oracle_finding(report: dict) -> Finding | None:
+    if not report.get("wrong"):
+        return None
+    first = ", ".join(f"{w['address']} (found {w['found']}, expected {w['expected']})" for w in report["first"][:4])
+    return Finding(Kind.LOST_PAGES,
+                   f"lost writes: {report['wrong']} pages (scan {report['scan_wrong']} of {report['sweep_pages']}, "
+                   f"sweep writer {report['sweep_wrong']}, hot set {report['hot_wrong']}), first at {first}")
+
+
+def serial_oracle_lines(guest: Guest, hosts: tuple[Host, ...]) -> list[str]:
+    """LAB-ORACLE-WRONG lines the agent printed on the serial console (they outlive a crashed guest)."""
+    lines = []
+    for host in hosts:
+        try:
+            text = host.run(f"cat /var/log/libvirt/qemu/{guest.name}.serial", check=False, timeout=20).stdout
+        except LabError:
+            continue
+        lines += [f"{host.name}: {m.group(0)}" for m in ORACLE_LINE.finditer(text)]
+    return lines
+
+
+@dataclass(frozen=True)
+class Inspection:
+    findings: list[Finding]
+    oracle: dict | None  # the dirty-page oracle's reading; None when the guest rebooted (its state is gone)
+    dirty_mibs: float | None  # the rate the agent achieved over the last second, as it reports it
+
+
 def check_intact(guest: Guest, before: Fingerprint, hosts: tuple[Host, ...], expected_host: Host,
-                 disk_mib: int = 4) -> list[str]:
-    """Problems found after a migration; an empty list means the guest came through whole."""
-    problems = []
+                 disk_mib: int = 4) -> list[Finding]:
+    """Findings after a migration; an empty list means the guest came through whole."""
+    return inspect(guest, before, hosts, expected_host, disk_mib).findings
+
+
+def inspect(guest: Guest, before: Fingerprint, hosts: tuple[Host, ...], expected_host: Host,
+            disk_mib: int = 4) -> Inspection:
+    """Everything checked after a migration, with the oracle's reading for the record."""
+    findings = []
+    oracle = None
     where = [h.name for h in guest.locate(hosts)]
     if where != [expected_host.name]:
-        problems.append(f"guest runs on {where or 'no host'}, expected only {expected_host.name}")
+        findings.append(Finding(Kind.SPLIT_BRAIN if len(where) > 1 else Kind.MIGRATION_FAILED,
+                                f"guest runs on {where or 'no host'}, expected only {expected_host.name}"))
     info = guest.info()
     if info["boot_id"] != before.boot_id:
-        problems.append(f"guest rebooted: boot id {before.boot_id} became {info['boot_id']}")
+        findings.append(Finding(Kind.GUEST_REBOOTED, f"guest rebooted: boot id {before.boot_id} became {info['boot_id']}"))
+        seen = serial_oracle_lines(guest, hosts)
+        if seen:  # the oracle's own evidence from before the reboot
+            findings.append(Finding(Kind.LOST_PAGES, f"lost writes seen on the serial console before the reboot: "
+                                                     f"{'; '.join(seen[:4])}"))
+    else:
+        oracle = memory_oracle(guest)
+        lost = oracle_finding(oracle)
+        if lost:
+            findings.append(lost)
     try:
         verify = guest.agent("verify", timeout=60)
     except GuestError as exc:
         verify = {"error": str(exc)}
     if verify.get("bad_words") != "0":
-        problems.append(f"memory pattern damaged: {verify}")
+        findings.append(Finding(Kind.MEMORY_PATTERN, f"memory pattern damaged: {verify}"))
     if before.disk_sum is not None:
         now = guest.agent("disksum", disk_mib, timeout=60)["sum"]
         if now != before.disk_sum:
-            problems.append(f"disk checksum changed: {before.disk_sum} became {now}")
+            findings.append(Finding(Kind.DISK_CHANGED, f"disk checksum changed: {before.disk_sum} became {now}"))
     prober = guest.echo_prober()
     time.sleep(0.3)
     if prober.replies() < 10:
-        problems.append(f"guest answered only {prober.replies()} echo probes in 0.3 s on {expected_host.name}")
+        findings.append(Finding(Kind.ECHO_SILENT,
+                                f"guest answered only {prober.replies()} echo probes in 0.3 s on {expected_host.name}"))
     prober.close()
     guest.probes.remove(prober)
-    return problems
+    return Inspection(findings, oracle, float(info["dirty_mibs"]) if "dirty_mibs" in info else None)

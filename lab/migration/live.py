@@ -83,6 +83,7 @@ class MigrationResult:
     finished_ns: int
     wall_s: float
     stats: dict = field(default_factory=dict)  # libvirt completed-job stats from the destination
+    stats_note: str = ""  # why stats (or downtime / time_elapsed in them) are missing, in libvirt's words
     switched_to_postcopy: bool = False
     watchdog_note: str = ""  # e.g. why a postcopy switch had to be retried
     aborted: bool = False
@@ -98,11 +99,15 @@ class MigrationResult:
         return doc
 
 
-def _job_stats(dom: libvirt.virDomain) -> dict:
+def completed_job_stats(dom: libvirt.virDomain, where: str) -> tuple[dict, str]:
+    """libvirt's completed-job stats as returned, and a note when they are missing or partial (never a default)."""
     try:
-        return {k: v for k, v in dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED).items()}
-    except libvirt.libvirtError:
-        return {}
+        stats = dict(dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED))
+    except libvirt.libvirtError as exc:
+        return {}, f"jobStats(COMPLETED) on {where} failed: {exc.get_error_message()}"
+    missing = [k for k in ("downtime", "time_elapsed") if k not in stats]
+    return stats, (f"jobStats(COMPLETED) on {where} has no {', '.join(missing)} (keys: {', '.join(sorted(stats))})"
+                   if missing else "")
 
 
 class _Watchdog:
@@ -198,10 +203,11 @@ def migrate(name: str, src: Host, dst: Host, params: MigrationParams) -> Migrati
                              switched_to_postcopy=watchdog.postcopy_switched, aborted=aborted, error=error,
                              watchdog_note=watchdog.postcopy_error)
     if error:
-        result.stats = watchdog.stats_at_fire or _job_stats(dom)
+        result.stats, result.stats_note = (watchdog.stats_at_fire, "") if watchdog.stats_at_fire else \
+            completed_job_stats(dom, src.name)
         return result
     try:
-        result.stats = _job_stats(dst.connect().lookupByName(name))
+        result.stats, result.stats_note = completed_job_stats(dst.connect().lookupByName(name), dst.name)
     except libvirt.libvirtError as exc:
         result.error = f"migrated, but {name} is not on {dst.name}: {exc.get_error_message()}"
     return result

@@ -1,37 +1,49 @@
 """A measured live migration: the three downtime probes, the invariants, the verdict, the record.
 
-1. hypervisor: libvirt's completed-job `downtime`, read on the destination;
-2. guest: the largest gap between the guest agent's heartbeats at the runner;
-3. network: the largest gap between replies to the runner's UDP echo probes.
+1. hypervisor: libvirt's completed-job `downtime`, read on the destination (absent stays absent);
+2. guest: gaps between the guest agent's heartbeats at the runner (every stall kept, not only the largest);
+3. network: gaps between replies to the runner's UDP echo probes.
+
+Every figure is measured or None; a missing one is a finding that names the field, never a 0.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
 
+from lab.config.thresholds import PROBES, Limits, Thresholds, Tolerance
 from lab.guest.domain import Guest
-from lab.runtime.hosts import Host
+from lab.guest.probes import GapStats
 from lab.migration.live import MigrationParams, MigrationResult, migrate
 from lab.results.stats import Summary
-from lab.config.thresholds import PROBES, Limits, Thresholds
+from lab.results.verdicts import Finding, Kind
+from lab.runtime.hosts import Host
 
 SETTLE_MAX_S = 3.0  # longest wait, after completion, for both probes to hear the guest again
 SETTLE_PACKETS = 20  # this many heartbeats and echo replies after completion close the window
+BASELINE_S = 1.0  # the window before the migration whose largest gap is the guest's normal jitter
+
+
+def _probe_doc(stats: GapStats) -> dict:
+    return {**asdict(stats), "stalled_ms": stats.stalled_ms, "stall_count": len(stats.stalls)}
 
 
 @dataclass
 class Measurement:
     scenario: str
     result: MigrationResult
-    downtime_ms: dict[str, float]
+    downtime_ms: dict[str, float | None]
     heartbeats: dict
     echo: dict
-    invariant_failures: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
     harness_s: float = 0.0  # wall time the harness spent beyond the migration API call
+    baseline_gap_ms: float | None = None  # the largest heartbeat gap in the second before the migration
+    series: dict = field(default_factory=dict)  # arrival times for the report's timeline (sidecar file)
 
     @property
-    def total_s(self) -> float:
-        return self.result.stats.get("time_elapsed", self.result.wall_s * 1000) / 1000.0
+    def total_s(self) -> float | None:
+        elapsed = self.result.stats.get("time_elapsed")
+        return None if elapsed is None else elapsed / 1000.0
 
     def record(self, versions: dict, limits: Limits) -> dict:
         return {
@@ -39,20 +51,25 @@ class Measurement:
             "params": asdict(self.result.params), "src": self.result.src, "dst": self.result.dst,
             "ok": self.result.ok, "error": self.result.error, "aborted": self.result.aborted,
             "switched_to_postcopy": self.result.switched_to_postcopy,
+            "started_ns": self.result.started_ns, "finished_ns": self.result.finished_ns,
             "downtime_ms": self.downtime_ms, "total_s": self.total_s, "wall_s": self.result.wall_s,
-            "libvirt_stats": self.result.stats, "heartbeats": self.heartbeats, "echo": self.echo,
-            "invariant_failures": self.invariant_failures, "harness_s": self.harness_s,
+            "libvirt_stats": self.result.stats, "libvirt_stats_note": self.result.stats_note,
+            "heartbeats": self.heartbeats, "echo": self.echo, "baseline_gap_ms": self.baseline_gap_ms,
+            "findings": [{"kind": f.kind.value, "text": f.text} for f in self.findings], "harness_s": self.harness_s,
             "thresholds": {"downtime_ms": limits.downtime_ms, "total_s": limits.total_s},
             "versions": versions,
         }
 
 
 def measure_migration(scenario: str, guest: Guest, src: Host, dst: Host, params: MigrationParams,
-                      period_ms: float, echo_interval_us: int = 1000, overestimate_ms: float = 0.0) -> Measurement:
+                      period_ms: float, tolerance: Tolerance, echo_interval_us: int = 1000) -> Measurement:
     """Migrate `guest` from src to dst with all three probes running; the guest follows on success."""
     began = time.monotonic()
     prober = guest.echo_prober(echo_interval_us)
     _wait_for(lambda: prober.replies() >= SETTLE_PACKETS, SETTLE_MAX_S)  # a baseline before the migration
+    period_ns = int(period_ms * 1e6)
+    before_ns = time.time_ns()
+    baseline = guest.heartbeats.window(before_ns - int(BASELINE_S * 1e9), before_ns, period_ns)
     result = migrate(guest.name, src, dst, params)
     if result.ok:
         guest.host = dst
@@ -61,15 +78,20 @@ def measure_migration(scenario: str, guest: Guest, src: Host, dst: Host, params:
     _wait_for(lambda: guest.heartbeats.count_since(result.finished_ns) >= SETTLE_PACKETS
               and prober.replies_since(result.finished_ns) >= SETTLE_PACKETS, SETTLE_MAX_S)
     end_ns = time.time_ns()
-    hb = guest.heartbeats.window(result.started_ns, end_ns)
+    hb = guest.heartbeats.window(result.started_ns, end_ns, period_ns)
     echo = prober.window(result.started_ns, end_ns)
+    series = {"started_ns": result.started_ns, "finished_ns": result.finished_ns, "window_end_ns": end_ns,
+              "heartbeat_ns": guest.heartbeats.arrivals(result.started_ns - int(BASELINE_S * 1e9), end_ns),
+              "echo_ns": prober.arrivals(result.started_ns - int(BASELINE_S * 1e9), end_ns)}
     prober.close()
     guest.probes.remove(prober)
-    downtime = {"hypervisor": float(result.stats.get("downtime", 0)) if result.ok else 0.0,
+    hypervisor = result.stats.get("downtime") if result.ok else None
+    downtime = {"hypervisor": None if hypervisor is None else float(hypervisor),
                 "guest": round(hb.max_gap_ms, 3), "network": round(echo.max_gap_ms, 3)}
-    m = Measurement(scenario, result, downtime, asdict(hb), asdict(echo))
+    m = Measurement(scenario, result, downtime, _probe_doc(hb), _probe_doc(echo),
+                    baseline_gap_ms=round(baseline.max_gap_ms, 3) if baseline.received else None, series=series)
     if result.ok:
-        m.invariant_failures = check_invariants(m, period_ms, overestimate_ms)
+        m.findings = check_invariants(m, period_ms, tolerance)
     m.harness_s = time.monotonic() - began - result.wall_s
     return m
 
@@ -83,42 +105,68 @@ def _wait_for(condition, timeout: float) -> bool:
     return False
 
 
-def check_invariants(m: Measurement, period_ms: float, overestimate_ms: float = 0.0) -> list[str]:
-    """What must hold between the probes whatever the thresholds are.
+def check_invariants(m: Measurement, period_ms: float, tolerance: Tolerance) -> list[Finding]:
+    """What must hold between the probes whatever the thresholds are, both ways.
 
-    overestimate_ms: the stated tolerance for libvirt's own stop/resume timestamps (thresholds.yaml).
+    tolerance.hypervisor_overestimate_ms: libvirt's stop/resume timestamps may put its figure above the
+    guest's by this much; tolerance.hypervisor_underreport_ms: the guest may see this much more than
+    libvirt reports (device state, the network re-learning the guest's port) before libvirt under-reports.
     """
-    failures = []
+    findings = []
     d = m.downtime_ms
-    if d["guest"] < d["hypervisor"] - period_ms - overestimate_ms:
-        failures.append(f"guest-perceived downtime {d['guest']:.1f} ms is below hypervisor-reported "
-                        f"{d['hypervisor']:.0f} ms minus one heartbeat period ({period_ms:g} ms) and the stated "
-                        f"tolerance ({overestimate_ms:g} ms)")
+    if d["hypervisor"] is None:
+        findings.append(Finding(Kind.DOWNTIME_ABSENT, "libvirt's completed-job stats have no `downtime`"
+                                + (f" ({m.result.stats_note})" if m.result.stats_note else "")))
+    else:
+        if d["guest"] < d["hypervisor"] - period_ms - tolerance.hypervisor_overestimate_ms:
+            findings.append(Finding(Kind.INVARIANT, f"guest-perceived downtime {d['guest']:.1f} ms is below "
+                                    f"hypervisor-reported {d['hypervisor']:.0f} ms minus one heartbeat period "
+                                    f"({period_ms:g} ms) and the stated tolerance "
+                                    f"({tolerance.hypervisor_overestimate_ms:g} ms)"))
+        if d["guest"] > d["hypervisor"] + tolerance.hypervisor_underreport_ms:
+            findings.append(Finding(Kind.INVARIANT, f"libvirt under-reports: the guest was silent {d['guest']:.1f} ms, "
+                                    f"libvirt reports {d['hypervisor']:.0f} ms downtime, beyond the stated bound of "
+                                    f"{tolerance.hypervisor_underreport_ms:g} ms"))
+    if m.total_s is None:
+        findings.append(Finding(Kind.TOTAL_TIME_ABSENT, "libvirt's completed-job stats have no `time_elapsed`"))
     if m.heartbeats["lost"]:
-        failures.append(f"{m.heartbeats['lost']} heartbeat sequence numbers never arrived")
+        findings.append(Finding(Kind.HEARTBEAT_LOST, f"{m.heartbeats['lost']} heartbeat sequence numbers never arrived"))
     if m.heartbeats["reordered"]:
-        failures.append(f"{m.heartbeats['reordered']} heartbeats arrived out of order")
-    return failures
+        findings.append(Finding(Kind.INVARIANT, f"{m.heartbeats['reordered']} heartbeats arrived out of order"))
+    if m.heartbeats["duplicates"]:
+        findings.append(Finding(Kind.SPLIT_BRAIN, f"{m.heartbeats['duplicates']} heartbeats arrived twice: two copies "
+                                                  "of the guest sent the same sequence numbers"))
+    if m.heartbeats["boot_ids"] > 1:
+        findings.append(Finding(Kind.TWO_BOOT_IDS, f"heartbeats from {m.heartbeats['boot_ids']} boots in one "
+                                                   "migration window: the guest rebooted, or two copies ran"))
+    return findings
 
 
-def verdict(scenario: str, measurements: list[Measurement], limits: Limits) -> tuple[list[str], dict[str, Summary]]:
-    """Threshold failures (one line each, naming scenario, probe, figure, limit) and the summaries."""
-    failures: list[str] = []
+def verdict(scenario: str, measurements: list[Measurement], limits: Limits) -> tuple[list[Finding], dict[str, Summary]]:
+    """Threshold findings (one line each, naming scenario, probe, statistic, figure, limit) and the summaries.
+
+    With fewer than Summary.P95_FROM samples the verdict is on the maximum and says so.
+    """
+    findings: list[Finding] = []
     summaries: dict[str, Summary] = {}
     for probe in PROBES:
-        summary = Summary.of([m.downtime_ms[probe] for m in measurements])
-        summaries[probe] = summary
+        values = [m.downtime_ms[probe] for m in measurements if m.downtime_ms[probe] is not None]
+        if not values:
+            continue  # absent in every measurement: each of them carries its own finding
+        summary = summaries[probe] = Summary.of(values)
         limit = limits.downtime_ms[probe]
-        if summary.p95 > limit:
-            failures.append(f"{scenario}: {probe} downtime p95 {summary.p95:.1f} ms exceeds the limit of {limit:g} ms "
-                            f"({summary})")
-    total = Summary.of([m.total_s for m in measurements])
-    summaries["total_s"] = total
-    if total.p95 > limits.total_s:
-        failures.append(f"{scenario}: total migration time p95 {total.p95:.2f} s exceeds the limit of {limits.total_s:g} s")
+        if summary.judged > limit:
+            findings.append(Finding(Kind.THRESHOLD, f"{scenario}: {probe} downtime {summary.basis} "
+                                    f"{summary.judged:.1f} ms exceeds the limit of {limit:g} ms ({summary})"))
+    totals = [m.total_s for m in measurements if m.total_s is not None]
+    if totals:
+        total = summaries["total_s"] = Summary.of(totals)
+        if total.judged > limits.total_s:
+            findings.append(Finding(Kind.THRESHOLD, f"{scenario}: total migration time {total.basis} "
+                                    f"{total.judged:.2f} s exceeds the limit of {limits.total_s:g} s"))
     for m in measurements:
-        failures += [f"{scenario}: {text}" for text in m.invariant_failures]
-    return failures, summaries
+        findings += [Finding(f.kind, f"{scenario}: {f.text}") for f in m.findings]
+    return findings, summaries
 
 
 def thresholds_record(thresholds: Thresholds) -> dict:

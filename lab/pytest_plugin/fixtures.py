@@ -17,6 +17,7 @@ from lab.pytest_plugin.lifecycle import failed, take_lease
 from lab.pytest_plugin.options import lab_config_of, run_info
 from lab.results.evidence import collect
 from lab.results.records import append_record
+from lab.results.verdicts import Registry, Verdict, load_registry
 from lab.runtime.lab import Lab, host_versions as versions_of
 from lab.runtime.layout import STATE_ROOT
 from lab.runtime.pairs import claim_pair
@@ -39,7 +40,7 @@ def lab(pytestconfig, lab_config) -> Lab:
         take_lease(pytestconfig, lab_config)
         whole = Lab.load(lab_config)
         # A lab with several host pairs: this worker takes one of its own, so workers run side by side.
-        claim = claim_pair(whole, os.environ.get("PYTEST_XDIST_WORKER"))
+        claim = claim_pair(whole.config.name, whole.pairs, whole.layout.pairs, os.environ.get("PYTEST_XDIST_WORKER"))
         return whole.pair_view(whole.host(claim.src), whole.host(claim.dst))
     except LabError as exc:
         # A failure, not pytest.exit: exiting inside an xdist worker crashes the run.
@@ -81,6 +82,32 @@ def repeat(pytestconfig) -> int:
 def host_versions(lab) -> dict:
     """QEMU, libvirt and kernel versions of every host, for the records."""
     return {h.name: versions_of(h) for h in lab.hosts}
+
+
+@pytest.fixture(scope="session")
+def known_defects() -> Registry:
+    """The registry of known defects (known_defects.yaml, or $LAB_KNOWN_DEFECTS)."""
+    try:
+        return load_registry()
+    except LabError as exc:
+        pytest.fail(f"kvm-lab: {exc}", pytrace=False)
+
+
+@pytest.fixture
+def settle(request):
+    """End a test by its computed verdict: pass; xfail "excused by KNOWN-ID ..." (a state of its own in
+    JUnit's properties and results.jsonl, never a pass); or fail with every finding."""
+    def apply(outcome: Verdict) -> None:
+        request.node.user_properties.append(("verdict", outcome.state))
+        if outcome.defect:
+            request.node.user_properties.append(("excused_by", outcome.defect.id))
+        lines = "\n".join(f"[{f.kind.value}] {f.text}" for f in outcome.findings)
+        if outcome.state == "excused":
+            pytest.xfail(f"{outcome.why}\n{lines}")
+        if outcome.state == "fail":
+            pytest.fail(f"{outcome.why}\n{lines}", pytrace=False)
+
+    return apply
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from lab.util.files import locked_append
+from lab.util.files import atomic_write_json, locked_append
 
 REPORTS = Path(__file__).resolve().parents[2] / "reports"
 
@@ -27,3 +27,12 @@ def read_records(report_dir: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_series(report_dir: Path, name: str, series: dict) -> str:
+    """The probes' arrival times of one migration, as a sidecar file beside results.jsonl (too long
+    for a JSON line); returns its path relative to the run folder, which the record names."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    relative = f"series/{safe}.json"
+    atomic_write_json(report_dir / relative, series, indent=None)
+    return relative

@@ -53,6 +53,7 @@ class Host:
     libvirt_uri: str
     ssh_config: Path | None = None  # client config with the lab's known_hosts, when the backend made one
     host_uuid: str = ""  # libvirt's host UUID, where the backend knows it
+    stack: str = "system"  # the name of the QEMU + libvirt stack it runs (lab.yaml hosts[].stack)
 
     @property
     def ssh_target(self) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +99,7 @@ class Lab:
             Host(name=h.name, address=h.address, ssh_user=h.ssh_user, ssh_key=Path(h.ssh_key or layout.key),
                  libvirt_uri=(f"qemu+ssh://{h.ssh_user}@{h.address}/system?keyfile={h.ssh_key or layout.key}"
                               f"&command={layout.ssh_wrapper}"),
-                 ssh_config=layout.ssh_config, host_uuid=h.host_uuid)
+                 ssh_config=layout.ssh_config, host_uuid=h.host_uuid, stack=h.stack.name)
             for h in state.hosts
         )
         mode = state.storage or config.storage
@@ -112,6 +113,12 @@ class Lab:
             raise StateError(f"lab {config.name!r} is not up: run `python -m lab up`")
         return cls.from_state(config, state)
 
+    def stack_of(self, host: Host) -> dict:
+        """The stack the lab gave `host`: name, source, exact package versions, where it came from."""
+        stack = self.state.host(host.name).stack
+        return {"name": stack.name, "source": stack.source, "qemu": stack.qemu, "libvirt": stack.libvirt,
+                "origin": stack.origin}
+
     def describe(self, healthy: bool = True, versions: bool = True) -> dict:
         hosts = []
         for h in self.hosts:
@@ -119,6 +126,7 @@ class Lab:
                      "ssh": h.ssh_target, "host_uuid": h.host_uuid}
             if versions and healthy:
                 entry.update(host_versions(h))
+            entry["stack"] = self.stack_of(h)  # the whole record (host_versions names it only)
             hosts.append(entry)
         return {"backend": self.state.backend, "name": self.state.name, "up": healthy,
                 "accelerator": self.state.accelerator, "accelerator_reason": self.state.accelerator_reason,
@@ -129,13 +137,16 @@ class Lab:
 
 
 def host_versions(host: Host) -> dict:
-    """libvirt, QEMU and kernel versions as the host reports them."""
+    """The host's stack, and libvirt, QEMU (with its build, e.g. "Debian 1:10.0.2+ds-2+deb13u1~bpo12+1")
+    and kernel versions as the host reports them."""
     try:
         conn = host.connect()
         lib, qemu = conn.getLibVersion(), conn.getVersion()
-        kernel = host.run("uname -r", timeout=25).stdout.strip()
+        lines = host.run("uname -r; qemu-system-x86_64 --version | head -n 1", timeout=25).stdout.splitlines()
         hostname = conn.getHostname()
     except (libvirt.libvirtError, LabError) as exc:  # status must still print
-        return {"error": str(exc)}
+        return {"stack": host.stack, "error": str(exc)}
     fmt = lambda v: f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"  # noqa: E731
-    return {"hostname": hostname, "libvirt_version": fmt(lib), "qemu_version": fmt(qemu), "kernel": kernel}
+    build = re.search(r"\(([^)]*)\)", lines[1]) if len(lines) > 1 else None
+    return {"stack": host.stack, "hostname": hostname, "libvirt_version": fmt(lib), "qemu_version": fmt(qemu),
+            "qemu_build": build[1] if build else "", "kernel": lines[0].strip() if lines else ""}

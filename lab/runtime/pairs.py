@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from lab.errors import StateError
 from lab.util.files import try_hold
@@ -33,11 +34,10 @@ def worker_index(worker_id: str | None) -> int:
     return 0
 
 
-def claim_pair(lab, worker_id: str | None) -> Claim:
-    pairs = lab.pairs
+def claim_pair(lab_name: str, pairs: list, folder: Path, worker_id: str | None) -> Claim:
+    """One of `pairs` (source, destination hosts) for this process, by a lock file in `folder`."""
     if not pairs:
-        raise StateError(f"lab {lab.config.name!r} has no host pair (lab.yaml pairs:, or at least two hosts)")
-    folder = lab.layout.pairs
+        raise StateError(f"lab {lab_name!r} has no host pair (lab.yaml pairs:, or at least two hosts)")
     held = list(_HELD.values())
     if held:  # one claim per process: asking again gives the same pair
         return held[0]

@@ -6,6 +6,8 @@ own, and a file with an unknown key is refused with the key's name.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,6 +21,26 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class StackRecord(_Record):
+    """The QEMU + libvirt a host runs (lab.stacks resolved it): name, where from, exact versions, the trees."""
+    name: str = "system"
+    source: str = "system"  # system | archive | build | path
+    qemu: str = ""  # exact version: the package version, or what the tree reports
+    libvirt: str = ""
+    qemu_upstream: str = ""  # what libvirt must report for it (10.0.2); empty: not checked
+    libvirt_upstream: str = ""
+    layers: list[str] = Field(default_factory=list)  # trees overlaid on /usr, topmost first; none for system
+    binds: dict[str, str] = Field(default_factory=dict)  # tree dir -> /usr dir it replaces whole (module dirs)
+    origin: str = ""  # e.g. "bookworm-backports at http://deb.debian.org/debian"
+
+    @property
+    def key(self) -> str:
+        """Names what runs (for per-stack caches): `system`, or a digest of the trees."""
+        if not self.layers:
+            return "system"
+        return hashlib.sha256(json.dumps([self.layers, self.binds], sort_keys=True).encode()).hexdigest()[:16]
+
+
 class HostState(_Record):
     name: str
     address: str
@@ -29,6 +51,7 @@ class HostState(_Record):
     pids: dict[str, int] = Field(default_factory=dict)  # daemon name -> PID
     ssh_user: str = "root"
     ssh_key: str = ""  # empty: the lab's own key
+    stack: StackRecord = Field(default_factory=StackRecord)
 
 
 class ImageRecord(_Record):
@@ -83,7 +106,17 @@ class LabState(_Record):
             detail = exc.errors()[0] if isinstance(exc, ValidationError) else {"msg": str(exc), "loc": ()}
             where = ".".join(str(p) for p in detail["loc"]) or "file"
             raise StateError(f"{path}: unreadable lab state ({where}: {detail['msg']}); "
-                             "`python -m lab down` clears the lab by its names, then remove the file") from None
+                             "`python -m lab down` clears the lab by its names") from None
+
+    @classmethod
+    def load_or_clear(cls, name: str, progress) -> "LabState | None":
+        """For `up` and `down`: an unreadable state file (a lab from another version, a disk that filled)
+        does not block them; it is reported and the lab is cleared by its names instead."""
+        try:
+            return cls.load(name)
+        except StateError as exc:
+            progress(f"{exc}: clearing the lab by its names")
+            return None
 
     def host(self, name: str) -> HostState:
         for h in self.hosts:

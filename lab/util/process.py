@@ -115,6 +115,17 @@ def stream(
         raise error(f"{name} failed (exit {rc}): " + " / ".join(t.strip() for t in tail if t.strip()))
 
 
+def spawn(argv: Sequence[str], *, log: IO | None = None, pass_fds: Sequence[int] = (),
+          error: type[LabError] = LabError) -> subprocess.Popen:
+    """Start a long-lived helper (e.g. a headless browser) in its own session; end it with terminate_group."""
+    try:
+        return subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=log or subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT if log else subprocess.DEVNULL, pass_fds=tuple(pass_fds),
+                                start_new_session=True)
+    except FileNotFoundError:
+        raise error(f"{argv[0]}: command not found ({SETUP_HINT})") from None
+
+
 def alive(pid: int) -> bool:
     """True for a running process; a zombie is not alive."""
     if pid <= 0:

@@ -11,7 +11,7 @@ from lab.migration.integrity import check_intact, take_fingerprint
 from lab.migration.live import MigrationParams, get_max_downtime_ms, migrate
 from lab.results.evidence import collect
 from lab.results.stats import Summary
-from suites.live_migration.scenarios import LINK_MIBS, MEASURED, TCG_DIRTY_DEFECT, Scenario
+from suites.live_migration.scenarios import LINK_MIBS, MEASURED, Scenario
 
 pytestmark = pytest.mark.lab
 
@@ -22,26 +22,11 @@ def _marks(scenario: Scenario):
 
 @pytest.mark.timing
 @pytest.mark.parametrize("scenario", [pytest.param(s, id=s.id, marks=_marks(s)) for s in MEASURED])
-def test_measured_migration(request, scenario, lab, guest_factory, measurement_lock, run_measured, test_report_dir):
-    if scenario.tcg_dirty_defect and lab.accelerator == "tcg":
-        # Runs all the same: XPASS shows the day the defect is gone; the records keep the evidence.
-        request.applymarker(pytest.mark.xfail(reason=TCG_DIRTY_DEFECT, strict=False))
+def test_measured_migration(scenario, guest_factory, measurement_lock, run_measured, settle):
+    """Pass, fail, or excused by a registered known defect that explains every finding (decided after the run)."""
     guest = guest_factory(storage=scenario.storage)
-    _measurements, failures = run_measured(scenario, guest)
-    if failures and lab.accelerator == "tcg" and _known_tcg_defect(lab, guest, failures):
-        # The defect's signature (rebooted after a migration, a kernel panic on the serial console) and
-        # nothing that the crash does not explain; logs kept. Any other failure fails the test.
-        collect(lab.hosts, guest.name, test_report_dir)
-        pytest.xfail(f"{TCG_DIRTY_DEFECT}. Seen here: " + " | ".join(failures[:4]))
-    assert not failures, "\n".join(failures)
-
-
-def _known_tcg_defect(lab, guest, failures: list[str]) -> bool:
-    if not any("guest rebooted" in f for f in failures):
-        return False
-    serials = [h.run(f"cat /var/log/libvirt/qemu/{guest.name}.serial", check=False, timeout=20).stdout
-               for h in lab.hosts]
-    return any("Kernel panic" in text for text in serials)
+    _measurements, outcome = run_measured(scenario, guest)
+    settle(outcome)
 
 
 @pytest.mark.timing

@@ -25,12 +25,13 @@ from lab.backends.embedded import netns
 from lab.backends.embedded.nfs_server import start_nfs_server
 from lab.backends.ssh_client import make_key, write_ssh_client_config, write_ssh_wrapper
 from lab.config.lab import LabConfig
-from lab.errors import BackendError, MissingToolError, StateError
+from lab.errors import BackendError, MissingToolError
 from lab.guest.image import ensure_image
 from lab.runtime.hosts import forget_connections
 from lab.runtime.lab import Lab
 from lab.runtime.layout import LabLayout
 from lab.runtime.state import HostState, ImageRecord, LabState, live_users
+from lab.stacks.resolve import ensure_stacks
 from lab.util.process import alive, run, terminate, wait_until
 
 QEMU = "/usr/bin/qemu-system-x86_64"
@@ -58,7 +59,7 @@ class EmbeddedBackend:
     def up(self, progress: Progress, owner_run: str = "") -> None:
         self.layout.root.mkdir(parents=True, exist_ok=True)
         with self.lock:
-            state = self._load_or_none(progress)
+            state = LabState.load_or_clear(self.config.name, progress)
             if state is not None and state.ready and self._healthy(state):
                 if state.config_digest == config_digest(self.config):
                     progress(f"lab {self.config.name} is already up")
@@ -132,6 +133,7 @@ class EmbeddedBackend:
         state.image = ImageRecord(kernel=str(image.kernel), initrd=str(image.initrd), key=image.key)
         progress(f"accelerator: {accel.name} ({accel.reason})")
 
+        stacks = ensure_stacks(cfg, progress)  # cached trees, fetched where missing (before anything is made)
         self._make_keys_and_client_config()
         for path in (layout.storage_path("shared"), layout.storage_path("local"), Path("/run/libvirt"),
                      Path("/root/.ssh"), Path("/run/sshd")):
@@ -146,10 +148,11 @@ class EmbeddedBackend:
 
         for index, spec in enumerate(cfg.hosts):
             host = HostState(name=spec.name, address=spec.address, netns=self.netns_name(spec.name),
-                             veth=self.veth_name(index), host_uuid=str(uuid.uuid4()))
+                             veth=self.veth_name(index), host_uuid=str(uuid.uuid4()), stack=stacks[spec.stack])
             state.hosts.append(host)
             state.save()
-            progress(f"{spec.name}: namespaces, {spec.address}")
+            progress(f"{spec.name}: namespaces, {spec.address}, stack {host.stack.name} "
+                     f"(QEMU {host.stack.qemu}, libvirt {host.stack.libvirt})")
             hostmaker.make_network(cfg, host, self.bridge)
             hostmaker.make_files(cfg, layout, host)
             hostmaker.start_holder(host, hostmaker.host_binds(layout, host.name))
@@ -165,7 +168,10 @@ class EmbeddedBackend:
             start_nfs_server(cfg, state, self.veth_name(len(cfg.hosts)), self.bridge)
         progress("waiting for libvirtd (QEMU capabilities) and sshd on every host")
         self._wait_all_ready(state)
-        hostmaker.save_caps_cache(layout.host_dir(state.hosts[0].name) / "cache-libvirt" / "qemu" / "capabilities")
+        for host in {h.stack.key: h for h in reversed(state.hosts)}.values():  # the first host of each stack
+            hostmaker.check_stack(layout, host)
+            hostmaker.save_caps_cache(layout.host_dir(host.name) / "cache-libvirt" / "qemu" / "capabilities",
+                                      host.stack.key)
         state.ready = True
         state.save()
         progress(f"lab {cfg.name} up in {time.monotonic() - started:.1f} s")
@@ -203,21 +209,13 @@ class EmbeddedBackend:
         layout.known_hosts.write_text("")
 
     # -- down ----------------------------------------------------------------
-    def _load_or_none(self, progress: Progress) -> LabState | None:
-        """The state file, or None when it is unreadable (then the lab is cleared by its names)."""
-        try:
-            return LabState.load(self.config.name)
-        except StateError as exc:
-            progress(f"{exc}: clearing the lab by its names")
-            return None
-
     def _leftovers(self) -> bool:
         return bool(netns.list_netns(f"{self.config.name}-") or netns.list_links(f"{self.config.name}h")
                     or netns.link_exists(self.bridge))
 
     def _down_locked(self, progress: Progress) -> None:
         forget_connections()  # this process's connections die with the daemons
-        state = self._load_or_none(progress)
+        state = LabState.load_or_clear(self.config.name, progress)
         names = set(netns.list_netns(f"{self.config.name}-"))
         pids: set[int] = set()
         if state is not None:

@@ -21,6 +21,7 @@ from lab.errors import BackendError
 from lab.runtime.hosts import prepare_libvirt
 from lab.runtime.layout import CACHE_ROOT, LabLayout
 from lab.runtime.state import HostState
+from lab.stacks.tree import mount_lines, reported, running_mismatch
 from lab.util.process import alive, run, wait_until
 
 DAEMON_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
@@ -49,7 +50,7 @@ def make_files(config: LabConfig, layout: LabLayout, host: HostState) -> None:
         (hdir / sub).mkdir(parents=True, exist_ok=True)
     for sub in ("local", "log-libvirt/qemu", "sshd"):
         (hdir / sub).mkdir(parents=True, exist_ok=True)
-    seed_caps_cache(hdir / "cache-libvirt" / "qemu" / "capabilities")
+    seed_caps_cache(hdir / "cache-libvirt" / "qemu" / "capabilities", host.stack.key)
     copy_libvirt_config(hdir / "etc-libvirt")
     write_libvirtd_conf(hdir / "etc-libvirt", host.host_uuid)
     write_qemu_conf(hdir / "etc-libvirt")
@@ -66,8 +67,10 @@ def make_files(config: LabConfig, layout: LabLayout, host: HostState) -> None:
 
 
 def start_holder(host: HostState, binds: list[tuple[Path, str]]) -> None:
-    """A `sleep` inside fresh mount+uts namespaces with the host's bind mounts; its PID enters them."""
-    script = "set -e\n" + "".join(f"mount --bind '{src}' '{dst}'\n" for src, dst in binds)
+    """A `sleep` inside fresh mount+uts namespaces with the host's stack (an overlay over /usr, see
+    lab.stacks.tree) and its bind mounts; its PID enters them, so its daemons run that stack."""
+    script = "set -e\n" + "".join(f"{line}\n" for line in mount_lines(host.stack))
+    script += "".join(f"mount --bind '{src}' '{dst}'\n" for src, dst in binds)
     script += f"hostname {host.name}\necho ready\nexec sleep infinity\n"
     proc = subprocess.Popen(
         ["ip", "netns", "exec", host.netns, "unshare", "--mount", "--uts", "--propagation", "private",
@@ -152,16 +155,37 @@ def warm_libvirtd(name: str, sock: Path) -> None:
         raise BackendError(f"{name}: libvirtd does not answer: {last}")
 
 
-def seed_caps_cache(dest: Path) -> None:
+def caps_cache(stack_key: str) -> Path:
+    """Probed capabilities are kept per stack: each libvirt writes its own QEMU's."""
+    return CAPS_CACHE if stack_key == "system" else CAPS_CACHE / "stacks" / stack_key
+
+
+def seed_caps_cache(dest: Path, stack_key: str) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    for xml in CAPS_CACHE.glob("*.xml"):
+    for xml in caps_cache(stack_key).glob("*.xml"):
         shutil.copy2(xml, dest / xml.name)
 
 
-def save_caps_cache(src: Path) -> None:
-    CAPS_CACHE.mkdir(parents=True, exist_ok=True)
+def save_caps_cache(src: Path, stack_key: str) -> None:
+    cache = caps_cache(stack_key)
+    cache.mkdir(parents=True, exist_ok=True)
     for xml in src.glob("*.xml"):
-        shutil.copy2(xml, CAPS_CACHE / xml.name)
+        shutil.copy2(xml, cache / xml.name)
+
+
+def check_stack(layout: LabLayout, host: HostState) -> None:
+    """The host's libvirtd reports the versions of the stack it was given, or `up` stops with what it runs."""
+    sock = layout.host_dir(host.name) / "run-libvirt" / "libvirt-sock"
+    try:
+        conn = libvirt.open(f"qemu:///system?socket={sock}")
+        qemu, lib = reported(conn.getVersion()), reported(conn.getLibVersion())
+        conn.close()
+    except libvirt.libvirtError as exc:
+        raise BackendError(f"{host.name}: libvirtd does not answer: {exc.get_error_message()}") from None
+    mismatch = running_mismatch(host.stack, qemu, lib)
+    if mismatch:
+        raise BackendError(f"{host.name}: libvirtd reports {mismatch} ({host.stack.origin}); "
+                           "check the stack's versions in lab.yaml")
 
 
 def wait_pidfile(path: Path, timeout: float) -> int | None:

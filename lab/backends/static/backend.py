@@ -37,7 +37,7 @@ class StaticBackend:
         layout = self.layout
         layout.root.mkdir(parents=True, exist_ok=True)
         with self.lock:
-            state = LabState.load(self.config.name)
+            state = LabState.load_or_clear(self.config.name, progress)
             if state and state.ready and state.config_digest == config_digest(self.config):
                 progress(f"lab {self.config.name} is already up")
                 return
@@ -64,7 +64,7 @@ class StaticBackend:
 
     def down(self, progress: Progress) -> None:
         with self.lock:
-            state = LabState.load(self.config.name)
+            state = LabState.load_or_clear(self.config.name, progress)
             if state is not None:
                 remote.remove_images(self.config, state)
             shutil.rmtree(self.layout.dir, ignore_errors=True)

@@ -97,7 +97,7 @@ class VagrantBackend:
             raise MissingToolError("ansible-playbook not found: apt-get install ansible-core ansible (Debian 12)")
         self.layout.root.mkdir(parents=True, exist_ok=True)
         with self.lock:
-            state = LabState.load(self.config.name)
+            state = LabState.load_or_clear(self.config.name, progress)
             digest = config_digest(self.config)
             if state and state.ready and state.config_digest == digest and self._vms_running():
                 progress(f"lab {self.config.name} is already up")
@@ -246,7 +246,7 @@ class VagrantBackend:
             self._down_locked(progress)
 
     def _down_locked(self, progress: Progress, keep_daemons: bool = False) -> None:
-        state = LabState.load(self.config.name)
+        state = LabState.load_or_clear(self.config.name, progress)
         scratch = state or LabState(name=self.config.name, backend="vagrant", config_digest="")
         work = Path(scratch.vagrant.work_dir) if scratch.vagrant and scratch.vagrant.work_dir else self.work
         uri_ok = True

@@ -15,9 +15,10 @@ from lab.runtime.hosts import Host
 def accelerator(ctx: PreflightContext) -> CheckResult:
     """KVM as probed by the lab (booting a guest, not trusting /dev/kvm), and what the guest asks for."""
     accel = {h.name: ctx.accelerators.get(h.name, "unknown") for h in (ctx.src, ctx.dst)}
-    wants = ctx.domain_xml().get("type") if ctx.guest else None
+    wants = ctx.domain_xml().get("type") if ctx.guest else ctx.plan.domain_type if ctx.plan else None
     if wants == "kvm" and any(a != "kvm" for a in accel.values()):
-        return result("accelerator", FAIL, f"{ctx.guest} needs KVM, but the probe found {accel}",
+        who = ctx.guest or "the planned guest"
+        return result("accelerator", FAIL, f"{who} needs KVM, but the probe found {accel}",
                       "fix KVM on the hosts (module, nested virtualization) or run the guest under TCG")
     if any(a == "tcg" for a in accel.values()):
         return result("accelerator", WARN, f"hosts run guests under TCG ({accel}): KVM did not boot a guest",

@@ -43,6 +43,7 @@ class Disk:
     cache: str | None
     target: str
     readonly: bool
+    planned: bool = False  # the planned guest's disk: its directory exists, the file does not yet
 
     @property
     def directory(self) -> str:
@@ -50,7 +51,13 @@ class Disk:
 
 
 def disks(ctx: PreflightContext) -> list[Disk]:
-    """The guest's disks that have a source (an empty CD-ROM has none)."""
+    """The guest's disks that have a source (an empty CD-ROM has none); for a planned guest, its one disk."""
+    if ctx.plan is not None:
+        plan = ctx.plan
+        path = f"{plan.storage_path}/planned-guest.qcow2"
+        kind = ("network", "nfs") if plan.nfs_server else ("file", None)
+        return [Disk(type=kind[0], path=path, server=plan.nfs_server, protocol=kind[1], cache="none", target="vda",
+                     readonly=False, planned=True)]
     found = []
     for disk in ctx.domain_xml().findall("./devices/disk"):
         source = disk.find("source")

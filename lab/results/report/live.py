@@ -1,0 +1,135 @@
+"""The live migration part of the report: per scenario, each probe's samples against its limit,
+total time, iterations, bytes, the verdict and what decided it; per migration, its timeline."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from lab.results.report import plots
+from lab.results.report.runfiles import RunData, load_series
+from lab.results.report.series import largest, timeline
+from lab.results.stats import Summary
+
+PROBES = ("hypervisor", "guest", "network")
+PROBE_LABELS = {"hypervisor": "hypervisor (libvirt)", "guest": "guest (heartbeats)", "network": "network (echo)"}
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in str(text))[:80]
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def measured(record: dict) -> bool:
+    """A record of a measured migration: it carries the probes' downtime figures."""
+    return record.get("kind") == "live-migration" and isinstance(record.get("downtime_ms"), dict)
+
+
+def _limit(records: list[dict], summary: dict | None, key: str, probe: str | None = None) -> float | None:
+    for doc in [summary or {}, *records]:
+        limits = doc.get("thresholds") or {}
+        value = (limits.get(key) or {}).get(probe) if probe else limits.get(key)
+        if _number(value) is not None:
+            return float(value)
+    return None
+
+
+def _bytes(stats: dict) -> float | None:
+    if _number(stats.get("data_processed")) is not None:
+        return float(stats["data_processed"])
+    parts = [_number(stats.get(k)) for k in ("memory_processed", "disk_processed")]
+    return sum(p for p in parts if p is not None) if parts[0] is not None else None
+
+
+def _migration(run: RunData, record: dict, scenario: str, index: int, out_dir: Path) -> dict:
+    stats = record.get("libvirt_stats") or {}
+    downtime = record.get("downtime_ms") or {}
+    item = {"repetition": record.get("repetition"), "of": record.get("of"), "src": record.get("src"),
+            "dst": record.get("dst"), "ok": record.get("ok"), "error": record.get("error") or "",
+            "verdict": record.get("verdict"), "decided_by": record.get("decided_by") or record.get("failures") or [],
+            "downtime": {p: _number(downtime.get(p)) for p in PROBES}, "total_s": _number(record.get("total_s")),
+            "iterations": _number(stats.get("memory_iteration")), "bytes": _bytes(stats),
+            "invariant_failures": record.get("invariant_failures") or [], "timeline": None, "gaps_over": [],
+            "timeline_absent": "", "threshold_ms": None, "period_source": ""}
+    series, why = load_series(run.run_dir, record)
+    if series is None:
+        item["timeline_absent"] = why
+        return item
+    line = timeline(series, record, run.facts)
+    if not line.heartbeat and not line.echo:
+        item["timeline_absent"] = f"series {record['series']} holds no heartbeat or echo times"
+        return item
+    title = f"{scenario} #{record.get('repetition', index)}: {record.get('src', '?')} -> {record.get('dst', '?')}"
+    item["timeline"] = plots.gap_timeline(line, title, out_dir, f"timeline-{slug(scenario)}-{index}.png")
+    item.update(gaps_over=line.over, threshold_ms=line.threshold_ms, period_source=line.period_source,
+                origin=line.origin, absent_markers=line.absent_markers,
+                largest={p: largest(g) for p, g in (("heartbeat", line.heartbeat), ("echo", line.echo))})
+    return item
+
+
+def _decided(summary: dict | None, stats: dict[str, Summary | None], limits: dict[str, float | None]) -> list[str]:
+    """What decided the verdict: the summary's failures, its own words, or the figures against the limits."""
+    if summary is None:
+        return []
+    if summary.get("decided_by"):
+        value = summary["decided_by"]
+        return value if isinstance(value, list) else [str(value)]
+    if summary.get("failures"):
+        return list(summary["failures"])
+    lines = []
+    for key, s in stats.items():
+        limit = limits.get(key)
+        if s is None or limit is None:
+            continue
+        unit = "s" if key == "total_s" else "ms"
+        on = "max" if s.n < 20 else "p95"
+        figure = s.max if on == "max" else s.p95
+        lines.append(f"{key}: {on} {figure:.1f} {unit} <= limit {limit:g} {unit} (n={s.n})")
+    return lines
+
+
+def scenario_view(run: RunData, scenario: str, records: list[dict], summary: dict | None, out_dir: Path) -> dict:
+    panels, stats, limits = [], {}, {}
+    for probe in PROBES:
+        values = [_number((r.get("downtime_ms") or {}).get(probe)) for r in records]
+        present = [v for v in values if v is not None]
+        limits[probe] = _limit(records, summary, "downtime_ms", probe)
+        stats[probe] = Summary.of(present) if present else None
+        panels.append({"label": PROBE_LABELS[probe], "key": probe, "values": present, "limit": limits[probe],
+                       "unit": "ms", "absent": len(values) - len(present)})
+    totals = [_number(r.get("total_s")) for r in records]
+    present = [v for v in totals if v is not None]
+    limits["total_s"] = _limit(records, summary, "total_s")
+    stats["total_s"] = Summary.of(present) if present else None
+    panels.append({"label": "total time", "key": "total_s", "values": present, "limit": limits["total_s"],
+                   "unit": "s", "absent": len(totals) - len(present)})
+    test = records[0].get("test", "") if records else (summary or {}).get("test", "")
+    outcome = run.outcome(test) if test else None
+    plot = plots.probe_strips(panels, f"{scenario}: downtime per probe and total time against the limits",
+                              out_dir, f"probes-{slug(scenario)}.png")
+    return {"id": scenario, "anchor": "live-" + slug(scenario), "test": test, "outcome": outcome,
+            "verdict": (summary or {}).get("verdict"), "decided": _decided(summary, stats, limits),
+            "stats": stats, "limits": limits, "plot": plot,
+            "migrations": [_migration(run, r, scenario, i, out_dir) for i, r in enumerate(records, 1)]}
+
+
+def live_views(run: RunData, out_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(measured scenarios, other live migration records: aborts, cancels, refusals, settings)."""
+    grouped: dict[str, list[dict]] = {}
+    for r in run.records:
+        if measured(r):
+            grouped.setdefault(str(r.get("scenario", "unnamed")), []).append(r)
+    summaries = {str(r.get("scenario")): r for r in run.of_kind("live-migration-summary")}
+    scenarios = [scenario_view(run, name, recs, summaries.get(name), out_dir) for name, recs in grouped.items()]
+    scenarios += [scenario_view(run, name, [], s, out_dir) for name, s in summaries.items() if name not in grouped]
+    others = []
+    for r in run.records:
+        if (r.get("kind") == "live-migration" and not measured(r)) or r.get("kind") in ("bandwidth", "summary"):
+            outcome = run.outcome(r.get("test", "")) if r.get("test") else None
+            others.append({"kind": r.get("kind"), "scenario": r.get("scenario"), "ok": r.get("ok"),
+                           "error": r.get("error") or "", "aborted": r.get("aborted"), "outcome": outcome,
+                           "figures": {k: r[k] for k in ("configured_mibs", "measured_mibs", "configured_max_downtime_ms")
+                                       if k in r},
+                           "hypervisor_ms": _number((r.get("downtime_ms") or {}).get("hypervisor"))})
+    return scenarios, others

@@ -1,0 +1,83 @@
+"""Per-migration timelines from the series sidecar (issue 12's format): inter-arrival gaps of the
+guest's heartbeats and of the echo replies, the migration's start/end and libvirt's pause/resume,
+and every gap above three heartbeat periods.
+
+Sidecar keys: `heartbeat_ns` (arrival times), `echo_ns` (reply times), `started_ns`,
+`finished_ns`, optionally `paused_ns` / `resumed_ns`; all CLOCK_REALTIME nanoseconds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+OVER_PERIODS = 3  # gaps above this many heartbeat periods are listed one by one
+
+
+@dataclass
+class Gap:
+    probe: str  # "heartbeat" | "echo"
+    at_s: float  # when the gap began, seconds from the timeline's origin
+    ms: float
+
+
+@dataclass
+class Timeline:
+    origin: str  # what t = 0 is ("migration start" or "first heartbeat")
+    heartbeat: list[Gap]
+    echo: list[Gap]
+    markers: dict[str, float]  # started / finished / paused / resumed, seconds from the origin (present ones only)
+    absent_markers: list[str]
+    period_ms: float | None
+    period_source: str
+    over: list[Gap] = field(default_factory=list)
+
+    @property
+    def threshold_ms(self) -> float | None:
+        return self.period_ms * OVER_PERIODS if self.period_ms else None
+
+
+def _times(series: dict, key: str) -> list[int]:
+    values = series.get(key)
+    if not isinstance(values, list):
+        return []
+    return sorted(int(v) for v in values if isinstance(v, (int, float)))
+
+
+def gaps(times: list[int], origin_ns: int, probe: str) -> list[Gap]:
+    """One Gap per consecutive pair of arrivals, placed where the gap began."""
+    return [Gap(probe, (a - origin_ns) / 1e9, (b - a) / 1e6) for a, b in zip(times, times[1:])]
+
+
+def heartbeat_period_ms(series: dict, record: dict, facts: dict) -> tuple[float | None, str]:
+    """The heartbeat period, from the first place that states it; (None, why) when none does."""
+    for where, doc, key, scale in (("series", series, "period_ns", 1e-6), ("series", series, "heartbeat_period_ns", 1e-6),
+                                   ("series", series, "period_ms", 1.0), ("record", record, "heartbeat_period_ms", 1.0),
+                                   ("record", record.get("heartbeats") or {}, "period_ms", 1.0),
+                                   ("lab.json (lab.yaml guest.heartbeat_us)", facts, "heartbeat_period_ms", 1.0)):
+        value = doc.get(key) if isinstance(doc, dict) else None
+        if isinstance(value, (int, float)) and value > 0:
+            return value * scale, where
+    return None, "absent: neither the series, the record nor lab.json states the heartbeat period"
+
+
+def timeline(series: dict, record: dict, facts: dict) -> Timeline:
+    hb, echo = _times(series, "heartbeat_ns"), _times(series, "echo_ns")
+    named = {k: series.get(f"{k}_ns") for k in ("started", "finished", "paused", "resumed")}
+    named = {k: v for k, v in named.items() if isinstance(v, (int, float))}
+    if "started" in named:
+        origin_ns, origin = int(named["started"]), "migration start"
+    elif hb:
+        origin_ns, origin = hb[0], "first heartbeat"
+    else:
+        origin_ns, origin = (echo[0] if echo else 0), "first echo reply"
+    period, source = heartbeat_period_ms(series, record, facts)
+    line = Timeline(origin, gaps(hb, origin_ns, "heartbeat"), gaps(echo, origin_ns, "echo"),
+                    {k: (v - origin_ns) / 1e9 for k, v in named.items()},
+                    [k for k in ("started", "finished", "paused", "resumed") if k not in named], period, source)
+    if line.threshold_ms:
+        line.over = [g for g in line.heartbeat + line.echo if g.ms > line.threshold_ms]
+        line.over.sort(key=lambda g: g.at_s)
+    return line
+
+
+def largest(gap_list: list[Gap]) -> Gap | None:
+    return max(gap_list, key=lambda g: g.ms) if gap_list else None

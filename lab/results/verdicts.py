@@ -1,0 +1,148 @@
+"""Verdicts computed from findings: pass, fail, or excused by a registered known defect.
+
+A finding is one thing a check found wrong, with a kind from a fixed list (so a
+defect's signature names kinds, never free text). A failure is excused only when
+the stack is in the defect's range, every finding the defect requires is there,
+and every finding is one the defect explains: a harness bug or any other failure
+next to a known defect still fails. The registry is data: known_defects.yaml.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from lab.config.validation import load_file, validated
+from lab.errors import ConfigError
+
+DEFAULT_REGISTRY = Path(__file__).resolve().parents[2] / "known_defects.yaml"
+
+
+class Kind(str, Enum):
+    LOST_PAGES = "lost-pages"  # the dirty-page oracle found pages that missed a write
+    GUEST_REBOOTED = "guest-rebooted"  # boot id changed across a migration
+    TWO_BOOT_IDS = "two-boot-ids"  # heartbeats from two boots in one window
+    SPLIT_BRAIN = "split-brain"  # the guest runs on a number of hosts other than one
+    MEMORY_PATTERN = "memory-pattern"  # the fill pattern written before the migration changed
+    DISK_CHANGED = "disk-changed"
+    ECHO_SILENT = "echo-silent"  # the guest stopped answering after the migration
+    MIGRATION_FAILED = "migration-failed"
+    DOWNTIME_ABSENT = "downtime-absent"  # libvirt's job stats lack `downtime`
+    TOTAL_TIME_ABSENT = "total-time-absent"  # libvirt's job stats lack `time_elapsed`
+    THRESHOLD = "threshold"
+    INVARIANT = "invariant"  # the probes disagree beyond the stated tolerances
+    HEARTBEAT_LOST = "heartbeat-lost"
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: Kind
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class Stack:
+    """What a verdict depends on of where it ran."""
+    qemu: str  # e.g. "7.2.22"
+    accelerator: str  # kvm | tcg
+    mode: str = "precopy"
+
+
+class Upstream(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    commit: str
+    subject: str
+    fixed_in: str
+
+
+class Affects(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    qemu: str  # a version range, PEP 440 style: "<9.0.0"
+    accelerator: Literal["kvm", "tcg"] | None = None
+    mode: Literal["precopy", "postcopy"] | None = None
+
+    @field_validator("qemu")
+    @classmethod
+    def _range(cls, value: str) -> str:
+        try:
+            SpecifierSet(value)
+        except InvalidSpecifier:
+            raise ValueError(f"{value!r} is not a version range like '<9.0.0'") from None
+        return value
+
+
+class KnownDefect(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str
+    title: str
+    upstream: Upstream
+    affects: Affects
+    requires: list[Kind]
+    explains: list[Kind]
+
+    def reference(self) -> str:
+        u = self.upstream
+        return f"{self.id}: {self.title}; fixed upstream by {u.commit} \"{u.subject}\" (QEMU {u.fixed_in})"
+
+    def applies_to(self, stack: Stack) -> bool:
+        try:
+            in_range = Version(stack.qemu) in SpecifierSet(self.affects.qemu)
+        except InvalidVersion:
+            return False  # an unknown version is never excused
+        return (in_range and self.affects.accelerator in (None, stack.accelerator)
+                and self.affects.mode in (None, stack.mode))
+
+
+class Registry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    defects: list[KnownDefect]
+
+
+def load_registry(path: str | os.PathLike | None = None) -> Registry:
+    chosen = Path(path or os.environ.get("LAB_KNOWN_DEFECTS") or DEFAULT_REGISTRY)
+    registry = load_file(chosen, "known defects registry", "set LAB_KNOWN_DEFECTS=PATH",
+                         lambda data: validated(Registry, data, root="known_defects.yaml"))
+    ids = [d.id for d in registry.defects]
+    if len(ids) != len(set(ids)):
+        raise ConfigError(f"{chosen}: defects: an id is used twice ({', '.join(sorted(ids))})")
+    return registry
+
+
+@dataclass(frozen=True)
+class Verdict:
+    state: Literal["pass", "fail", "excused"]
+    findings: tuple[Finding, ...]
+    defect: KnownDefect | None = None
+    why: str = ""
+
+    def as_record(self) -> dict:
+        return {"state": self.state, "why": self.why, "defect": self.defect.id if self.defect else None,
+                "findings": [{"kind": f.kind.value, "text": f.text} for f in self.findings]}
+
+
+def judge(findings: list[Finding], stack: Stack, registry: Registry) -> Verdict:
+    """pass with no findings; excused when one known defect explains them all; else fail."""
+    found = tuple(findings)
+    if not found:
+        return Verdict("pass", found, why="no finding")
+    kinds = {f.kind for f in found}
+    for defect in registry.defects:
+        if not defect.applies_to(stack):
+            continue
+        if set(defect.requires) <= kinds and kinds <= set(defect.explains):
+            return Verdict("excused", found, defect, f"excused by {defect.reference()}")
+    candidates = [d.id for d in registry.defects if d.applies_to(stack) and set(d.requires) <= kinds]
+    unexplained = sorted(k.value for k in kinds)
+    why = f"{len(found)} finding(s) of kind {', '.join(unexplained)}"
+    if candidates:
+        why += f"; {', '.join(candidates)} matched but does not explain them all"
+    return Verdict("fail", found, why=why)

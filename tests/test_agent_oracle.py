@@ -1,0 +1,92 @@
+"""The guest agent's dirty-page oracle catches a page that missed a write, for real.
+
+The agent (lab/guest/agent.c, built as for the guest image) runs here as an ordinary process in
+private network and mount namespaces; its memory is changed behind its back through
+/proc/PID/mem, which is what a lost write looks like from inside: a page holding a value the
+writer did not leave there. The oracle must name the page, the value found and the one expected,
+on the control socket and on the console (whose log outlives a guest that crashes).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+AGENT_SRC = Path(__file__).resolve().parent.parent / "lab" / "guest" / "agent.c"
+
+# Runs inside `unshare --net --mount`: loopback only, and /dev/console bound to a file.
+DRIVER = r'''
+import json, socket, struct, subprocess, sys, time
+agent_bin, console = sys.argv[1], sys.argv[2]
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+subprocess.run(["mount", "--bind", console, "/dev/console"], check=True)
+agent = subprocess.Popen([agent_bin], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.5)
+def cmd(text):
+    for _ in range(40):
+        try:
+            s.sendto(f"C {time.time_ns()} {text}".encode(), ("127.0.0.1", 7777))
+            return dict(kv.split("=", 1) for kv in s.recvfrom(2048)[0].decode().split()[3:])
+        except (ConnectionRefusedError, socket.timeout):
+            time.sleep(0.1)
+    raise SystemExit("agent did not answer")
+try:
+    cmd("dirty 1 4")  # 1 MiB/s over 4 MiB: the writer needs 4 s per round
+    time.sleep(0.5)
+    clean = cmd("oracle")
+    sweep, hot = int(clean["sweep_base"], 16), int(clean["hot_base"], 16)
+    with open(f"/proc/{agent.pid}/mem", "r+b", buffering=0) as mem:
+        mem.seek(sweep + 900 * 4096)  # far ahead of the writer: a page that should still hold round 0
+        mem.write(struct.pack("<Q", 77777))
+        mem.seek(hot + 3 * 4096)  # a hot page: rewritten every millisecond after a check
+        mem.write(struct.pack("<Q", 55555))
+    time.sleep(0.1)
+    print(json.dumps({"clean": clean, "dirty": cmd("oracle"), "after": cmd("oracle"), "sweep": sweep, "hot": hot}))
+finally:
+    agent.kill()
+'''
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("agent") / "agent"
+    subprocess.run(["gcc", "-O2", "-static", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", str(out), str(AGENT_SRC)],
+                   check=True, capture_output=True, text=True)
+    return out
+
+
+def test_the_oracle_names_pages_that_missed_a_write(agent, tmp_path):
+    console = tmp_path / "console.log"
+    console.write_text("")
+    proc = subprocess.run(["unshare", "--net", "--mount", sys.executable, "-c", DRIVER, str(agent), str(console)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["clean"]["scan_wrong"] == "0" and seen["clean"]["hot_wrong"] == "0", seen["clean"]
+    dirty = seen["dirty"]
+    assert dirty["scan_wrong"] == "1" and dirty["hot_wrong"] == "1", dirty
+    wrong = dirty["first"].split(",")
+    assert f"{hex(seen['sweep'] + 900 * 4096)}:77777:0" in wrong
+    assert any(w.startswith(f"{hex(seen['hot'] + 3 * 4096)}:55555:") for w in wrong)
+    # The hot set's finding was reported once and reset; the stale sweep page is still stale.
+    assert seen["after"]["hot_wrong"] == "0" and seen["after"]["scan_wrong"] == "1"
+    # The writer's own finding went to the console too: evidence that outlives a crashed guest.
+    assert f"LAB-ORACLE-WRONG writer=hot addr={hex(seen['hot'] + 3 * 4096)} found=55555" in console.read_text()
+
+
+def test_an_untouched_agent_reports_no_wrong_page(agent, tmp_path):
+    """The check can pass: with nothing changed behind its back, a dirtying agent is clean."""
+    console = tmp_path / "console.log"
+    console.write_text("")
+    quiet = DRIVER.replace('with open(f"/proc/{agent.pid}/mem", "r+b", buffering=0) as mem:', "if False:")
+    proc = subprocess.run(["unshare", "--net", "--mount", sys.executable, "-c", quiet, str(agent), str(console)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    for reading in ("dirty", "after"):
+        assert (seen[reading]["scan_wrong"], seen[reading]["sweep_wrong"], seen[reading]["hot_wrong"]) == ("0", "0", "0")
+    assert "LAB-ORACLE-WRONG" not in console.read_text()
