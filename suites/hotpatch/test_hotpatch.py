@@ -21,6 +21,8 @@ import time
 import libvirt_qemu
 import pytest
 
+from lab.migration.integrity import inspect, take_fingerprint
+from lab.results.verdicts import Stack, judge
 from lab.guest.domain import EMULATOR
 from lab.hotpatch.diagnosis import BuildIdMismatch, HotpatchFailed
 from lab.hotpatch.kpatch import read_kpatch_header
@@ -209,7 +211,7 @@ def test_patch_levels_stack_and_unapply_in_order(libcare, lab, target, kpatch, g
 
 @hotpatch
 def test_patched_guest_live_migrates_and_the_destination_is_patched_after_arrival(
-        libcare, lab, target, kpatch, guest_factory, shared_lab, record):
+        libcare, lab, target, kpatch, guest_factory, shared_lab, record, host_versions, known_defects, settle):
     """A hot patch lives in the source QEMU process's memory: migration does not carry it.
 
     The destination starts a fresh QEMU from the same (unpatched) binary; the
@@ -221,11 +223,18 @@ def test_patched_guest_live_migrates_and_the_destination_is_patched_after_arriva
     guest = guest_factory(host=src, emulator=target.emulator)
     libcare.apply(qemu_pid(guest, emulator=target.emulator), path, src)
     assert package(guest) == target.package + PACKAGE_SUFFIX["0001"]
+    before = take_fingerprint(guest)
     since = time.time_ns()
     result = migrate(guest.name, src, dst, MigrationParams(unsafe=lab.needs_unsafe(guest.storage),
                                                            migrate_uri=f"tcp://{dst.address}"))
     assert result.ok, f"migration of a patched guest failed: {result.error}"
     guest.host = dst
+    after = inspect(guest, before, lab.hosts, dst)  # the memory verdict every live migration ends with
+    record({"kind": "live-migration", "scenario": "hotpatched-guest", "oracle": after.oracle,
+            "findings": [{"kind": f.kind.value, "text": f.text} for f in after.findings]})
+    if after.findings:
+        settle(judge(after.findings, Stack(host_versions[src.name].get("qemu_version", "unknown"), lab.accelerator),
+                     known_defects))
     assert_alive(guest, since, "the migration")
     dst_pid = qemu_pid(guest, dst, emulator=target.emulator)
     on_arrival = package(guest, dst)
