@@ -1,0 +1,123 @@
+"""Live migration between hosts on different hypervisor stacks, both ways.
+
+old -> new is a rolling upgrade, new -> old a rollback. The guest runs the older QEMU's versioned
+machine type, so both QEMUs offer the same virtual hardware; every move is measured by the three
+probes, the guest inspected after it (boot id, dirty-page oracle, fill pattern, disk, echo), and the
+findings judged against the thresholds and the known-defect registry (the registry takes the
+source's QEMU: lost pages are the source's dirty tracking). A direction that libvirt or QEMU
+refuses by design is stated as such, with their message. Each repetition is a fresh guest on the
+source, so every figure is of one move in the named direction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from lab.guest.domain import remove_guest
+from lab.migration.integrity import inspect, take_fingerprint
+from lab.migration.live import MigrationParams, migrate
+from lab.migration.measure import measure_migration, thresholds_record, verdict
+from lab.results.evidence import collect
+from lab.results.records import write_series
+from lab.results.verdicts import Finding, Kind, Stack, judge
+from suites.cross_version.conftest import machine_types, refused_by_design, version_tuple
+
+pytestmark = pytest.mark.lab
+DIRECTIONS = {"old-to-new": "rolling upgrade", "new-to-old": "rollback"}
+LINK_MIBS = 16  # the dirty scenario's link, as in the live suite
+
+
+@dataclass(frozen=True)
+class Load:
+    id: str
+    dirty_mibs: int  # the agent's dirtying rate during the move (the oracle checks every page it wrote)
+    bandwidth_mibs: int = 0
+
+
+LOADS = [Load("idle", 0), Load(f"dirty-4MiBs-link-{LINK_MIBS}MiBs", 4, LINK_MIBS)]
+
+
+def _params(lab, dst, load: Load) -> MigrationParams:
+    return MigrationParams(migrate_uri=f"tcp://{dst.address}", unsafe=lab.needs_unsafe("shared"),
+                           bandwidth_mibs=load.bandwidth_mibs)
+
+
+@pytest.mark.timing
+@pytest.mark.parametrize("load", LOADS, ids=[load.id for load in LOADS])
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+def test_live_migration_across_stacks(direction, load, lab, stack_pair, pinned_machine, guest_factory,
+                                      measurement_lock, thresholds, repeat, host_versions, known_defects, record,
+                                      settle, report_dir, test_report_dir):
+    old, new = stack_pair
+    src, dst = (old, new) if direction == "old-to-new" else (new, old)
+    scenario = f"cross-version-{direction}-{load.id}"
+    limits = thresholds.for_scenario(scenario)
+    period_ms = lab.config.guest.heartbeat_us / 1000
+    stacks = {h.name: {"stack": h.stack, **host_versions[h.name]} for h in (src, dst)}
+    measurements, findings = [], []
+    for i in range(repeat):
+        guest = guest_factory(host=src, machine=pinned_machine)
+        before = take_fingerprint(guest)
+        if load.dirty_mibs:
+            guest.agent("dirty", load.dirty_mibs, 64)
+        m = measure_migration(scenario, guest, src, dst, _params(lab, dst, load), period_ms, thresholds.tolerance)
+        after = inspect(guest, before, lab.hosts, dst) if m.result.ok else None
+        doc = m.record(host_versions, limits)
+        doc.update(direction=direction, what=DIRECTIONS[direction], machine=pinned_machine, stacks=stacks,
+                   repetition=i + 1, of=repeat, dirty_mibs_asked=load.dirty_mibs,
+                   thresholds_file=thresholds_record(thresholds),
+                   series=write_series(report_dir, f"{guest.name}-{i + 1}", m.series))
+        if after:
+            doc.update(oracle=after.oracle, dirty_mibs_achieved=after.dirty_mibs,
+                       integrity=[{"kind": f.kind.value, "text": f.text} for f in after.findings])
+        if not m.result.ok and refused_by_design(m.result.error):
+            doc["refused_by_design"] = True
+            record(doc)
+            collect(lab.hosts, guest.name, test_report_dir / f"migration-{i + 1}", m.result)
+            pytest.skip(f"{direction} ({DIRECTIONS[direction]}) {src.name} [{src.stack}] -> {dst.name} "
+                        f"[{dst.stack}] is refused by design: {m.result.error}")
+        record(doc)
+        if not m.result.ok:
+            kept = collect(lab.hosts, guest.name, test_report_dir / f"migration-{i + 1}", m.result)
+            findings.append(Finding(Kind.MIGRATION_FAILED, f"{scenario}: migration {i + 1} {src.name} -> {dst.name} "
+                                    f"failed: {m.result.error} (evidence from both hosts: {len(kept)} files in "
+                                    f"{test_report_dir})"))
+            break
+        findings += [Finding(f.kind, f"after migration {i + 1} to {dst.name}: {f.text}") for f in after.findings]
+        measurements.append(m)
+        if after.findings:
+            collect(lab.hosts, guest.name, test_report_dir / f"migration-{i + 1}", m.result)
+            break  # the evidence is kept; the guest is left for the fixture to collect and remove
+        remove_guest(lab, guest)  # one guest at a time on two cores: the next repetition's figures are its own
+    threshold_findings, summaries = verdict(scenario, measurements, limits) if measurements else ([], {})
+    qemu_of_source = host_versions[src.name].get("qemu_version", "unknown")
+    outcome = judge(threshold_findings + findings, Stack(qemu_of_source, lab.accelerator, "precopy"), known_defects)
+    figures = {f"{probe}_downtime_ms_max": round(s.max, 1) for probe, s in summaries.items() if probe != "total_s"}
+    if "total_s" in summaries:
+        figures["total_s_max"] = round(summaries["total_s"].max, 2)
+    record({"kind": "cross-version-summary", "scenario": scenario, "direction": direction, "machine": pinned_machine,
+            "stacks": stacks, "verdict": outcome.as_record(),
+            "summaries": {k: {**vars(v), "basis": v.basis} for k, v in summaries.items()},
+            "thresholds": {"downtime_ms": limits.downtime_ms, "total_s": limits.total_s}}, figures)
+    settle(outcome)
+
+
+def test_a_machine_type_the_older_qemu_lacks_is_refused_by_design(lab, stack_pair, pinned_machine, guest_factory,
+                                                                  shared_lab, host_versions, record):
+    """The refusal path, shown for real: a guest on the newer QEMU's own newest machine type cannot go to the
+    older stack, libvirt says why, and the guest stays whole where it was."""
+    old, new = stack_pair
+    newest = max((m for m in machine_types(new) - machine_types(old) if m.startswith("pc-i440fx-")),
+                 key=version_tuple, default=None)
+    if newest is None:
+        pytest.skip(f"{new.name}'s QEMU offers no pc-i440fx machine type that {old.name}'s lacks")
+    guest = guest_factory(host=new, machine=newest)
+    before = take_fingerprint(guest)
+    result = migrate(guest.name, new, old, _params(lab, old, LOADS[0]))
+    record({"kind": "cross-version-refusal", "src": new.name, "dst": old.name, "machine": newest, "ok": result.ok,
+            "error": result.error, "refused_by_design": refused_by_design(result.error),
+            "stacks": {h.name: {"stack": h.stack, **host_versions[h.name]} for h in (new, old)}})
+    assert not result.ok, f"{new.name} -> {old.name} with machine type {newest} succeeded"
+    assert refused_by_design(result.error) and newest in result.error, result.error
+    assert inspect(guest, before, lab.hosts, new).findings == []
