@@ -12,6 +12,7 @@ DEBIAN_PACKAGES=(
   nfs-ganesha nfs-ganesha-vfs rpcbind
   vagrant vagrant-libvirt ansible-core ansible ansible-lint debootstrap dnsmasq-base
   chrony
+  chromium  # headless, for the HTML report's browser test (tests/test_report.py)
 )
 # openEuler names (dnf); libcareplus is packaged there.
 OPENEULER_PACKAGES=(

@@ -9,10 +9,12 @@ import pytest
 from lab.backends import get_backend
 from lab.backends.base import quiet
 from lab.config.lab import LabConfig
+from lab.config.thresholds import load_thresholds
 from lab.errors import LabError
 from lab.pytest_plugin.options import is_controller, lab_config_of, run_info
 from lab.runtime.lab import Lab
 from lab.runtime.layout import LabLayout
+from lab.results.report import build_report, write_lab_facts
 from lab.runtime.pairs import release_all
 from lab.runtime.state import LabState, live_users
 
@@ -42,9 +44,28 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+def keep_lab_facts(config: pytest.Config) -> None:
+    """lab.json beside the records (backend, accelerator and why, hosts, heartbeat period, thresholds),
+    read while the lab is still up: the report shows them. Never fails the run."""
+    info = run_info(config)
+    try:
+        lab_config = lab_config_of(config)
+        facts = {"run_id": info.run_id, "name": lab_config.name, "backend": lab_config.backend,
+                 "lab_config": str(lab_config.source), "heartbeat_period_ms": lab_config.guest.heartbeat_us / 1000,
+                 "thresholds": str(load_thresholds(config.getoption("thresholds")).source)}
+        state = LabState.load(lab_config.name)
+        if state is not None and state.ready:
+            facts.update(Lab.from_state(lab_config, state).describe(versions=False))
+        write_lab_facts(info.report_dir, facts)
+    except Exception as exc:  # noqa: BLE001 - the report's facts never fail the run
+        print(f"\nkvm-lab: lab facts for the report not kept: {exc}")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     release_all()
     config = session.config
+    if is_controller(config) and not config.option.collectonly and run_info(config).report_dir.exists():
+        keep_lab_facts(config)
     if not is_controller(config) or config.getoption("keep_lab") or config.option.collectonly:
         return
     run_id = run_info(config).run_id
@@ -66,8 +87,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
-    if is_controller(config) and run_info(config).report_dir.exists():
-        terminalreporter.write_line(f"kvm-lab: report in {run_info(config).report_dir}")
+    report_dir = run_info(config).report_dir
+    if not is_controller(config) or config.option.collectonly or not report_dir.exists():
+        return
+    try:  # after junit.xml is written; a report that cannot be built never fails the run
+        terminalreporter.write_line(f"kvm-lab: report {build_report(report_dir)}")
+    except Exception as exc:  # noqa: BLE001 - any failure of the report is one line, never the run's
+        terminalreporter.write_line(f"kvm-lab: report in {report_dir} (HTML report not written: {exc})")
 
 
 @pytest.hookimpl(wrapper=True)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from lab.results.report import plots
 from lab.results.report.runfiles import RunData, load_series
-from lab.results.report.series import largest, timeline
+from lab.results.report.series import largest, recorded_stalls, timeline
+from lab.results.report.verdict import findings_of, verdict_of
 from lab.results.stats import Summary
 
 PROBES = ("hypervisor", "guest", "network")
@@ -47,45 +48,56 @@ def _migration(run: RunData, record: dict, scenario: str, index: int, out_dir: P
     downtime = record.get("downtime_ms") or {}
     item = {"repetition": record.get("repetition"), "of": record.get("of"), "src": record.get("src"),
             "dst": record.get("dst"), "ok": record.get("ok"), "error": record.get("error") or "",
-            "verdict": record.get("verdict"), "decided_by": record.get("decided_by") or record.get("failures") or [],
+            "verdict": verdict_of(record),
             "downtime": {p: _number(downtime.get(p)) for p in PROBES}, "total_s": _number(record.get("total_s")),
             "iterations": _number(stats.get("memory_iteration")), "bytes": _bytes(stats),
-            "invariant_failures": record.get("invariant_failures") or [], "timeline": None, "gaps_over": [],
-            "timeline_absent": "", "threshold_ms": None, "period_source": ""}
+            "stats_note": record.get("libvirt_stats_note") or "",
+            "findings": findings_of(record, "invariant_failures", "findings", "integrity"),
+            "baseline_gap_ms": _number(record.get("baseline_gap_ms")), "timeline": None, "timeline_absent": "",
+            "threshold_ms": None, "origin": "migration start", "absent_markers": [], "largest": {}}
     series, why = load_series(run.run_dir, record)
-    if series is None:
+    line = timeline(series, record, run.facts) if series is not None else None
+    if line is not None and not line.heartbeat and not line.echo:
+        line, why = None, f"series {record.get('series')} holds no heartbeat or echo times"
+    started = record.get("started_ns") if isinstance(record.get("started_ns"), int) else None
+    stalls = recorded_stalls(record, line.origin_ns if line else started)
+    if stalls is not None:  # the harness's own list of every gap above three probe periods
+        item.update(gaps_over=stalls, gaps_source="the harness's list in the record")
+        if line is not None:
+            line.over = stalls
+    elif line is not None and line.threshold_ms:
+        item.update(gaps_over=line.over, gaps_source=f"the series, 3 heartbeat periods (period from {line.period_source})")
+    else:
+        item.update(gaps_over=None, gaps_source=line.period_source if line else "no stall list in the record")
+    if line is None:
         item["timeline_absent"] = why
         return item
-    line = timeline(series, record, run.facts)
-    if not line.heartbeat and not line.echo:
-        item["timeline_absent"] = f"series {record['series']} holds no heartbeat or echo times"
-        return item
     title = f"{scenario} #{record.get('repetition', index)}: {record.get('src', '?')} -> {record.get('dst', '?')}"
-    item["timeline"] = plots.gap_timeline(line, title, out_dir, f"timeline-{slug(scenario)}-{index}.png")
-    item.update(gaps_over=line.over, threshold_ms=line.threshold_ms, period_source=line.period_source,
-                origin=line.origin, absent_markers=line.absent_markers,
+    item.update(timeline=plots.gap_timeline(line, title, out_dir, f"timeline-{slug(scenario)}-{index}.png"),
+                threshold_ms=line.threshold_ms, origin=line.origin, absent_markers=line.absent_markers,
                 largest={p: largest(g) for p, g in (("heartbeat", line.heartbeat), ("echo", line.echo))})
     return item
 
 
 def _decided(summary: dict | None, stats: dict[str, Summary | None], limits: dict[str, float | None]) -> list[str]:
-    """What decided the verdict: the summary's failures, its own words, or the figures against the limits."""
-    if summary is None:
+    """What decided the verdict: its own reason and findings, then each figure against its limit on the
+    statistic the harness judged (the summary's `basis`; p95 and max both shown where it names none)."""
+    verdict = verdict_of(summary)
+    if summary is None or verdict is None:
         return []
-    if summary.get("decided_by"):
-        value = summary["decided_by"]
-        return value if isinstance(value, list) else [str(value)]
-    if summary.get("failures"):
-        return list(summary["failures"])
-    lines = []
+    lines = ([verdict["why"]] if verdict["why"] else []) + verdict["findings"]
+    recorded = summary.get("summaries") or {}
     for key, s in stats.items():
+        figures = recorded.get(key) or (vars(s) if s else None)
         limit = limits.get(key)
-        if s is None or limit is None:
+        if not figures or limit is None:
             continue
         unit = "s" if key == "total_s" else "ms"
-        on = "max" if s.n < 20 else "p95"
-        figure = s.max if on == "max" else s.p95
-        lines.append(f"{key}: {on} {figure:.1f} {unit} <= limit {limit:g} {unit} (n={s.n})")
+        basis = figures.get("basis")
+        picks = [("max" if basis.startswith("max") else "p95", basis)] if basis else [("p95", "p95"), ("max", "max")]
+        parts = [f"{label} {figures[stat]:.1f} {unit} {'<=' if figures[stat] <= limit else '>'} {limit:g} {unit}"
+                 for stat, label in picks if _number(figures.get(stat)) is not None]
+        lines.append(f"{key}: " + "; ".join(parts) + ("" if basis else f" (n={figures.get('n')})"))
     return lines
 
 
@@ -109,7 +121,7 @@ def scenario_view(run: RunData, scenario: str, records: list[dict], summary: dic
     plot = plots.probe_strips(panels, f"{scenario}: downtime per probe and total time against the limits",
                               out_dir, f"probes-{slug(scenario)}.png")
     return {"id": scenario, "anchor": "live-" + slug(scenario), "test": test, "outcome": outcome,
-            "verdict": (summary or {}).get("verdict"), "decided": _decided(summary, stats, limits),
+            "verdict": verdict_of(summary), "decided": _decided(summary, stats, limits),
             "stats": stats, "limits": limits, "plot": plot,
             "migrations": [_migration(run, r, scenario, i, out_dir) for i, r in enumerate(records, 1)]}
 

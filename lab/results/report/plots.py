@@ -28,7 +28,7 @@ def probe_strips(panels: list[dict], title: str, out_dir: Path, name: str) -> st
 
     panels: [{"label", "key", "values": [...], "limit": float | None, "unit": "ms" | "s", "absent": int}]
     """
-    fig = Figure(figsize=(2.3 * len(panels), 3.0))
+    fig = Figure(figsize=(2.3 * len(panels), 3.1), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     jitter = random.Random(0)  # the same picture every time for the same records
     for ax, panel in zip(axes, panels):
@@ -59,7 +59,7 @@ def probe_strips(panels: list[dict], title: str, out_dir: Path, name: str) -> st
 
 def gap_timeline(line: Timeline, title: str, out_dir: Path, name: str) -> str:
     """Inter-arrival gaps of heartbeats and echo replies over time (log scale), start/end and pause/resume marked."""
-    fig = Figure(figsize=(9.0, 3.2))
+    fig = Figure(figsize=(9.0, 3.4), layout="constrained")
     ax = fig.subplots()
     for probe, gap_list in (("heartbeat", line.heartbeat), ("echo", line.echo)):
         if gap_list:
@@ -91,7 +91,7 @@ def interruption_bars(rows: list[dict], out_dir: Path, name: str) -> str:
     rows: [{"storage", "mode", "interruption_ms": float | None}]
     """
     storages = list(dict.fromkeys(r["storage"] for r in rows))
-    fig = Figure(figsize=(1.8 + 1.6 * len(storages), 3.0))
+    fig = Figure(figsize=(1.8 + 1.6 * len(storages), 3.0), layout="constrained")
     ax = fig.subplots()
     width = 0.38
     for offset, mode in ((-width / 2, "live"), (width / 2, "cold")):
@@ -116,7 +116,7 @@ def interruption_bars(rows: list[dict], out_dir: Path, name: str) -> str:
 
 def stall_bars(series: dict[str, list[float]], limits: dict[str, float | None], out_dir: Path, name: str) -> str:
     """Hot patch stalls per repetition (apply stall, frozen_time, unapply stall) with each limit drawn."""
-    fig = Figure(figsize=(2.5 * len(series), 3.0))
+    fig = Figure(figsize=(2.5 * len(series), 3.0), layout="constrained")
     axes = fig.subplots(1, len(series), squeeze=False)[0]
     for ax, (label, values) in zip(axes, series.items()):
         ax.bar(range(1, len(values) + 1), values, color="#4c72b0")

@@ -32,7 +32,7 @@ def _hosts(run: RunData) -> list[dict]:
     out = []
     for name in dict.fromkeys(names):
         fact = facts_hosts.get(name, {})
-        seen = stacks.get(name) or [{k: fact.get(key) for k, key in VERSION_KEYS}]
+        seen = stacks.get(name) or [{**{k: fact.get(key) for k, key in VERSION_KEYS}, "stack": fact.get("stack")}]
         for stack in seen:
             stack["accelerator"] = stack.get("accelerator") or fact.get("accelerator") or run.facts.get("accelerator")
         out.append({"name": name, "address": fact.get("address"), "stacks": seen})

@@ -15,13 +15,14 @@ OVER_PERIODS = 3  # gaps above this many heartbeat periods are listed one by one
 @dataclass
 class Gap:
     probe: str  # "heartbeat" | "echo"
-    at_s: float  # when the gap began, seconds from the timeline's origin
+    at_s: float | None  # when the gap began, seconds from the timeline's origin (None: origin unknown)
     ms: float
 
 
 @dataclass
 class Timeline:
     origin: str  # what t = 0 is ("migration start" or "first heartbeat")
+    origin_ns: int
     heartbeat: list[Gap]
     echo: list[Gap]
     markers: dict[str, float]  # started / finished / paused / resumed, seconds from the origin (present ones only)
@@ -70,7 +71,7 @@ def timeline(series: dict, record: dict, facts: dict) -> Timeline:
     else:
         origin_ns, origin = (echo[0] if echo else 0), "first echo reply"
     period, source = heartbeat_period_ms(series, record, facts)
-    line = Timeline(origin, gaps(hb, origin_ns, "heartbeat"), gaps(echo, origin_ns, "echo"),
+    line = Timeline(origin, origin_ns, gaps(hb, origin_ns, "heartbeat"), gaps(echo, origin_ns, "echo"),
                     {k: (v - origin_ns) / 1e9 for k, v in named.items()},
                     [k for k in ("started", "finished", "paused", "resumed") if k not in named], period, source)
     if line.threshold_ms:
@@ -81,3 +82,20 @@ def timeline(series: dict, record: dict, facts: dict) -> Timeline:
 
 def largest(gap_list: list[Gap]) -> Gap | None:
     return max(gap_list, key=lambda g: g.ms) if gap_list else None
+
+
+def recorded_stalls(record: dict, origin_ns: int | None) -> list[Gap] | None:
+    """The harness's own list of gaps above three probe periods (record heartbeats/echo `stalls`:
+    [start ns, ms] pairs), or None when the record has no such list."""
+    found, any_list = [], False
+    for probe, key in (("heartbeat", "heartbeats"), ("echo", "echo")):
+        stalls = (record.get(key) or {}).get("stalls")
+        if not isinstance(stalls, list):
+            continue
+        any_list = True
+        for item in stalls:
+            if isinstance(item, (list, tuple)) and len(item) == 2:
+                start, ms = item
+                at = (start - origin_ns) / 1e9 if origin_ns is not None else None
+                found.append(Gap(probe, at, float(ms)))
+    return sorted(found, key=lambda g: g.at_s) if any_list else None

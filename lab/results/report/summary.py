@@ -7,6 +7,7 @@ from dataclasses import asdict
 from lab.results.report.junit import totals
 from lab.results.report.live import PROBES, measured
 from lab.results.report.runfiles import RunData
+from lab.results.report.verdict import verdict_of
 from lab.results.stats import Summary
 
 FORMAT = 1
@@ -22,7 +23,7 @@ def run_summary(run: RunData) -> dict:
     for r in run.records:
         if measured(r):
             scenarios.setdefault(str(r.get("scenario")), {"records": []})["records"].append(r)
-    verdicts = {str(r.get("scenario")): r.get("verdict") for r in run.of_kind("live-migration-summary")}
+    verdicts = {str(r.get("scenario")): (verdict_of(r) or {}).get("label") for r in run.of_kind("live-migration-summary")}
     out_scenarios = {}
     for name, doc in scenarios.items():
         recs = doc["records"]
