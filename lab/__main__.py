@@ -14,6 +14,7 @@ from lab.backends import get_backend
 from lab.config.lab import BACKENDS, LabConfig, load_lab_config
 from lab.errors import LabError
 from lab.preflight import FAIL, as_json, context_for, run_preflight, table
+from lab.results.report import build_report, read_summary, render_comparison
 from lab.runtime.lab import Lab
 
 
@@ -107,6 +108,14 @@ def cmd_doctor(args) -> int:
     return 1 if any(r.status == FAIL for r in results) else 0
 
 
+def cmd_report(args) -> int:
+    index = build_report(args.run_dir)
+    print(index)
+    if args.against:
+        print(render_comparison(read_summary(args.against), read_summary(args.run_dir), args.run_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__)
     parser.add_argument("--lab-config", metavar="PATH", help="lab.yaml to use (default: $LAB_CONFIG or ./lab.yaml)")
@@ -133,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     guest = sub.add_parser("guest", help="guests on the lab's hosts")
     guest_sub = guest.add_subparsers(dest="guest_command", required=True)
     guest_sub.add_parser("list").set_defaults(func=cmd_guest_list)
+    report = sub.add_parser("report", help="(re)write a run's HTML report: RUN_DIR/index.html")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run's report folder, e.g. reports/<run-id>")
+    report.add_argument("--against", metavar="BASE_RUN_DIR", help="also write RUN_DIR/compare.html against this run")
+    report.set_defaults(func=cmd_report)
     return parser
 
 
