@@ -13,11 +13,13 @@ setup:
 test: setup
 	LAB_RUN_ID=$(RUN_ID) $(PY) -m pytest -n auto --dist loadgroup tests/ suites/ -m "not slow and not vagrant and (smoke or not acceptance)" $(PYTEST_ARGS)
 
-# Every suite on the default lab; the report folder is printed at the end.
+# Every suite on the default lab; the HTML report's path is printed at the end (docs/reports.md).
 acceptance: setup
 	LAB_RUN_ID=$(RUN_ID) $(PY) -m lab up
 	LAB_RUN_ID=$(RUN_ID) $(PY) -m pytest suites/ -n auto --dist loadgroup -m "not slow and not vagrant" $(PYTEST_ARGS); \
-	  status=$$?; echo "report: reports/$(RUN_ID)/"; exit $$status
+	  status=$$?; index=$(CURDIR)/reports/$(RUN_ID)/index.html; \
+	  if [ -f $$index ]; then echo "report: $$index"; \
+	  else echo "report: not written; rebuild it with $(PY) -m lab report reports/$(RUN_ID)"; fi; exit $$status
 
 # Hot patches end to end (slow: QEMU source build + libcare-patch-make); needs libcareplus on PATH.
 hotpatch-test: setup
