@@ -118,3 +118,25 @@ def test_subnet_already_in_use_is_refused_before_anything_is_made(tmp_path):
     assert up.returncode == 2
     assert "network.subnet: 198.19.5.0/24 is already routed via kvmt5x" in up.stderr
     assert nothing_left("kvmt5"), leftovers("kvmt5")
+
+
+def test_a_state_file_this_version_cannot_read_blocks_neither_down_nor_up(tmp_path):
+    """A lab left by another version (its state file has a key this one does not know) is cleared by its
+    names: `status` says what is wrong in one line, `down` removes everything, `up` starts afresh."""
+    config = write_lab_config(tmp_path, "kvmt6", 6)
+    try:
+        assert lab_cli(config, "up").returncode == 0
+        state_file = LabState.load("kvmt6").layout.state_file
+        doc = json.loads(state_file.read_text())
+        state_file.write_text(json.dumps({**doc, "extra": {"image": {}}}))
+        status = lab_cli(config, "status")
+        assert status.returncode == 2 and "Traceback" not in status.stderr
+        assert status.stderr.count("\n") == 1 and "unreadable lab state (extra:" in status.stderr
+        down = lab_cli(config, "down")
+        assert down.returncode == 0 and "clearing the lab by its names" in down.stderr, down.stderr
+        assert nothing_left("kvmt6"), leftovers("kvmt6")
+        up = lab_cli(config, "up")
+        assert up.returncode == 0, up.stderr
+    finally:
+        lab_cli(config, "down")
+    assert nothing_left("kvmt6"), leftovers("kvmt6")

@@ -5,11 +5,34 @@ import json
 
 import pytest
 
+from lab.errors import LabError
 from lab.migration.integrity import inspect, take_fingerprint
 from lab.migration.measure import measure_migration, thresholds_record, verdict
 from lab.results.evidence import collect
 from lab.results.records import write_series
 from lab.results.verdicts import Finding, Kind, Stack, judge
+
+
+DISK_STREAM_BLOCKS_PER_S = 200  # 4 KiB O_DSYNC writes in flight during a copy-storage migration
+
+
+def disk_stream_findings(guest) -> tuple[dict, list[Finding]]:
+    """Stop the in-flight writer, then read back every block it had acknowledged (on the destination now)."""
+    try:
+        stopped = guest.agent("diskstream", "stop", timeout=60)
+        checked = guest.agent("diskstream", "check", timeout=120)
+    except LabError as exc:
+        return {"error": str(exc)}, [Finding(Kind.DISK_CHANGED, f"the disk writer in flight could not be checked: {exc}")]
+    doc = {"acked": int(stopped["acked"]), "checked": int(checked["checked"]), "wrong": int(checked["wrong"]),
+           "writer_error": stopped.get("error")}
+    findings = []
+    if doc["wrong"]:
+        findings.append(Finding(Kind.DISK_CHANGED, f"{doc['wrong']} of {doc['checked']} acknowledged in-flight disk "
+                                                   f"writes are not on the destination (first: block {checked['first_wrong']})"))
+    if doc["acked"] == 0:
+        findings.append(Finding(Kind.DISK_CHANGED, f"the disk writer acknowledged no write during the migration "
+                                                   f"({stopped.get('error')})"))
+    return doc, findings
 
 
 def precreate_disk(guest, host) -> None:
@@ -40,13 +63,20 @@ def run_measured(lab, thresholds, repeat, host_versions, known_defects, record, 
             if scenario.storage == "local":
                 precreate_disk(guest, dst)
             params = scenario.with_lab(lab, dst.address)
+            if params.copy_storage:  # writes in flight while the disk is copied
+                guest.agent("diskstream", "start", 7000 + i, DISK_STREAM_BLOCKS_PER_S)
             m = measure_migration(scenario.id, guest, src, dst, params, period_ms, thresholds.tolerance)
             after = inspect(guest, before, lab.hosts, dst) if m.result.ok else None
+            stream = disk_stream_findings(guest) if params.copy_storage else (None, [])
+            if after:
+                after.findings.extend(stream[1])
             doc = m.record(host_versions, limits)
             doc.update(repetition=i + 1, of=count, same_guest_as_repetition_1=i > 0,
                        thresholds_file=thresholds_record(thresholds),
                        series=write_series(report_dir, f"{guest.name}-{i + 1}", m.series),
                        dirty_mibs_asked=scenario.dirty_mibs)
+            if params.copy_storage:
+                doc.update(disk_stream=stream[0])
             if after:
                 doc.update(oracle=after.oracle, dirty_mibs_achieved=after.dirty_mibs,
                            integrity=[{"kind": f.kind.value, "text": f.text} for f in after.findings])

@@ -63,6 +63,7 @@ class EmbeddedBackend:
             if state is not None and state.ready and self._healthy(state):
                 if state.config_digest == config_digest(self.config):
                     progress(f"lab {self.config.name} is already up")
+                    self._refresh_image(state, progress)
                     return
                 # Never replace a running lab behind its users' backs (a CLI user holds no lease).
                 users = live_users(self.config.name)
@@ -80,6 +81,14 @@ class EmbeddedBackend:
                 progress(f"lab up failed ({exc}); removing what was made")
                 self._down_locked(lambda _msg: None)
                 raise
+
+    def _refresh_image(self, state: LabState, progress: Progress) -> None:
+        """A lab that stays up across an agent change: new guests must boot the current image."""
+        image = ensure_image(progress=progress)
+        if state.image is None or state.image.key != image.key:
+            progress(f"guest image changed to {image.key}: guests started from now on boot it")
+            state.image = ImageRecord(kernel=str(image.kernel), initrd=str(image.initrd), key=image.key)
+            state.save()
 
     def down(self, progress: Progress) -> None:
         self.layout.root.mkdir(parents=True, exist_ok=True)
