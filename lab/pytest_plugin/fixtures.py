@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from lab.backends import get_backend
-from lab.backends.base import quiet
 from lab.config.lab import LabConfig
 from lab.config.thresholds import load_thresholds
 from lab.errors import LabError
@@ -22,6 +21,7 @@ from lab.runtime.lab import Lab, host_versions as versions_of
 from lab.runtime.layout import STATE_ROOT
 from lab.runtime.pairs import claim_pair
 from lab.util.locks import MeasurementLock
+from lab.util.progress import StatusLine
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +36,9 @@ def lab_config(pytestconfig) -> LabConfig:
 def lab(pytestconfig, lab_config) -> Lab:
     """The running lab (brought up on first use, once for all workers), as this worker's host pair sees it."""
     try:
-        get_backend(lab_config).up(quiet, owner_run=run_info(pytestconfig).run_id)
+        # A lab already up says nothing; one coming up (stacks, Vagrant VMs) shows its steps past the capture.
+        with StatusLine("kvm-lab up", quiet_for_s=5) as progress:
+            get_backend(lab_config).up(progress, owner_run=run_info(pytestconfig).run_id)
         take_lease(pytestconfig, lab_config)
         whole = Lab.load(lab_config)
         # A lab with several host pairs: this worker takes one of its own, so workers run side by side.

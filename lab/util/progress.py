@@ -7,7 +7,9 @@ flooding CI logs.
 - on a terminal, one line under them is redrawn every second: the current phase and how long it
   has run, so a step that says nothing for minutes still shows it is alive;
 - elsewhere (CI logs, files), a reminder line comes at most every `interval_s` seconds while a
-  phase runs silently (`... still building QEMU (2 min 30 s in this step)`), never more.
+  phase runs silently (`... still building QEMU (2 min 30 s in this step)`), never more;
+- with `quiet_for_s`, a step that ends sooner says nothing at all (a lab that is already up, a
+  cached build): its messages are held until the step has run that long.
 
 It is a context manager; `close()` clears the live line. Thread-safe: xdist workers are processes,
 but a step may report from a helper thread.
@@ -37,13 +39,15 @@ class StatusLine:
     """The `progress` callback of a long step: phase lines, plus a live line or a slow reminder."""
 
     def __init__(self, label: str, stream: TextIO | None = None, interval_s: float = 60.0,
-                 tty: bool | None = None, also: Callable[[str], None] | None = None,
+                 tty: bool | None = None, also: Callable[[str], None] | None = None, quiet_for_s: float = 0.0,
                  clock: Callable[[], float] = time.monotonic):
         self.label = label
         self.stream = stream if stream is not None else sys.__stderr__
         self.tty = self._isatty() if tty is None else tty
         self.interval_s = interval_s
         self.also = also  # e.g. an append to a log file: every phase line goes there too
+        self.quiet_for_s = quiet_for_s
+        self._held: list[str] = []
         self.clock = clock
         self.started = clock()
         self.phase = ""
@@ -64,15 +68,23 @@ class StatusLine:
         line = f"[{self.label} {self.clock() - self.started:6.0f}s] {msg}"
         with self._lock:
             self.phase, self.phase_started = msg, self.clock()
-            self._write(line + "\n", permanent=True)
             if self.also is not None:
                 self.also(line)
+            self._held.append(line)
+            self._release()
         self._start_ticking()
+
+    def _release(self) -> None:
+        """Print the held phase lines once the step has run past quiet_for_s (lock held)."""
+        if self._held and self.clock() - self.started >= self.quiet_for_s:
+            self._write("".join(f"{held}\n" for held in self._held), permanent=True)
+            self._held.clear()
 
     def tick(self) -> None:
         """Redraw the live line (terminal) or print a reminder if the phase has been quiet too long."""
         with self._lock:
-            if not self.phase:
+            self._release()
+            if not self.phase or self._held:
                 return
             now = self.clock()
             status = f"{self.phase[:60]} ({elapsed(now - self.phase_started)} in this step, " \
