@@ -95,7 +95,8 @@ def _evidence(run_dir: Path) -> dict[str, list[str]]:
 def load_run(run_dir: Path) -> RunData:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise ReportError(f"{run_dir}: no such folder (give a run's report folder, e.g. reports/<run-id>)")
+        what = "not a folder" if run_dir.exists() else "no such folder"
+        raise ReportError(f"{run_dir}: {what} (give a run's report folder, e.g. reports/<run-id>)")
     if not (run_dir / JUNIT).exists() and not (run_dir / RECORDS).exists():
         raise ReportError(f"{run_dir}: not a run's report folder (it has neither {JUNIT} nor {RECORDS})")
     warnings: list[str] = []

@@ -14,25 +14,38 @@ VERSION_KEYS = (("qemu", "qemu_version"), ("libvirt", "libvirt_version"), ("kern
 PREFLIGHT_LINE = re.compile(r"^(?P<name>[\w.-]+): (?P<status>[A-Z]+): (?P<rest>.*)$", re.S)
 
 
+def _stack_label(stack, fact_stack) -> str | None:
+    """A stack's name and where it came from: "system", "bookworm-backports (distro archive)"."""
+    detail = fact_stack if isinstance(fact_stack, dict) else {}
+    name = stack if isinstance(stack, str) else (stack or {}).get("name") if isinstance(stack, dict) else None
+    name = name or detail.get("name")
+    source = detail.get("source")
+    return None if not name else (f"{name} ({source})" if source and source != name else name)
+
+
 def _hosts(run: RunData) -> list[dict]:
     """Every host named by lab.json or by a record's versions, with each distinct stack seen on it."""
-    names = [h.get("name") for h in run.facts.get("hosts") or [] if isinstance(h, dict) and h.get("name")]
+    facts_hosts = {h.get("name"): h for h in run.facts.get("hosts") or [] if isinstance(h, dict) and h.get("name")}
+    names = list(facts_hosts)
     stacks: dict[str, list[dict]] = {}
     for r in run.records:
         for host, v in (r.get("versions") or {}).items():
-            if not isinstance(v, dict):
+            if not isinstance(v, dict) or not any(v.get(key) for _k, key in VERSION_KEYS):
                 continue
             names.append(host)
             stack = {k: v.get(key) for k, key in VERSION_KEYS}
-            stack["accelerator"] = v.get("accelerator")
-            stack["stack"] = v.get("stack")
+            stack.update(accelerator=v.get("accelerator"), build=v.get("qemu_build") or None,
+                         stack=_stack_label(v.get("stack"), (facts_hosts.get(host) or {}).get("stack")))
             if stack not in stacks.setdefault(host, []):
                 stacks[host].append(stack)
-    facts_hosts = {h.get("name"): h for h in run.facts.get("hosts") or [] if isinstance(h, dict)}
     out = []
     for name in dict.fromkeys(names):
         fact = facts_hosts.get(name, {})
-        seen = stacks.get(name) or [{**{k: fact.get(key) for k, key in VERSION_KEYS}, "stack": fact.get("stack")}]
+        detail = fact.get("stack") if isinstance(fact.get("stack"), dict) else {}
+        # No record named this host's versions: what lab.json says of its stack (exact versions when pinned)
+        seen = stacks.get(name) or [{"qemu": detail.get("qemu") or None, "libvirt": detail.get("libvirt") or None,
+                                     "kernel": None, "build": None, "accelerator": None,
+                                     "stack": _stack_label(fact.get("stack"), detail)}]
         for stack in seen:
             stack["accelerator"] = stack.get("accelerator") or fact.get("accelerator") or run.facts.get("accelerator")
         out.append({"name": name, "address": fact.get("address"), "stacks": seen})
