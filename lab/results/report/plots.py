@@ -59,7 +59,7 @@ def probe_strips(panels: list[dict], title: str, out_dir: Path, name: str) -> st
 
 def gap_timeline(line: Timeline, title: str, out_dir: Path, name: str) -> str:
     """Inter-arrival gaps of heartbeats and echo replies over time (log scale), start/end and pause/resume marked."""
-    fig = Figure(figsize=(9.0, 3.4), layout="constrained")
+    fig = Figure(figsize=(11.0, 3.4), layout="constrained")
     ax = fig.subplots()
     for probe, gap_list in (("heartbeat", line.heartbeat), ("echo", line.echo)):
         if gap_list:
@@ -67,8 +67,17 @@ def gap_timeline(line: Timeline, title: str, out_dir: Path, name: str) -> str:
                     color=COLORS[probe], label=f"{probe} inter-arrival gap", alpha=0.7)
     if line.threshold_ms:
         ax.axhline(line.threshold_ms, **LIMIT, label=f"3 heartbeat periods ({line.threshold_ms:g} ms)")
-        for g in line.over:  # every gap above three periods, circled
-            ax.plot([g.at_s], [g.ms], "o", markersize=8, markerfacecolor="none", markeredgecolor=COLORS[g.probe])
+    placed = [g for g in line.over if g.at_s is not None]
+    for probe in ("heartbeat", "echo"):  # every gap above three periods: a bar from where it began, as long as it lasted
+        mine = [g for g in placed if g.probe == probe]
+        if mine:
+            ax.hlines([g.ms for g in mine], [g.at_s for g in mine], [g.at_s + g.ms / 1000 for g in mine],
+                      colors=COLORS[probe], linewidths=2.5, label=f"{probe} gaps above 3 periods ({len(mine)})")
+            top = max(mine, key=lambda g: g.ms)
+            left = probe == "heartbeat"  # the two largest gaps are often side by side: labels to either side
+            ax.annotate(f"{probe} {top.ms:,.0f} ms", xy=(top.at_s if left else top.at_s + top.ms / 1000, top.ms),
+                        xytext=(-3 if left else 3, 3), textcoords="offset points", ha="right" if left else "left",
+                        fontsize=7, color=COLORS[probe])
     if "paused" in line.markers and "resumed" in line.markers:
         ax.axvspan(line.markers["paused"], line.markers["resumed"], color="#cccccc", alpha=0.5,
                    label="libvirt paused .. resumed")
@@ -80,7 +89,7 @@ def gap_timeline(line: Timeline, title: str, out_dir: Path, name: str) -> str:
     ax.set_ylabel("gap (ms, log)", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", framealpha=0.8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.8)
     ax.set_title(title, fontsize=9)
     return _save(fig, out_dir, name)
 
