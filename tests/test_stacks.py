@@ -140,6 +140,21 @@ def test_a_version_not_in_the_archive_is_one_line_and_installs_nothing(cache):
     assert sorted(p.name for p in cache.archive.iterdir()) == before
 
 
+def test_lab_up_with_a_version_not_in_the_archive_stops_before_making_anything(tmp_path):
+    config = tmp_path / "lab.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "kvmstkv", "network": {"subnet": "198.19.92.0/24", "runner_address": "198.19.92.1",
+                                       "guest_range": "198.19.92.128/25", "nfs_address": "198.19.92.10"},
+        "stacks": {"candidate": {"source": "archive", "qemu": "10.0.99"}},
+        "hosts": [{"name": "hv1", "address": "198.19.92.11"},
+                  {"name": "hv2", "address": "198.19.92.12", "stack": "candidate"}]}))
+    proc = lab_cli(config, "up", timeout=120)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert last.startswith("lab: error: stacks.candidate.qemu: 10.0.99 is not in bookworm-backports at "), last
+    assert nothing_left("kvmstkv"), leftovers("kvmstkv")
+
+
 def test_an_unreachable_archive_is_one_line_and_installs_nothing(tmp_path):
     fresh = StackCache(tmp_path / "stacks")
     with pytest.raises(StackError) as info:

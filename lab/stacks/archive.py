@@ -63,7 +63,7 @@ def default_mirror(suite: str) -> str:
     for line in out.splitlines():
         m = re.match(r"\s*\d+\s+(\S+://\S+)\s+(\S+)/main\s", line)
         if m:
-            uri = m[1] if m[2] == base else uri
+            uri = m[1] if m[2] == base else ""  # its release line follows; that says whose suite it is
         elif "release" in line and "o=Debian" in line and f"n={base}," in line and uri:
             return uri.rstrip("/")
     raise StackError(f"apt has no Debian {base} source to take the mirror from; "

@@ -89,7 +89,7 @@ class StackCache:
             if not (partial / MANIFEST).is_file():
                 raise StackError(f"{final.name}: unpacked without a manifest; nothing was installed")
             partial.chmod(0o755)  # the hosts' daemons read it
-            if final.exists():  # a tree of the same version made meanwhile by an older layout: replace it
+            if final.exists():  # a directory of that name without its manifest (damaged by hand): no tree, replace it
                 shutil.rmtree(final)
             partial.rename(final)
         finally:

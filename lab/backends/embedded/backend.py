@@ -130,6 +130,9 @@ class EmbeddedBackend:
     def _up_locked(self, progress: Progress, owner_run: str) -> None:
         cfg, layout = self.config, self.layout
         started = time.monotonic()
+        # Stacks first (cached trees, fetched where missing): a version not in the archive or an
+        # unreachable mirror stops `up` before anything is made.
+        stacks = ensure_stacks(cfg, progress)
         state = LabState(name=cfg.name, backend="embedded", config_digest=config_digest(cfg),
                          storage=cfg.storage, owner_run=owner_run)
         layout.dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +145,6 @@ class EmbeddedBackend:
         state.image = ImageRecord(kernel=str(image.kernel), initrd=str(image.initrd), key=image.key)
         progress(f"accelerator: {accel.name} ({accel.reason})")
 
-        stacks = ensure_stacks(cfg, progress)  # cached trees, fetched where missing (before anything is made)
         self._make_keys_and_client_config()
         for path in (layout.storage_path("shared"), layout.storage_path("local"), Path("/run/libvirt"),
                      Path("/root/.ssh"), Path("/run/sshd")):
