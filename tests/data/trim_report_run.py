@@ -1,6 +1,7 @@
 """Make tests/data/report-run/ from a real run's report folder: junit.xml, results.jsonl and lab.json
 as the run wrote them; the series sidecars of the first KEEP_SERIES migrations of each scenario (the
-others are left out, so their records point at a missing file: the report must say so); every
+others, and any longer than MAX_SERIES_BYTES, are left out, so their records point at a missing
+file: the report must say so); every
 evidence file cut to its last EVIDENCE_LINES lines.
 
     .venv/bin/python tests/data/trim_report_run.py RUN_DIR
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 KEEP_SERIES = 1
+MAX_SERIES_BYTES = 200_000  # a longer series stays out: the report must then say it is missing
 EVIDENCE_LINES = 30
 OUT = Path(__file__).parent / "report-run"
 
@@ -30,7 +32,7 @@ def main(run: Path) -> None:
         if not ref or not (run / ref).exists():
             continue
         key = f"{doc.get('kind')}:{doc.get('scenario')}"
-        if kept.get(key, 0) < KEEP_SERIES:
+        if kept.get(key, 0) < KEEP_SERIES and (run / ref).stat().st_size <= MAX_SERIES_BYTES:
             kept[key] = kept.get(key, 0) + 1
             (OUT / ref).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(run / ref, OUT / ref)
