@@ -25,7 +25,7 @@ class Tolerance(Model):
     bandwidth_pct: PositiveNumber = 25.0
     max_downtime_ms: PositiveNumber = 250.0
     hypervisor_overestimate_ms: PositiveNumber = 25.0
-    hypervisor_underreport_ms: PositiveNumber = 150.0
+    hypervisor_underreport_ms: PositiveNumber = 100.0
 
 
 class Limits(Model):

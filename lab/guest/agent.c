@@ -308,6 +308,7 @@ static struct {
     size_t pages;
     size_t pos;
     uint64_t round; /* pages before pos hold round, the rest round - 1 */
+    int huge; /* the region is on 2 MiB pages */
 } dirty = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 static _Atomic double dirty_measured; /* MiB/s over the last second */
 
@@ -320,6 +321,7 @@ struct findings {
 static struct findings sweep_found = {.mu = PTHREAD_MUTEX_INITIALIZER};
 static struct findings hot_found = {.mu = PTHREAD_MUTEX_INITIALIZER};
 static volatile uint64_t *hot_base; /* HOT_PAGES pages, never unmapped */
+static int hot_huge; /* ... within one 2 MiB page */
 static atomic_uint_least64_t hot_rounds;
 
 static atomic_uint console_wrong; /* wrong pages told on the serial console this boot */
@@ -336,6 +338,35 @@ static void note_wrong(struct findings *f, volatile uint64_t *word, uint64_t fou
     if (atomic_fetch_add(&console_wrong, 1) < ORACLE_FIRST)
         console("LAB-ORACLE-WRONG writer=%s addr=0x%lx found=%llu expected=%llu", f == &hot_found ? "hot" : "sweep",
                 (unsigned long)(uintptr_t)word, (unsigned long long)found, (unsigned long long)expected);
+}
+
+#define HUGE (2 * MIB)
+
+/* Anonymous memory, populated; on 2 MiB pages when the guest has them (*huge set), so that each
+ * 2 MiB is physically contiguous and the harness can read it from outside the guest. */
+static void *map_oracle(size_t bytes, int *huge)
+{
+    size_t rounded = (bytes + HUGE - 1) / HUGE * HUGE;
+    void *p = mmap(NULL, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE,
+                   -1, 0);
+    *huge = p != MAP_FAILED;
+    if (p == MAP_FAILED)
+        p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    return p;
+}
+
+/* Guest-physical address of the page at `addr` (/proc/self/pagemap; the agent runs as root). */
+static uint64_t phys_of(const volatile void *addr)
+{
+    uint64_t entry = 0;
+    int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = pread(fd, &entry, sizeof entry, (off_t)((uintptr_t)addr / PAGE * sizeof entry));
+    close(fd);
+    if (n != (ssize_t)sizeof entry || !(entry >> 63))
+        return 0;
+    return (entry & ((1ULL << 55) - 1)) * PAGE;
 }
 
 static void *dirty_main(void *unused)
@@ -414,7 +445,7 @@ static void *hot_main(void *unused)
 
 static int start_hot_set(void)
 {
-    void *p = mmap(NULL, HOT_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    void *p = map_oracle(HOT_PAGES * PAGE, &hot_huge);
     if (p == MAP_FAILED)
         return -1;
     hot_base = p;
@@ -482,6 +513,20 @@ static int cmd_oracle(char *out, size_t outsz)
     return n;
 }
 
+/* oracle_map: where the oracle's memory is in guest-physical terms, one address per 2 MiB page, so the
+ * harness can check it from outside (a paused destination) when a crashed guest could not. */
+static int cmd_oracle_map(char *out, size_t outsz)
+{
+    pthread_mutex_lock(&dirty.mu);
+    int n = snprintf(out, outsz, "ok huge=%d hot=0x%llx sweep_pages=%zu sweep=", dirty.huge && hot_huge,
+                     (unsigned long long)phys_of(hot_base), dirty.pages);
+    for (size_t off = 0; dirty.huge && off < dirty.pages * PAGE && (size_t)n < outsz; off += HUGE)
+        n += snprintf(out + n, outsz - (size_t)n, "%s0x%llx", off ? "," : "",
+                      (unsigned long long)phys_of((const volatile uint8_t *)dirty.base + off));
+    pthread_mutex_unlock(&dirty.mu);
+    return n;
+}
+
 static int cmd_dirty(char **av, int ac, char *out, size_t outsz)
 {
     double rate;
@@ -495,12 +540,12 @@ static int cmd_dirty(char **av, int ac, char *out, size_t outsz)
     if (want != dirty.pages) {
         /* Remap under the lock: the writer never sees a half-swapped region. */
         if (dirty.base)
-            munmap((void *)dirty.base, dirty.pages * PAGE);
+            munmap((void *)dirty.base, dirty.huge ? (dirty.pages * PAGE + HUGE - 1) / HUGE * HUGE : dirty.pages * PAGE);
         dirty.base = NULL;
         dirty.pages = dirty.pos = 0;
         dirty.round = 0; /* fresh pages hold 0: round 0 */
         if (want) {
-            void *p = mmap(NULL, want * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            void *p = map_oracle(want * PAGE, &dirty.huge);
             if (p == MAP_FAILED) {
                 rc = snprintf(out, outsz, "err cannot map %llu MiB: %s", (unsigned long long)mib, strerror(errno));
                 rate = 0;
@@ -842,6 +887,8 @@ static int run_command(char *line, char *reply, size_t replysz)
         cmd_verify(out, outsz);
     else if (!strcmp(cmd, "oracle"))
         cmd_oracle(out, outsz);
+    else if (!strcmp(cmd, "oracle_map"))
+        cmd_oracle_map(out, outsz);
     else if (!strcmp(cmd, "diskwrite"))
         cmd_diskwrite(args, nargs, out, outsz);
     else if (!strcmp(cmd, "disksum"))

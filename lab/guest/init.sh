@@ -41,6 +41,10 @@ if [ "$(arg lab.probe)" = 1 ]; then
     poweroff -f
 fi
 
+# 2 MiB pages for the dirty-page oracle (64 MiB sweep + the hot set): physically contiguous, so
+# the harness can read them from outside the guest (QMP pmemsave) while it is paused.
+echo 34 > /proc/sys/vm/nr_hugepages
+
 while :; do
     /agent
     echo "LAB-AGENT-ERROR agent exited with status $?, respawning"

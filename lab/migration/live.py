@@ -40,6 +40,7 @@ class MigrationParams:
     postcopy_after_s: float = 5.0  # ... or after this long, whichever comes first
     timeout_s: float = 120.0  # watchdog budget
     timeout_action: str = "abort"  # abort | postcopy
+    paused: bool = False  # leave the guest paused on the destination (to read its memory from outside)
 
     def flags(self) -> int:
         f = 0
@@ -54,6 +55,7 @@ class MigrationParams:
         f |= libvirt.VIR_MIGRATE_UNSAFE if self.unsafe else 0
         f |= libvirt.VIR_MIGRATE_PERSIST_DEST if self.persist_dest else 0
         f |= libvirt.VIR_MIGRATE_UNDEFINE_SOURCE if self.undefine_source else 0
+        f |= libvirt.VIR_MIGRATE_PAUSED if self.paused else 0
         f |= libvirt.VIR_MIGRATE_POSTCOPY if self.mode == "postcopy" or self.timeout_action == "postcopy" else 0
         return f
 
@@ -184,6 +186,12 @@ def migrate(name: str, src: Host, dst: Host, params: MigrationParams) -> Migrati
     # The watchdog gets a connection of its own: calls on the connection that is blocked in
     # migrateToURI3 were seen to hang (abortJob for 10+ minutes under load), killing the budget.
     watch_conn = src.connect(fresh=True)
+    # The source's job-completed event carries the completed stats even where the destination keeps
+    # none (libvirt 9.0 keeps only `type` there after a postcopy migration).
+    source_stats: dict = {}
+    event = watch_conn.domainEventRegisterAny(
+        watch_conn.lookupByName(name), libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
+        lambda _conn, _dom, stats, _opaque: source_stats.update(stats), None)
     with _Watchdog(watch_conn.lookupByName(name), params) as watchdog:
         try:
             if params.p2p or params.tunnelled:
@@ -195,7 +203,10 @@ def migrate(name: str, src: Host, dst: Host, params: MigrationParams) -> Migrati
             aborted = bool(watchdog.fired)
             if watchdog.fired:
                 error = f"{watchdog.fired}: {error}"
+    if not error:
+        _wait_for_event(source_stats, 2.0)
     try:
+        watch_conn.domainEventDeregisterAny(event)
         watch_conn.close()
     except libvirt.libvirtError:
         pass
@@ -208,9 +219,22 @@ def migrate(name: str, src: Host, dst: Host, params: MigrationParams) -> Migrati
         return result
     try:
         result.stats, result.stats_note = completed_job_stats(dst.connect().lookupByName(name), dst.name)
+        if result.stats_note and source_stats:
+            # Fill what the destination lacks from the source's event, and say where each came from.
+            result.stats = {**source_stats, **result.stats, "stats_source": "destination + source job-completed event"}
+            missing = [k for k in ("downtime", "time_elapsed") if k not in result.stats]
+            result.stats_note += "; taken from the source's job-completed event" + (
+                f", which has no {', '.join(missing)} either" if missing else "")
     except libvirt.libvirtError as exc:
         result.error = f"migrated, but {name} is not on {dst.name}: {exc.get_error_message()}"
     return result
+
+
+def _wait_for_event(received: dict, timeout: float) -> None:
+    """The event arrives on libvirt's event loop thread, shortly after the migration call returns."""
+    deadline = time.monotonic() + timeout
+    while not received and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def get_max_downtime_ms(host: Host, name: str) -> int:

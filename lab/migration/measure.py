@@ -124,7 +124,7 @@ def check_invariants(m: Measurement, period_ms: float, tolerance: Tolerance) -> 
                                     f"({period_ms:g} ms) and the stated tolerance "
                                     f"({tolerance.hypervisor_overestimate_ms:g} ms)"))
         if d["guest"] > d["hypervisor"] + tolerance.hypervisor_underreport_ms:
-            findings.append(Finding(Kind.INVARIANT, f"libvirt under-reports: the guest was silent {d['guest']:.1f} ms, "
+            findings.append(Finding(Kind.UNDERREPORTED, f"libvirt under-reports: the guest was silent {d['guest']:.1f} ms, "
                                     f"libvirt reports {d['hypervisor']:.0f} ms downtime, beyond the stated bound of "
                                     f"{tolerance.hypervisor_underreport_ms:g} ms"))
     if m.total_s is None:

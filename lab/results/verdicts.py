@@ -2,8 +2,8 @@
 
 A finding is one thing a check found wrong, with a kind from a fixed list (so a
 defect's signature names kinds, never free text). A failure is excused only when
-the stack is in the defect's range, every finding the defect requires is there,
-and every finding is one the defect explains: a harness bug or any other failure
+the stack is in the defect's range, its evidence is among the findings, and
+every finding is one the defect explains: a harness bug or any other failure
 next to a known defect still fails. The registry is data: known_defects.yaml.
 """
 from __future__ import annotations
@@ -37,6 +37,7 @@ class Kind(str, Enum):
     TOTAL_TIME_ABSENT = "total-time-absent"  # libvirt's job stats lack `time_elapsed`
     THRESHOLD = "threshold"
     INVARIANT = "invariant"  # the probes disagree beyond the stated tolerances
+    UNDERREPORTED = "hypervisor-underreports"  # the guest was silent far longer than libvirt's downtime
     HEARTBEAT_LOST = "heartbeat-lost"
 
 
@@ -86,8 +87,8 @@ class KnownDefect(BaseModel):
     title: str
     upstream: Upstream
     affects: Affects
-    requires: list[Kind]
-    explains: list[Kind]
+    evidence: list[Kind]  # at least one of these findings must be there: the defect's own signature
+    explains: list[Kind]  # every finding must be of one of these kinds
 
     def reference(self) -> str:
         u = self.upstream
@@ -138,9 +139,9 @@ def judge(findings: list[Finding], stack: Stack, registry: Registry) -> Verdict:
     for defect in registry.defects:
         if not defect.applies_to(stack):
             continue
-        if set(defect.requires) <= kinds and kinds <= set(defect.explains):
+        if kinds & set(defect.evidence) and kinds <= set(defect.explains):
             return Verdict("excused", found, defect, f"excused by {defect.reference()}")
-    candidates = [d.id for d in registry.defects if d.applies_to(stack) and set(d.requires) <= kinds]
+    candidates = [d.id for d in registry.defects if d.applies_to(stack) and kinds & set(d.evidence)]
     unexplained = sorted(k.value for k in kinds)
     why = f"{len(found)} finding(s) of kind {', '.join(unexplained)}"
     if candidates:

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from lab.errors import LabError
+from lab.migration.external_oracle import check_paused, oracle_map
 from lab.migration.integrity import inspect, take_fingerprint
+from lab.migration.live import migrate
 from lab.migration.measure import measure_migration, thresholds_record, verdict
 from lab.results.evidence import collect
 from lab.results.records import write_series
@@ -35,6 +38,28 @@ def disk_stream_findings(guest) -> tuple[dict, list[Finding]]:
     return doc, findings
 
 
+def verify_from_outside(lab, guest, before, src, dst, scenario, record) -> list[Finding]:
+    """One migration of the dirtying guest whose destination stays paused: the oracle's memory read from
+    outside (external_oracle.py), then the guest let run and inspected. Not timed (the pause would count)."""
+    where = oracle_map(guest)
+    params = replace(scenario.with_lab(lab, dst.address), paused=True)
+    result = migrate(guest.name, src, dst, params)
+    if not result.ok:
+        return [Finding(Kind.MIGRATION_FAILED, f"{scenario.id}: the oracle's migration {src.name} -> {dst.name} "
+                                               f"failed: {result.error}")]
+    guest.host = dst
+    try:
+        report, lost = check_paused(guest, dst, where)
+    finally:
+        dst.connect().lookupByName(guest.name).resume()
+    after = inspect(guest, before, lab.hosts, dst)
+    findings = ([lost] if lost else []) + after.findings
+    record({"kind": "oracle-migration", "scenario": scenario.id, "src": src.name, "dst": dst.name,
+            "paused_destination_check": report, "oracle": after.oracle, "stats": result.stats,
+            "findings": [{"kind": f.kind.value, "text": f.text} for f in findings]})
+    return [Finding(f.kind, f"oracle migration to {dst.name}: {f.text}") for f in findings]
+
+
 def precreate_disk(guest, host) -> None:
     """Non-shared storage: the destination needs an image of the same size to copy into."""
     # -U: the running guest holds the image's lock; reading its size is safe.
@@ -59,6 +84,12 @@ def run_measured(lab, thresholds, repeat, host_versions, known_defects, record, 
         src, dst = lab.hosts[0], lab.hosts[1]
         stack = Stack(host_versions[src.name].get("qemu_version", "unknown"), lab.accelerator,
                       scenario.params.mode)
+        if scenario.dirty_mibs and scenario.params.mode == "precopy":  # postcopy runs on the destination at once
+            outside = verify_from_outside(lab, guest, before, src, dst, scenario, record)
+            findings += outside
+            if any(f.kind in (Kind.GUEST_REBOOTED, Kind.SPLIT_BRAIN, Kind.MIGRATION_FAILED) for f in outside):
+                count = 0  # the measured series would time another boot (or nothing)
+            src, dst = dst, src
         for i in range(count):
             if scenario.storage == "local":
                 precreate_disk(guest, dst)
