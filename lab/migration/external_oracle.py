@@ -1,0 +1,94 @@
+"""The dirty-page oracle read from outside the guest, on a destination kept paused after the migration.
+
+Under TCG on QEMU < 9.0 the writes a migration loses also hit the guest kernel, which then panics on
+the destination as soon as it runs: the agent inside never gets to report. So a dirtying scenario
+starts with one migration whose destination stays paused (VIR_MIGRATE_PAUSED): the harness reads
+the oracle's pages with QMP `pmemsave` (they sit on 2 MiB pages, physically contiguous, whose
+guest-physical addresses the agent gave before), checks the sweep's one boundary and the hot set's,
+and only then lets the guest run.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+
+from lab.errors import MigrationError
+from lab.guest.domain import Guest
+from lab.results.verdicts import Finding, Kind
+from lab.runtime.hosts import Host
+
+HUGE = 2 * 1024 * 1024
+PAGE = 4096
+HOT_PAGES = 8
+
+
+@dataclass(frozen=True)
+class OracleMap:
+    huge: bool  # the oracle's memory is on 2 MiB pages (else it cannot be read from outside)
+    hot: int  # guest-physical address of the hot set
+    sweep: tuple[int, ...]  # guest-physical address of each 2 MiB of the sweep region, in sweep order
+    sweep_pages: int
+
+
+def oracle_map(guest: Guest) -> OracleMap:
+    reply = guest.agent("oracle_map")
+    sweep = tuple(int(a, 16) for a in reply.get("sweep", "").split(",") if a)
+    return OracleMap(reply.get("huge") == "1" and all(sweep), int(reply["hot"], 16), sweep, int(reply["sweep_pages"]))
+
+
+def one_boundary_violations(words: list[int]) -> list[tuple[int, int, int]]:
+    """(index, found, expected) of every page off the pattern `r ... r, r-1 ... r-1` (one boundary).
+
+    A stale page right at the boundary cannot be told from the boundary itself: it is not counted.
+    """
+    if not words:
+        return []
+    top = max(words)
+    boundary = max(i for i, w in enumerate(words) if w == top) + 1
+    return [(i, w, top if i < boundary else top - 1) for i, w in enumerate(words)
+            if w != (top if i < boundary else max(top - 1, 0))]
+
+
+def first_words(host: Host, domain: str, addresses: list[int], folder: str) -> list[list[int]]:
+    """The first 8-byte word of every 4 KiB page of each 2 MiB region, read by QEMU itself (pmemsave)."""
+    host.run(f"rm -rf {folder} && mkdir -p {folder}", timeout=30)
+    try:
+        for n, address in enumerate(addresses):
+            command = json.dumps({"execute": "pmemsave", "arguments": {
+                "val": address, "size": HUGE, "filename": f"{folder}/{n}.bin"}})
+            host.run(f"virsh qemu-monitor-command {shlex.quote(domain)} {shlex.quote(command)}", timeout=60)
+        out = host.run(f"for n in $(seq 0 {len(addresses) - 1}); do od -An -tu8 -w{PAGE} -v {folder}/$n.bin "
+                       f"| awk '{{print $1}}'; echo END; done", timeout=120).stdout
+    finally:
+        host.run(f"rm -rf {folder}", check=False, timeout=30)
+    regions, current = [], []
+    for line in out.split():
+        if line == "END":
+            regions.append(current)
+            current = []
+        else:
+            current.append(int(line))
+    return regions
+
+
+def check_paused(guest: Guest, host: Host, where: OracleMap) -> tuple[dict, Finding | None]:
+    """Read the oracle's memory on `host`, where the guest sits paused after arriving; a finding if pages are off."""
+    if not where.huge:
+        raise MigrationError(f"{guest.name}: the oracle's memory is not on 2 MiB pages (the guest reserved none): "
+                             "it cannot be read from outside")
+    folder = f"/tmp/kvm-acceptance-oracle-{guest.name}"
+    regions = first_words(host, guest.name, [*where.sweep, where.hot], folder)
+    sweep = [w for region in regions[:-1] for w in region][:where.sweep_pages]
+    hot = regions[-1][:HOT_PAGES]
+    wrong = [("sweep", where.sweep[i * PAGE // HUGE] + (i * PAGE) % HUGE, f, e)
+             for i, f, e in one_boundary_violations(sweep)]
+    wrong += [("hot", where.hot + i * PAGE, f, e) for i, f, e in one_boundary_violations(hot)]
+    report = {"checked_pages": len(sweep) + len(hot), "sweep_round": max(sweep, default=0),
+              "hot_round": max(hot, default=0), "wrong": len(wrong),
+              "first": [{"set": s, "guest_physical": hex(a), "found": f, "expected": e} for s, a, f, e in wrong[:8]]}
+    if not wrong:
+        return report, None
+    first = ", ".join(f"{hex(a)} ({s}: found {f}, expected {e})" for s, a, f, e in wrong[:4])
+    return report, Finding(Kind.LOST_PAGES, f"lost writes seen from outside the paused destination: {len(wrong)} of "
+                                            f"{report['checked_pages']} pages, first at guest-physical {first}")
