@@ -137,11 +137,14 @@ def live_views(run: RunData, out_dir: Path) -> tuple[list[dict], list[dict]]:
     scenarios += [scenario_view(run, name, [], s, out_dir) for name, s in summaries.items() if name not in grouped]
     others = []
     for r in run.records:
-        if (r.get("kind") == "live-migration" and not measured(r)) or r.get("kind") in ("bandwidth", "summary"):
+        if (r.get("kind") == "live-migration" and not measured(r)) or \
+                r.get("kind") in ("bandwidth", "summary", "oracle-migration"):
             outcome = run.outcome(r.get("test", "")) if r.get("test") else None
+            check = r.get("paused_destination_check") if isinstance(r.get("paused_destination_check"), dict) else {}
+            figures = {k: r[k] for k in ("configured_mibs", "measured_mibs", "configured_max_downtime_ms") if k in r}
+            figures.update({f"oracle {k}": check[k] for k in ("checked_pages", "wrong") if k in check})
             others.append({"kind": r.get("kind"), "scenario": r.get("scenario"), "ok": r.get("ok"),
-                           "error": r.get("error") or "", "aborted": r.get("aborted"), "outcome": outcome,
-                           "figures": {k: r[k] for k in ("configured_mibs", "measured_mibs", "configured_max_downtime_ms")
-                                       if k in r},
+                           "error": "; ".join(filter(None, [r.get("error") or "", *findings_of(r, "findings")])),
+                           "aborted": r.get("aborted"), "outcome": outcome, "figures": figures,
                            "hypervisor_ms": _number((r.get("downtime_ms") or {}).get("hypervisor"))})
     return scenarios, others

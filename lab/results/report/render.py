@@ -22,7 +22,8 @@ from lab.util.files import atomic_write_json, atomic_write_text
 TEMPLATES = Path(__file__).parent / "templates"
 ASSETS = "report-assets"
 INDEX = "index.html"
-KNOWN_KINDS = {"live-migration", "live-migration-summary", "bandwidth", "summary", "cold-migration", "contrast",
+KNOWN_KINDS = {"live-migration", "live-migration-summary", "oracle-migration", "bandwidth", "summary", "cold-migration",
+               "contrast",
                "preflight", "qemu-source-build"}
 ABSENT = Markup('<span class="absent">absent</span>')
 
