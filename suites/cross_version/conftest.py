@@ -3,9 +3,12 @@ machine type both can run, and the refusals libvirt and QEMU make by design."""
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
+from lab.errors import LabError
+from lab.migration.live import MigrationResult
 from lab.runtime.hosts import Host
 
 # libvirt words the errors of its "not supported" codes with fixed prefixes (src/util/virerror.c):
@@ -17,6 +20,28 @@ BY_DESIGN = ("unsupported configuration: ", "Operation not supported: ", "argume
 
 def refused_by_design(error: str) -> bool:
     return any(marker in error for marker in BY_DESIGN)
+
+
+def refusal(result: MigrationResult, dst: Host) -> str:
+    """libvirt's words when a failed migration was refused by design, else "".
+
+    The source's error, or, when the source saw only its connection to the destination close ("End of file
+    while reading data", seen from libvirt 11.3 refused by 9.0), the destination libvirtd's own error line
+    logged during the migration.
+    """
+    if refused_by_design(result.error):
+        return result.error
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(result.started_ns // 10**9))
+    try:
+        log = dst.run("tail -n 3000 /var/log/libvirt/libvirtd.log", check=False, timeout=30).stdout
+    except LabError:
+        return ""
+    for line in log.splitlines():
+        if line[:19] >= since and " error : " in line:
+            message = line.split(" error : ", 1)[1].split(" : ", 1)[-1]
+            if refused_by_design(message):
+                return f"{dst.name}'s libvirtd: {message} (the source reported: {result.error})"
+    return ""
 
 
 def version_tuple(text: str) -> tuple[int, ...]:

@@ -21,7 +21,7 @@ from lab.migration.measure import measure_migration, thresholds_record, verdict
 from lab.results.evidence import collect
 from lab.results.records import write_series
 from lab.results.verdicts import Finding, Kind, Stack, judge
-from suites.cross_version.conftest import machine_types, refused_by_design, version_tuple
+from suites.cross_version.conftest import machine_types, refusal, version_tuple
 
 pytestmark = pytest.mark.lab
 DIRECTIONS = {"old-to-new": "rolling upgrade", "new-to-old": "rollback"}
@@ -71,12 +71,13 @@ def test_live_migration_across_stacks(direction, load, lab, stack_pair, pinned_m
         if after:
             doc.update(oracle=after.oracle, dirty_mibs_achieved=after.dirty_mibs,
                        integrity=[{"kind": f.kind.value, "text": f.text} for f in after.findings])
-        if not m.result.ok and refused_by_design(m.result.error):
-            doc["refused_by_design"] = True
+        refused = refusal(m.result, dst) if not m.result.ok else ""
+        if refused:
+            doc["refused_by_design"] = refused
             record(doc)
             collect(lab.hosts, guest.name, test_report_dir / f"migration-{i + 1}", m.result)
             pytest.skip(f"{direction} ({DIRECTIONS[direction]}) {src.name} [{src.stack}] -> {dst.name} "
-                        f"[{dst.stack}] is refused by design: {m.result.error}")
+                        f"[{dst.stack}] is refused by design: {refused}")
         record(doc)
         if not m.result.ok:
             kept = collect(lab.hosts, guest.name, test_report_dir / f"migration-{i + 1}", m.result)
@@ -115,9 +116,10 @@ def test_a_machine_type_the_older_qemu_lacks_is_refused_by_design(lab, stack_pai
     guest = guest_factory(host=new, machine=newest)
     before = take_fingerprint(guest)
     result = migrate(guest.name, new, old, _params(lab, old, LOADS[0]))
+    refused = refusal(result, old) if not result.ok else ""
     record({"kind": "cross-version-refusal", "src": new.name, "dst": old.name, "machine": newest, "ok": result.ok,
-            "error": result.error, "refused_by_design": refused_by_design(result.error),
+            "error": result.error, "refused_by_design": refused,
             "stacks": {h.name: {"stack": h.stack, **host_versions[h.name]} for h in (new, old)}})
     assert not result.ok, f"{new.name} -> {old.name} with machine type {newest} succeeded"
-    assert refused_by_design(result.error) and newest in result.error, result.error
+    assert refused and f"does not support machine type '{newest}'" in refused, result.error
     assert inspect(guest, before, lab.hosts, new).findings == []
