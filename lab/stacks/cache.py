@@ -3,7 +3,8 @@
 A tree is made in `.partial-*` under the cache root and renamed into place once it and its
 manifest are complete, so a download or unpack that fails (or is killed) half way leaves no
 tree behind; a killed one leaves a partial directory that the next fetch sweeps (under the
-cache lock, so never one another process is still filling).
+cache lock, so never one another fetch is still filling; and only once the killed fetch's own
+apt-get or dpkg-deb, which outlive it, have ended).
 """
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ from typing import Callable, Iterator
 from lab.errors import StackError
 from lab.runtime.layout import CACHE_ROOT
 from lab.util.files import atomic_write_json, file_lock
+from lab.util.process import wait_until
 
 # LAB_STACK_CACHE: another root (tests point it at a scratch directory).
 DEFAULT_ROOT = Path(os.environ.get("LAB_STACK_CACHE") or CACHE_ROOT / "stacks")
 MANIFEST = "manifest.json"
 PARTIAL = ".partial-"
+ORPHAN_WAIT_S = 120.0  # an orphaned download or unpack of one package ends well within this
 
 
 def entry_name(component: str, version: str) -> str:
@@ -62,6 +65,10 @@ class StackCache:
             raise StackError(f"cannot create the stacks cache {self.root}: {exc.strerror}; run as root") from None
         with file_lock(self.root / ".lock", "stack fetch", progress):
             for stale in self.archive.glob(PARTIAL + "*"):
+                # A killed fetch's apt-get or dpkg-deb may still be finishing its package: let it end first.
+                if not wait_until(lambda: not working_in(stale), ORPHAN_WAIT_S, interval=0.2):
+                    progress(f"leaving {stale.name}: processes {working_in(stale)} still write into it")
+                    continue
                 progress(f"removing {stale.name}, left by an interrupted fetch")
                 shutil.rmtree(stale, ignore_errors=True)
             yield
@@ -95,6 +102,23 @@ class StackCache:
         finally:
             if partial.exists():
                 shutil.rmtree(partial, ignore_errors=True)
+
+
+def working_in(directory: Path) -> list[int]:
+    """PIDs of live processes whose working directory or command line is inside `directory` (read from /proc)."""
+    inside = str(directory)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if cwd.startswith(inside) or inside in cmdline:
+            found.append(int(entry.name))
+    return found
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
