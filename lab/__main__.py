@@ -13,7 +13,8 @@ import libvirt
 from lab.backends import get_backend
 from lab.config.lab import BACKENDS, LabConfig, load_lab_config
 from lab.errors import LabError
-from lab.preflight import FAIL, as_json, context_for, run_preflight, table
+from lab.preflight import as_json, context_for
+from lab.preflight.doctor import check_all_pairs, check_pair, expected_from_flags, plan_from_flags, summary
 from lab.results.report import build_report, read_summary, render_comparison
 from lab.runtime.lab import Lab
 
@@ -90,22 +91,23 @@ def cmd_guest_list(args) -> int:
 
 
 def cmd_doctor(args) -> int:
+    # Flags first: a bad value is one line before anything is asked of the lab.
+    plan = plan_from_flags(args.memory, args.vcpus, args.disk, args.cpu_model, args.machine)
+    expected = expected_from_flags(args.max_downtime, args.bandwidth)
+    if args.all_pairs and (args.guest or args.src or args.dst):
+        raise LabError("--all-pairs checks every pair of lab.yaml for the planned guest: drop --guest, --src and --dst")
     lab = Lab.load(_config(args))
-    expected = {}
-    if args.max_downtime is not None:
-        expected["max_downtime_ms"] = args.max_downtime
-    if args.bandwidth is not None:
-        expected["bandwidth_mibs"] = args.bandwidth
-    ctx = context_for(lab, args.src, args.dst, args.guest, **expected)
-    start = time.monotonic()
-    results = run_preflight(ctx, args.check or None)
-    if args.json:
-        print(as_json(results))
+    if args.all_pairs:
+        reports = check_all_pairs(lab, args.check or None, plan, **expected)
     else:
-        print(f"preflight {ctx.src.name} -> {ctx.dst.name}" + (f", guest {args.guest}" if args.guest else "") +
-              f" ({time.monotonic() - start:.1f} s)")
-        print(table(results))
-    return 1 if any(r.status == FAIL for r in results) else 0
+        reports = [check_pair(context_for(lab, args.src, args.dst, args.guest, plan, **expected), args.check or None)]
+    if args.json:
+        print(json.dumps([r.as_dict() for r in reports], indent=2) if args.all_pairs else as_json(reports[0].results))
+    else:
+        print("\n\n".join(r.text() for r in reports))
+        if args.all_pairs:
+            print(summary(reports))
+    return 1 if any(r.failed for r in reports) else 0
 
 
 def cmd_report(args) -> int:
@@ -130,14 +132,26 @@ def build_parser() -> argparse.ArgumentParser:
     ssh.add_argument("host")
     ssh.add_argument("command", nargs=argparse.REMAINDER)
     ssh.set_defaults(func=cmd_ssh)
-    doctor = sub.add_parser("doctor", help="preflight checklist for a live migration; exit 1 on any fail")
-    doctor.add_argument("--guest", help="the guest to migrate (VM-state, storage and parameter checks need it)")
+    doctor = sub.add_parser("doctor", help="preflight checklist for a live migration; exit 1 on any fail",
+                            description="Without --guest: the pair is checked for a planned guest, the lab's "
+                                        "(lab.yaml guest:) changed by --memory, --vcpus, --disk, --cpu-model, --machine.")
+    doctor.add_argument("--guest", help="an existing guest to migrate (only the VM-state checks need one)")
     doctor.add_argument("--src", help="source host (default: the first)")
-    doctor.add_argument("--dst", help="destination host (default: the other)")
-    doctor.add_argument("--max-downtime", type=int, metavar="MS", help="expected max downtime, read back and compared")
-    doctor.add_argument("--bandwidth", type=int, metavar="MIBS", help="expected bandwidth limit, read back and compared")
+    doctor.add_argument("--dst", help="destination host (default: the source's pair partner)")
+    doctor.add_argument("--all-pairs", action="store_true", help="check every host pair of lab.yaml; one table each")
+    doctor.add_argument("--memory", metavar="SIZE", help="planned guest memory (MiB, or 4G, 1T)")
+    doctor.add_argument("--vcpus", metavar="N", help="planned guest vCPUs")
+    doctor.add_argument("--disk", metavar="SIZE", help="planned guest disk size (MiB, or 20G)")
+    doctor.add_argument("--cpu-model", metavar="MODEL", help="planned guest CPU model (libvirt's name, e.g. qemu64)")
+    doctor.add_argument("--machine", metavar="TYPE", help="planned guest machine type (e.g. pc, q35)")
+    doctor.add_argument("--max-downtime", metavar="MS", help="configured max downtime: read back (guest) or "
+                        "given to each host's QEMU (planned guest)")
+    doctor.add_argument("--bandwidth", metavar="MIBS", help="configured bandwidth limit, 0 unlimited: read back "
+                        "(guest) or given to each QEMU and measured on the link (planned guest)")
     doctor.add_argument("--check", action="append", help="run only this check (repeatable)")
     doctor.add_argument("--json", action="store_true")
+    # A flag without its value is bad input like any other: one line, not argparse's usage block.
+    doctor.error = lambda message: doctor.exit(2, f"lab: error: doctor: {message} (`python -m lab doctor --help`)\n")
     doctor.set_defaults(func=cmd_doctor)
     guest = sub.add_parser("guest", help="guests on the lab's hosts")
     guest_sub = guest.add_subparsers(dest="guest_command", required=True)

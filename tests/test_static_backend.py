@@ -88,7 +88,7 @@ def test_static_lab_refuses_an_unready_pair_with_the_doctors_table(real_hosts, i
     assert up.returncode == 2
     assert re.search(r"migration-ports +FAIL", up.stderr) and re.search(r"ssh-access +PASS", up.stderr)  # the table
     errors = [line for line in up.stderr.splitlines() if line.startswith("lab: error:")]
-    assert errors == ["lab: error: hosts hv1 -> hv2 are not ready for migration: migration-ports failed "
+    assert errors == ["lab: error: hosts hv1 -> hv2 are not ready for migration: migration-ports, bandwidth failed "
                       "(table above; `python -m lab doctor --src hv1 --dst hv2`)"], up.stderr
     assert not get_backend(load_lab_config(inventory)).is_up()
 

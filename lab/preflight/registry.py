@@ -36,7 +36,7 @@ class Check:
     name: str
     category: str  # permission, network, storage, resources, vm, parameters, accelerator
     run: CheckFunction
-    needs_guest: bool  # without a guest in the context the runner skips it
+    needs_guest: bool  # only an existing guest can answer it: without one the runner skips it and says so
 
 
 CHECKS: dict[str, Check] = {}

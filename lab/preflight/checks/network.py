@@ -58,7 +58,7 @@ def mtu(ctx: PreflightContext) -> CheckResult:
     return result("mtu", PASS, f"mtu {a['mtu']} on both")
 
 
-def _migration_ports(host: Host) -> tuple[int, int]:
+def migration_port_range(host: Host) -> tuple[int, int]:
     found = {k: int(v) for k, v in re.findall(r"^\s*(migration_port_m(?:in|ax))\s*=\s*(\d+)", qemu_conf(host), re.M)}
     return found.get("migration_port_min", MIGRATION_PORTS[0]), found.get("migration_port_max", MIGRATION_PORTS[1])
 
@@ -66,7 +66,7 @@ def _migration_ports(host: Host) -> tuple[int, int]:
 @check("migration-ports", "network")
 def migration_ports(ctx: PreflightContext) -> CheckResult:
     """A closed port (refused) is fine, a filtered one (no answer) is not: QEMU listens there during the job."""
-    low, high = _migration_ports(ctx.dst)
+    low, high = migration_port_range(ctx.dst)
     probes = {port: tcp_probe(ctx.src, ctx.dst.address, port) for port in sorted({low, (low + high) // 2, high})}
     blocked = [str(p) for p, state in probes.items() if state == "blocked"]
     if blocked:

@@ -5,12 +5,14 @@ import subprocess
 from dataclasses import dataclass
 
 from lab.preflight.context import PreflightContext
+from lab.preflight.ssh_mux import run_on
 from lab.runtime.hosts import Host
 
 
 def sh(host: Host, command: str, timeout: float = 20) -> subprocess.CompletedProcess:
-    """A command on the host whose failure the check judges itself (no exception on a non-zero exit)."""
-    return host.run(command, check=False, timeout=timeout)
+    """A command on the host whose failure the check judges itself (no exception on a non-zero exit);
+    over the run's shared SSH connection to the host when there is one (see lab/preflight/ssh_mux.py)."""
+    return run_on(host, command, timeout)
 
 
 def key_values(text: str) -> dict[str, str]:
