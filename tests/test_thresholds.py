@@ -113,6 +113,14 @@ def test_libvirt_under_reporting_the_downtime_fails():
     assert check_invariants(_measurement(70, 130, 170), period_ms=1, tolerance=TOLERANCE) == []
 
 
+def test_echo_replies_lost_outside_the_stalls_fail():
+    m = _measurement(70, 100, 120)
+    m.echo.update(lost=40, stalled_ms=100.0, period_ms=1.0)
+    assert check_invariants(m, 1, TOLERANCE) == []  # 40 probes lost inside 100 ms of stalls
+    m.echo.update(lost=140)
+    assert any("echo replies lost" in str(f) for f in check_invariants(m, 1, TOLERANCE))
+
+
 def test_duplicate_heartbeats_and_two_boot_ids_fail():
     assert Kind.SPLIT_BRAIN in _kinds(check_invariants(_measurement(70, 100, 120, duplicates=4), 1, TOLERANCE))
     assert Kind.TWO_BOOT_IDS in _kinds(check_invariants(_measurement(70, 100, 120, boot_ids=2), 1, TOLERANCE))

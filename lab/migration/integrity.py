@@ -7,7 +7,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from lab.errors import GuestError, LabError
+from lab.errors import AgentTimeout, GuestError, LabError
 from lab.guest.domain import Guest
 from lab.results.verdicts import Finding, Kind
 from lab.runtime.hosts import Host
@@ -87,7 +87,20 @@ def inspect(guest: Guest, before: Fingerprint, hosts: tuple[Host, ...], expected
     if where != [expected_host.name]:
         findings.append(Finding(Kind.SPLIT_BRAIN if len(where) > 1 else Kind.MIGRATION_FAILED,
                                 f"guest runs on {where or 'no host'}, expected only {expected_host.name}"))
-    info = guest.info()
+    try:
+        info = guest.info()
+    except AgentTimeout:
+        # A guest whose kernel crashed reboots (panic=-1); give it its boot time to answer again.
+        try:
+            guest.agent("info", timeout=guest.config.boot_timeout_s)
+            info = guest.info()
+        except AgentTimeout:
+            findings.append(Finding(Kind.ECHO_SILENT, f"the guest agent does not answer on {expected_host.name} "
+                                                      f"within {guest.config.boot_timeout_s:.0f} s of arriving"))
+            seen = serial_oracle_lines(guest, hosts)
+            if seen:
+                findings.append(Finding(Kind.LOST_PAGES, f"lost writes seen on the serial console: {'; '.join(seen[:4])}"))
+            return Inspection(findings, None, None)
     if info["boot_id"] != before.boot_id:
         findings.append(Finding(Kind.GUEST_REBOOTED, f"guest rebooted: boot id {before.boot_id} became {info['boot_id']}"))
         seen = serial_oracle_lines(guest, hosts)
