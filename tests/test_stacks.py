@@ -8,6 +8,7 @@ interrupted (SIGINT) or killed (SIGKILL) while it downloads or unpacks.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -234,3 +235,43 @@ def test_a_host_that_does_not_run_its_stack_stops_up_and_leaves_nothing(tmp_path
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("lab: error: hv2: libvirtd reports QEMU 10.0.2 where stack 'wrong' has 9.9.9"), last
     assert down.returncode == 0 and nothing_left("kvmstkt"), leftovers("kvmstkt")
+
+
+PATCH_0001 = REPO / "suites" / "hotpatch" / "patches" / "0001-query-version-package.patch"
+
+
+def _qmp_package(binary: Path) -> str:
+    """QMP query-version's `package`, asked of the binary itself (no guest)."""
+    commands = '{"execute": "qmp_capabilities"}\n{"execute": "query-version"}\n{"execute": "quit"}\n'
+    out = subprocess.run([str(binary), "-machine", "none", "-nodefaults", "-display", "none", "-qmp", "stdio"],
+                         input=commands, capture_output=True, text=True, timeout=60).stdout
+    replies = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return next(r["return"]["package"] for r in replies if isinstance(r.get("return"), dict) and "package" in r["return"])
+
+
+@pytest.mark.slow
+def test_a_qemu_source_build_is_a_stack_with_its_patches_applied():
+    """QEMU 7.2 from the distro's source with the hot patch suite's 0001 patch (query-version's package
+    gains " +hotpatch-0001"): built into the stacks cache (about 6 minutes the first time), then reused."""
+    spec = StackSpec(source="build", qemu="7.2", patches=(str(PATCH_0001),))
+    record = ensure_stack("fixed", spec, lambda _m: None)
+    assert record.source == "build" and record.qemu_upstream == "7.2" and record.binds == {}
+    (usr,) = record.layers
+    package = _qmp_package(Path(usr) / "bin" / "qemu-system-x86_64")
+    assert package.startswith("kvm-lab stack fixed ") and package.endswith(" +hotpatch-0001"), package
+    said = []
+    assert ensure_stack("fixed", spec, said.append) == record and not any("building" in s for s in said), said
+
+
+@pytest.mark.slow
+def test_a_patch_that_does_not_apply_is_one_line_and_installs_nothing(tmp_path):
+    bad = tmp_path / "bad.patch"
+    bad.write_text(PATCH_0001.read_text().replace("info->package = g_strdup(QEMU_PKGVERSION);",
+                                                  "info->package = g_strdup(NO_SUCH_LINE);"))
+    cache = StackCache(tmp_path / "stacks")
+    with pytest.raises(StackError) as info:
+        ensure_stack("broken", StackSpec(source="build", qemu="7.2", patches=(str(bad),)), lambda _m: None, cache)
+    message = str(info.value)
+    assert message.startswith(f"stacks.broken.patches: {bad} does not apply to qemu 1:7.2") and "\n" not in message
+    assert cache.entries("qemu-build") == [] and not list(cache.archive.iterdir())
+    assert "FAILED" in Path(message.rsplit("see ", 1)[1]).read_text()  # patch's own words, in the kept log

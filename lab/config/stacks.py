@@ -44,17 +44,17 @@ Version = Annotated[str, BeforeValidator(_not_a_number),
 Mirror = Annotated[NonEmpty, rule(lambda v: re.match(r"(https?|file)://\S+$", v),
                                   "is not a mirror URL (like http://deb.debian.org/debian)")]
 # Which fields each source takes besides `source` (the rest must be left out).
-TAKES = {"system": (), "archive": ("suite", "mirror", "qemu", "libvirt"), "build": ("qemu", "patches"),
-         "path": ("path", "qemu", "libvirt")}
+TAKES = {"system": (), "archive": ("suite", "mirror", "qemu", "libvirt"),
+         "build": ("suite", "mirror", "qemu", "patches"), "path": ("path", "qemu", "libvirt")}
 
 
 class StackSpec(Model):
     """One stack: where its QEMU and libvirt come from."""
 
     source: Literal["system", "archive", "build", "path"]
-    suite: NonEmpty | None = None  # archive: default bookworm-backports
+    suite: NonEmpty | None = None  # archive: default bookworm-backports; build: default the distribution's own
     mirror: Mirror | None = None  # archive: default the mirror apt uses for the distribution
-    qemu: Version | None = None  # archive/build: the version to fetch; path: the version it must report
+    qemu: Version | None = None  # archive: the version to fetch; build: the source version; path: what it must report
     libvirt: Version | None = None  # the same for libvirt; archive/path: left out keeps the installed one
     path: AbsPath | None = None  # path: a tree with usr/ inside (dpkg -x, or make install DESTDIR=)
     patches: tuple[AbsPath, ...] = ()  # build: patch files applied to the QEMU source, in order

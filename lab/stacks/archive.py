@@ -73,9 +73,9 @@ def default_mirror(suite: str) -> str:
 class PrivateApt:
     """apt with its own sources, lists and package cache: reads the suite, installs nothing."""
 
-    def __init__(self, cache: StackCache, suite: str, mirror: str):
-        self.suite, self.mirror = suite, mirror.rstrip("/")
-        self.dir = cache.apt_dir(f"{suite}-{hashlib.sha256(self.mirror.encode()).hexdigest()[:8]}")
+    def __init__(self, cache: StackCache, suite: str, mirror: str, kind: str = "deb"):
+        self.suite, self.mirror, self.kind = suite, mirror.rstrip("/"), kind  # kind: deb | deb-src
+        self.dir = cache.apt_dir(f"{suite}-{kind}-{hashlib.sha256(self.mirror.encode()).hexdigest()[:8]}")
         self.where = f"{suite} at {self.mirror}"
 
     def options(self) -> list[str]:
@@ -89,7 +89,8 @@ class PrivateApt:
             raise StackError(f"{KEYRING} not found: install debian-archive-keyring to read {self.where}")
         for sub in ("parts", "lists/partial", "cache/archives/partial"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.dir / "sources.list", f"deb [signed-by={KEYRING}] {self.mirror} {self.suite} main\n")
+        line = f"{self.kind} [signed-by={KEYRING}] {self.mirror} {self.suite} main\n"
+        atomic_write_text(self.dir / "sources.list", line)
         progress(f"reading {self.where}")
         run(["apt-get", *self.options(), "--error-on=any", "update"], timeout=180, error=StackError,
             what=f"apt-get update of {self.where}", fix="check the mirror URL and that it is reachable",

@@ -14,6 +14,7 @@ from lab.config.stacks import SYSTEM, StackSpec, stack_spec
 from lab.errors import StackError
 from lab.runtime.state import StackRecord
 from lab.stacks.archive import COMPONENTS, QEMU, LIBVIRT, PrivateApt, cached, default_mirror, fetch, resolve, upstream
+from lab.stacks.build import build_stack
 from lab.stacks.cache import Entry, StackCache
 from lab.util.process import run
 
@@ -35,7 +36,7 @@ def ensure_stack(name: str, spec: StackSpec, progress: Progress, cache: StackCac
         return archive_stack(name, spec, cache, progress)
     if spec.source == "path":
         return path_stack(name, spec)
-    return build_stack(name, spec)
+    return build_stack(name, spec, cache, progress)
 
 
 def installed_version(package: str) -> str:
@@ -113,10 +114,3 @@ def tree_qemu_version(usr: Path) -> str:
     out = run([binary, "--version"], check=False, timeout=20, error=StackError).stdout
     m = re.search(r"version (\S+)(?: \((?:Debian )?([^)]+)\))?", out)
     return (m[2] or m[1]) if m else ""
-
-
-def build_stack(name: str, spec: StackSpec) -> StackRecord:
-    """A QEMU source build: not made by this layer (the hot patch builder sits above it); one line says how."""
-    raise StackError(f"stacks.{name}: source: build (QEMU {spec.qemu}"
-                     f"{' with ' + str(len(spec.patches)) + ' patches' if spec.patches else ''}) is not built by "
-                     "`lab up`; build it, `make install DESTDIR=TREE`, and use source: path with path: TREE")
