@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import libvirt
 
@@ -101,6 +102,9 @@ class MigrationResult:
         return doc
 
 
+PROGRESS_EVERY_S = 5.0
+
+
 def completed_job_stats(dom: libvirt.virDomain, where: str) -> tuple[dict, str]:
     """libvirt's completed-job stats as returned, and a note when they are missing or partial (never a default)."""
     try:
@@ -115,8 +119,8 @@ def completed_job_stats(dom: libvirt.virDomain, where: str) -> tuple[dict, str]:
 class _Watchdog:
     """Watches the source job; past the budget it aborts (or switches to postcopy) and says so."""
 
-    def __init__(self, dom: libvirt.virDomain, params: MigrationParams):
-        self.dom, self.params = dom, params
+    def __init__(self, dom: libvirt.virDomain, params: MigrationParams, progress: Callable[[str], None] | None = None):
+        self.dom, self.params, self.progress = dom, params, progress
         self.fired = ""
         self.postcopy_switched = False
         self.postcopy_error = ""
@@ -135,9 +139,13 @@ class _Watchdog:
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.params.timeout_s
+        next_report = time.monotonic() + PROGRESS_EVERY_S
         while not self._stop.wait(0.1):
             if self.params.mode == "postcopy" and not self.postcopy_switched:
                 self._maybe_start_postcopy()
+            if self.progress and time.monotonic() >= next_report:
+                next_report += PROGRESS_EVERY_S
+                self._report()
             if time.monotonic() < deadline:
                 continue
             try:
@@ -157,6 +165,16 @@ class _Watchdog:
             except libvirt.libvirtError:
                 return  # the job ended on its own meanwhile
 
+    def _report(self) -> None:
+        """Where a long migration stands: iteration, what is left, the dirty rate (from the live job stats)."""
+        try:
+            s = self.dom.jobStats()
+        except libvirt.libvirtError:
+            return
+        self.progress(f"migrating: iteration {s.get('memory_iteration', '?')}, "
+                      f"{s.get('memory_remaining', 0) / 2**20:.0f} MiB of memory left, "
+                      f"dirtied at {s.get('memory_dirty_rate', 0) * 4096 / 2**20:.1f} MiB/s")
+
     def _maybe_start_postcopy(self) -> None:
         try:
             iteration = self.dom.jobStats().get("memory_iteration", 0)
@@ -172,8 +190,11 @@ class _Watchdog:
                 self.postcopy_error = exc.get_error_message()  # retried on the next tick; kept as evidence
 
 
-def migrate(name: str, src: Host, dst: Host, params: MigrationParams) -> MigrationResult:
-    """Migrate domain `name` from src to dst; raises MigrationError with libvirt's reason on failure."""
+def migrate(name: str, src: Host, dst: Host, params: MigrationParams,
+            progress: Callable[[str], None] | None = None) -> MigrationResult:
+    """Migrate domain `name` from src to dst; raises MigrationError with libvirt's reason on failure.
+
+    progress: told every PROGRESS_EVERY_S seconds where a long migration stands."""
     sconn = src.connect()
     try:
         dom = sconn.lookupByName(name)
@@ -192,7 +213,7 @@ def migrate(name: str, src: Host, dst: Host, params: MigrationParams) -> Migrati
     event = watch_conn.domainEventRegisterAny(
         watch_conn.lookupByName(name), libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
         lambda _conn, _dom, stats, _opaque: source_stats.update(stats), None)
-    with _Watchdog(watch_conn.lookupByName(name), params) as watchdog:
+    with _Watchdog(watch_conn.lookupByName(name), params, progress) as watchdog:
         try:
             if params.p2p or params.tunnelled:
                 dom.migrateToURI3(dst.libvirt_uri, params.typed_params(), params.flags())

@@ -18,6 +18,7 @@ from lab.migration.live import MigrationParams, MigrationResult, migrate
 from lab.results.stats import Summary
 from lab.results.verdicts import Finding, Kind
 from lab.runtime.hosts import Host
+from lab.util.progress import StatusLine
 
 SETTLE_MAX_S = 3.0  # longest wait, after completion, for both probes to hear the guest again
 SETTLE_PACKETS = 20  # this many heartbeats and echo replies after completion close the window
@@ -73,7 +74,9 @@ def measure_migration(scenario: str, guest: Guest, src: Host, dst: Host, params:
     period_ns = int(period_ms * 1e6)
     before_ns = time.time_ns()
     baseline = guest.heartbeats.window(before_ns - int(BASELINE_S * 1e9), before_ns, period_ns)
-    result = migrate(guest.name, src, dst, params)
+    # A migration that iterates for a minute says where it stands (silent when it ends within 10 s).
+    with StatusLine(f"{scenario} {src.name} -> {dst.name}", quiet_for_s=10) as progress:
+        result = migrate(guest.name, src, dst, params, progress)
     if result.ok:
         guest.host = dst
     # The window closes once both probes hear the guest again after completion (or the wait runs out,
