@@ -13,6 +13,7 @@ from lab.config.lab import load_lab_config
 from lab.config.stacks import stack_spec
 from lab.errors import ConfigError, LabError
 from lab.stacks.archive import COMPONENTS
+from lab.stacks.build import COMPONENT as BUILD
 from lab.stacks.cache import StackCache
 from lab.stacks.resolve import ensure_stack
 
@@ -36,9 +37,9 @@ def cmd_fetch(args) -> int:
 def cmd_list(_args) -> int:
     cache = StackCache()
     rows = [(c, e.manifest["version"], e.manifest.get("suite", ""), str(e.dir))
-            for c in COMPONENTS for e in cache.entries(c)]
+            for c in (*COMPONENTS, BUILD) for e in cache.entries(c)]
     for row in rows:
-        print("{:<8} {:<32} {:<20} {}".format(*row))
+        print("{:<10} {:<32} {:<20} {}".format(*row))
     if not rows:
         print(f"no stacks cached in {cache.root}")
     return 0
