@@ -4,17 +4,21 @@ old -> new is a rolling upgrade, new -> old a rollback. The guest runs the older
 machine type, so both QEMUs offer the same virtual hardware; every move is measured by the three
 probes, the guest inspected after it (boot id, dirty-page oracle, fill pattern, disk, echo), and the
 findings judged against the thresholds and the known-defect registry (the registry takes the
-source's QEMU: lost pages are the source's dirty tracking). A direction that libvirt or QEMU
-refuses by design is stated as such, with their message. Each repetition is a fresh guest on the
-source, so every figure is of one move in the named direction.
+source's QEMU: lost pages are the source's dirty tracking). A dirtying load starts, as in the live
+suite, with one move whose destination stays paused, the oracle's memory read from outside
+(lab/migration/external_oracle.py: a guest the lost writes crash cannot report them itself); when
+it finds pages lost or the guest crashed, the timed series is not run (it would time the defect).
+A direction that libvirt or QEMU refuses by design is stated as such, with their message. Each
+move is a fresh guest on the source, so every figure is of one move in the named direction.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
 from lab.guest.domain import remove_guest
+from lab.migration.external_oracle import check_paused, oracle_map
 from lab.migration.integrity import inspect, take_fingerprint
 from lab.migration.live import MigrationParams, migrate
 from lab.migration.measure import measure_migration, thresholds_record, verdict
@@ -56,7 +60,12 @@ def test_live_migration_across_stacks(direction, load, lab, stack_pair, pinned_m
     period_ms = lab.config.guest.heartbeat_us / 1000
     stacks = {h.name: {"stack": h.stack, **host_versions[h.name]} for h in (src, dst)}
     measurements, findings = [], []
-    for i in range(repeat):
+    count = repeat
+    if load.dirty_mibs:
+        findings += _oracle_move(lab, guest_factory, pinned_machine, src, dst, load, scenario, record)
+        if findings:
+            count = 0  # lost pages or a crash: the timed series would time the defect
+    for i in range(count):
         guest = guest_factory(host=src, machine=pinned_machine)
         before = take_fingerprint(guest)
         if load.dirty_mibs:
@@ -102,6 +111,32 @@ def test_live_migration_across_stacks(direction, load, lab, stack_pair, pinned_m
             "summaries": {k: {**vars(v), "basis": v.basis} for k, v in summaries.items()},
             "thresholds": {"downtime_ms": limits.downtime_ms, "total_s": limits.total_s}}, figures)
     settle(outcome)
+
+
+def _oracle_move(lab, guest_factory, machine, src, dst, load: Load, scenario: str, record) -> list[Finding]:
+    """One untimed move of a fresh dirtying guest whose destination stays paused while the oracle's pages are
+    read from outside; then the guest runs and is inspected. Its findings, each saying where they come from."""
+    guest = guest_factory(host=src, machine=machine)
+    before = take_fingerprint(guest)
+    guest.agent("dirty", load.dirty_mibs, 64)
+    where = oracle_map(guest)
+    result = migrate(guest.name, src, dst, replace(_params(lab, dst, load), paused=True))
+    if not result.ok:
+        return [Finding(Kind.MIGRATION_FAILED, f"{scenario}: the oracle's move {src.name} -> {dst.name} failed: "
+                                               f"{refusal(result, dst) or result.error}")]
+    guest.host = dst
+    try:
+        report, lost = check_paused(guest, dst, where)
+    finally:
+        dst.connect().lookupByName(guest.name).resume()
+    after = inspect(guest, before, lab.hosts, dst)
+    found = ([lost] if lost else []) + after.findings
+    record({"kind": "oracle-migration", "scenario": scenario, "src": src.name, "dst": dst.name,
+            "paused_destination_check": report, "oracle": after.oracle, "stats": result.stats,
+            "findings": [{"kind": f.kind.value, "text": f.text} for f in found]})
+    if not found:
+        remove_guest(lab, guest)
+    return [Finding(f.kind, f"oracle move to {dst.name}: {f.text}") for f in found]
 
 
 def test_a_machine_type_the_older_qemu_lacks_is_refused_by_design(lab, stack_pair, pinned_machine, guest_factory,
