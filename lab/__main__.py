@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import libvirt
 
@@ -15,6 +16,7 @@ from lab.config.lab import BACKENDS, LabConfig, load_lab_config
 from lab.errors import LabError
 from lab.preflight import as_json, context_for
 from lab.preflight.doctor import check_all_pairs, check_pair, expected_from_flags, plan_from_flags, summary
+from lab.results.gate import gate, markdown
 from lab.results.report import build_report, read_summary, render_comparison
 from lab.runtime.lab import Lab
 
@@ -118,6 +120,16 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    """The release gate: exit 1 on any regression, 3 when a probe had too few samples to judge, else 0."""
+    out = Path(args.out or args.candidate)
+    result = gate(Path(args.baseline), Path(args.candidate), out)
+    html = render_comparison(read_summary(args.baseline), read_summary(args.candidate), out)
+    print(markdown(result))
+    print(f"written: {out / 'gate.json'}, {out / 'gate.md'}, {html}")
+    return 1 if result["regressions"] else 3 if result["undecided"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__)
     parser.add_argument("--lab-config", metavar="PATH", help="lab.yaml to use (default: $LAB_CONFIG or ./lab.yaml)")
@@ -160,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run's report folder, e.g. reports/<run-id>")
     report.add_argument("--against", metavar="BASE_RUN_DIR", help="also write RUN_DIR/compare.html against this run")
     report.set_defaults(func=cmd_report)
+    compare = sub.add_parser("compare", help="release gate: a candidate run against a baseline; exit 1 on a regression")
+    compare.add_argument("baseline", metavar="BASELINE_RUN", help="the baseline run's folder, e.g. reports/<run-id>")
+    compare.add_argument("candidate", metavar="CANDIDATE_RUN", help="the candidate run's folder")
+    compare.add_argument("--out", metavar="DIR", help="where gate.json, gate.md and compare.html go (default: the candidate's)")
+    compare.set_defaults(func=cmd_compare)
     return parser
 
 

@@ -1,0 +1,84 @@
+"""The release gate's decisions on two run folders: a verdict that gets worse, a probe that shifts up
+with significance, a shift too small or too noisy to count, too few samples, and bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab.errors import ReportError
+from lab.results.gate import MIN_SAMPLES, compare, load
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST = "suites/live_migration/test_live_migration.py::test_measured_migration[precopy-idle]"
+
+
+def write_run(folder: Path, state: str, downtimes: dict[str, list[float]]) -> Path:
+    folder.mkdir(parents=True)
+    body = {"pass": "", "fail": '<failure message="boom">boom</failure>',
+            "excused": '<skipped type="pytest.xfail" message="excused by QEMU-TCG-DIRTY-BITMAP" />'}[state]
+    (folder / "junit.xml").write_text(
+        '<?xml version="1.0"?><testsuites><testsuite name="pytest">'
+        f'<testcase classname="suites.live_migration.test_live_migration" name="{TEST.split("::")[1]}" '
+        f'time="1.0">{body}</testcase></testsuite></testsuites>')
+    lines = []
+    for probe_values in zip(*downtimes.values()):
+        lines.append(json.dumps({"kind": "live-migration", "scenario": "precopy-idle", "ok": True,
+                                 "downtime_ms": dict(zip(downtimes, probe_values))}))
+    (folder / "results.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def samples(center: float, n: int = 8) -> dict[str, list[float]]:
+    spread = [center + d for d in (-6, -3, -1, 0, 1, 2, 4, 7, 5, -4)[:n]]
+    return {"hypervisor": spread, "guest": [v + 40 for v in spread], "network": [v + 80 for v in spread]}
+
+
+def test_a_probe_shifted_up_with_significance_is_a_regression(tmp_path):
+    result = compare(load(write_run(tmp_path / "base", "pass", samples(80))),
+                     load(write_run(tmp_path / "cand", "pass", samples(200))))
+    assert result["regressions"] == ["precopy-idle hypervisor", "precopy-idle guest", "precopy-idle network"]
+    hyp = result["probes"][0]
+    assert hyp["p_value"] < 0.05 and hyp["effect"] == 1.0 and hyp["median_shift_ms"] == pytest.approx(120)
+
+
+def test_the_same_distribution_and_a_shift_below_the_limit_are_no_regression(tmp_path):
+    base = load(write_run(tmp_path / "base", "pass", samples(80)))
+    assert compare(base, load(write_run(tmp_path / "same", "pass", samples(80))))["regressions"] == []
+    # 8 ms up: significant, but below max(10 ms, 20 % of 80 ms = 16 ms)
+    assert compare(base, load(write_run(tmp_path / "small", "pass", samples(88))))["regressions"] == []
+
+
+def test_a_verdict_that_gets_worse_is_a_regression_and_one_that_gets_better_is_not(tmp_path):
+    ok, excused = write_run(tmp_path / "ok", "pass", samples(80)), write_run(tmp_path / "ex", "excused", samples(80))
+    worse = compare(load(ok), load(excused))
+    assert worse["regressions"] == [TEST] and worse["tests"][0]["change"] == "worse"
+    better = compare(load(write_run(tmp_path / "bad", "fail", samples(80))), load(ok))
+    assert better["regressions"] == [] and better["tests"][0]["change"] == "better"
+
+
+def test_too_few_samples_are_not_judged_and_the_cli_says_so_with_its_own_exit_status(tmp_path):
+    few = MIN_SAMPLES - 1
+    base = write_run(tmp_path / "base", "pass", samples(80, few))
+    cand = write_run(tmp_path / "cand", "pass", samples(200, few))
+    result = compare(load(base), load(cand))
+    assert result["regressions"] == [] and len(result["undecided"]) == 3
+    proc = subprocess.run([sys.executable, "-m", "lab", "compare", str(base), str(cand), "--out", str(tmp_path / "o")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 3, proc.stderr
+    assert "3 probe(s) not judged" in proc.stdout and (tmp_path / "o" / "gate.json").exists()
+    regress = subprocess.run([sys.executable, "-m", "lab", "compare", str(write_run(tmp_path / "b2", "pass", samples(80))),
+                              str(write_run(tmp_path / "c2", "pass", samples(200))), "--out", str(tmp_path / "o2")],
+                             cwd=ROOT, capture_output=True, text=True)
+    assert regress.returncode == 1 and "3 regression(s)" in regress.stdout
+
+
+def test_a_folder_that_is_not_a_run_is_one_line(tmp_path):
+    with pytest.raises(ReportError, match="not a run folder"):
+        load(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "lab", "compare", str(tmp_path), str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not a run folder" in proc.stderr
