@@ -18,18 +18,20 @@ NEEDS_GUEST = [name for name, entry in CHECKS.items() if entry.needs_guest]
 @pytest.fixture(scope="module")
 def planned_results(lab, _measurement_lock):
     """Every check the hosts answer, for the planned guest: no guest exists for them."""
-    with _measurement_lock.shared():  # brief, but it samples the migration link
-        ctx = context_for(lab)
-        yield {r.name: r for r in run_preflight(ctx, [n for n in CHECKS if n not in NEEDS_GUEST])}
+    # The lock is held while the checks run (they sample the migration link), never across the yield: a
+    # second shared request while a writer waits at the turnstile would deadlock this worker against it.
+    with _measurement_lock.shared():
+        results = {r.name: r for r in run_preflight(context_for(lab), [n for n in CHECKS if n not in NEEDS_GUEST])}
+    return results
 
 
 @pytest.fixture(scope="module")
 def guest_results(lab, _measurement_lock):
     """The checks only an existing guest answers, for a running guest on the first host."""
-    with _measurement_lock.shared():  # held for the module: its guest shares the machine
+    with _measurement_lock.shared():  # while its guest runs (it shares the machine); not across a yield
         guest = create_guest(lab, lab.hosts[0])
         try:
-            yield {r.name: r for r in run_preflight(context_for(lab, guest=guest.name), NEEDS_GUEST)}
+            return {r.name: r for r in run_preflight(context_for(lab, guest=guest.name), NEEDS_GUEST)}
         finally:
             remove_guest(lab, guest)
 
