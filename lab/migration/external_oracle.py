@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lab.errors import MigrationError
 from lab.guest.domain import Guest
+from lab.migration.integrity import Fingerprint, inspect
+from lab.migration.live import MigrationParams, MigrationResult, migrate
 from lab.results.verdicts import Finding, Kind
 from lab.runtime.hosts import Host
 
@@ -102,3 +104,23 @@ def check_paused(guest: Guest, host: Host, where: OracleMap) -> tuple[dict, Find
     first = ", ".join(f"{hex(a)} ({s}: found {f}, expected {e})" for s, a, f, e in wrong[:4])
     return report, Finding(Kind.LOST_PAGES, f"lost writes seen from outside the paused destination: {len(wrong)} of "
                                             f"{report['checked_pages']} pages, first at guest-physical {first}")
+
+
+def migrate_checked_from_outside(lab, guest: Guest, before: Fingerprint, src: Host, dst: Host,
+                                 params: MigrationParams) -> tuple[MigrationResult, dict, list[Finding]]:
+    """One untimed migration of a dirtying guest whose destination stays paused while the oracle's pages are
+    read from outside; then the guest runs and is inspected. Returns the result, a record and the findings."""
+    where = oracle_map(guest)
+    result = migrate(guest.name, src, dst, replace(params, paused=True))
+    if not result.ok:
+        return result, {"stats": result.stats}, []
+    guest.host = dst
+    try:
+        report, lost = check_paused(guest, dst, where)
+    finally:
+        dst.connect().lookupByName(guest.name).resume()
+    after = inspect(guest, before, lab.hosts, dst)
+    findings = ([lost] if lost else []) + after.findings
+    doc = {"paused_destination_check": report, "oracle": after.oracle, "stats": result.stats,
+           "findings": [{"kind": f.kind.value, "text": f.text} for f in findings]}
+    return result, doc, findings

@@ -13,12 +13,12 @@ move is a fresh guest on the source, so every figure is of one move in the named
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pytest
 
 from lab.guest.domain import remove_guest
-from lab.migration.external_oracle import check_paused, oracle_map
+from lab.migration.external_oracle import migrate_checked_from_outside
 from lab.migration.integrity import inspect, take_fingerprint
 from lab.migration.live import MigrationParams, migrate
 from lab.migration.measure import measure_migration, thresholds_record, verdict
@@ -119,21 +119,11 @@ def _oracle_move(lab, guest_factory, machine, src, dst, load: Load, scenario: st
     guest = guest_factory(host=src, machine=machine)
     before = take_fingerprint(guest)
     guest.agent("dirty", load.dirty_mibs, 64)
-    where = oracle_map(guest)
-    result = migrate(guest.name, src, dst, replace(_params(lab, dst, load), paused=True))
+    result, doc, found = migrate_checked_from_outside(lab, guest, before, src, dst, _params(lab, dst, load))
     if not result.ok:
         return [Finding(Kind.MIGRATION_FAILED, f"{scenario}: the oracle's move {src.name} -> {dst.name} failed: "
                                                f"{refusal(result, dst) or result.error}")]
-    guest.host = dst
-    try:
-        report, lost = check_paused(guest, dst, where)
-    finally:
-        dst.connect().lookupByName(guest.name).resume()
-    after = inspect(guest, before, lab.hosts, dst)
-    found = ([lost] if lost else []) + after.findings
-    record({"kind": "oracle-migration", "scenario": scenario, "src": src.name, "dst": dst.name,
-            "paused_destination_check": report, "oracle": after.oracle, "stats": result.stats,
-            "findings": [{"kind": f.kind.value, "text": f.text} for f in found]})
+    record({"kind": "oracle-migration", "scenario": scenario, "src": src.name, "dst": dst.name, **doc})
     if not found:
         remove_guest(lab, guest)
     return [Finding(f.kind, f"oracle move to {dst.name}: {f.text}") for f in found]

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 
 from lab.errors import LabError
-from lab.migration.external_oracle import check_paused, oracle_map
+from lab.migration.external_oracle import migrate_checked_from_outside
 from lab.migration.integrity import inspect, take_fingerprint
-from lab.migration.live import migrate
 from lab.migration.measure import measure_migration, thresholds_record, verdict
 from lab.results.evidence import collect
 from lab.results.records import write_series
@@ -41,22 +39,11 @@ def disk_stream_findings(guest) -> tuple[dict, list[Finding]]:
 def verify_from_outside(lab, guest, before, src, dst, scenario, record) -> list[Finding]:
     """One migration of the dirtying guest whose destination stays paused: the oracle's memory read from
     outside (external_oracle.py), then the guest let run and inspected. Not timed (the pause would count)."""
-    where = oracle_map(guest)
-    params = replace(scenario.with_lab(lab, dst.address), paused=True)
-    result = migrate(guest.name, src, dst, params)
+    result, doc, findings = migrate_checked_from_outside(lab, guest, before, src, dst, scenario.with_lab(lab, dst.address))
     if not result.ok:
         return [Finding(Kind.MIGRATION_FAILED, f"{scenario.id}: the oracle's migration {src.name} -> {dst.name} "
                                                f"failed: {result.error}")]
-    guest.host = dst
-    try:
-        report, lost = check_paused(guest, dst, where)
-    finally:
-        dst.connect().lookupByName(guest.name).resume()
-    after = inspect(guest, before, lab.hosts, dst)
-    findings = ([lost] if lost else []) + after.findings
-    record({"kind": "oracle-migration", "scenario": scenario.id, "src": src.name, "dst": dst.name,
-            "paused_destination_check": report, "oracle": after.oracle, "stats": result.stats,
-            "findings": [{"kind": f.kind.value, "text": f.text} for f in findings]})
+    record({"kind": "oracle-migration", "scenario": scenario.id, "src": src.name, "dst": dst.name, **doc})
     return [Finding(f.kind, f"oracle migration to {dst.name}: {f.text}") for f in findings]
 
 
