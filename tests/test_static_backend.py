@@ -109,22 +109,28 @@ POOL_PROBE = textwrap.dedent('''
 
     from lab.guest.domain import create_guest, remove_guest
     from lab.migration.live import MigrationParams, migrate
+    from lab.results.evidence import collect
 
     def test_migrate_on_my_pair(lab, shared_lab):
         src, dst = lab.hosts
         guest = create_guest(lab, src)
+        evidence = ""
         try:
             result = migrate(guest.name, src, dst, MigrationParams(unsafe=lab.needs_unsafe("shared"),
                                                                    migrate_uri=f"tcp://{dst.address}"))
             guest.host = dst
             same_boot = result.ok and guest.info()["boot_id"] == guest.boot_id
+            if not same_boot:  # both hosts' libvirtd log tails into the failure message: CI keeps nothing else
+                kept = collect(lab.hosts, guest.name, Path(os.environ["POOL_OUT"]) / "evidence", result)
+                evidence = "\\n".join(f"--- {p.name}\\n" + "\\n".join(p.read_text().splitlines()[-15:])
+                                      for p in kept if p.name.endswith("libvirtd.log"))
         finally:
             remove_guest(lab, guest)
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         Path(os.environ["POOL_OUT"], worker + ".json").write_text(json.dumps(
             {"worker": worker, "pair": [src.name, dst.name], "ok": result.ok, "error": result.error,
              "same_boot": same_boot}))
-        assert same_boot, result.error
+        assert same_boot, f"{result.error}\\n{evidence}"
 ''')
 
 
@@ -163,7 +169,7 @@ def test_xdist_workers_take_separate_host_pairs_from_the_pool(four_hosts, tmp_pa
                              cwd=tmp_path, capture_output=True, text=True, timeout=900,
                              env={**os.environ, "POOL_OUT": str(out), "PYTHONPATH": str(REPO)})
         errors = [line for line in run.stdout.splitlines() if line.startswith("E ") or "Error" in line]
-        assert run.returncode == 0, "\n".join(errors[:12]) + run.stdout[-1500:] + run.stderr[-1500:]
+        assert run.returncode == 0, "\n".join(errors[:12]) + run.stdout[-6000:] + run.stderr[-1500:]
         records = sorted((json.loads(p.read_text()) for p in out.glob("*.json")), key=lambda r: r["worker"])
         assert [r["worker"] for r in records] == ["gw0", "gw1"], records
         assert sorted(tuple(r["pair"]) for r in records) == [("hv1", "hv2"), ("hv4", "hv3")], records

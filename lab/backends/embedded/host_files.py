@@ -51,6 +51,11 @@ def write_qemu_conf(etc: Path) -> None:
         'cgroup_controllers = [ ]\n'
         f"migration_port_min = {MIGRATION_PORTS[0]}\n"
         f"migration_port_max = {MIGRATION_PORTS[1]}\n"
+        # The p2p connection between two lab hosts: libvirt's default (5 s x 5) dropped it mid-migration
+        # ("connection closed due to keepalive timeout", then "client socket is closed") when the shared
+        # two-core runner stalled a host's libvirtd for 30 s. Two minutes tolerates the lab, not a hang.
+        "keepalive_interval = 10\n"
+        "keepalive_count = 12\n"
     )
 
 
