@@ -45,6 +45,7 @@ class GuestConfig:
     extra_devices: str = ""  # raw device XML, for tests that need an unusual guest
     boot_timeout_s: float = 90.0
     agent_timeout_s: float = 10.0
+    fill_mibs: float = 0.0  # the lab's measured memory fill speed (MiB/s); 0: not measured (embedded)
 
     @property
     def mac(self) -> str:
@@ -109,6 +110,7 @@ class Guest:
     boot_id: str = ""
     probes: list = field(default_factory=list)
     storage: str = "shared"
+    filled_mib: int = 0  # the last `fill`'s size (paces verify and oracle)
 
     @property
     def name(self) -> str:
@@ -126,8 +128,20 @@ class Guest:
             raise GuestError(f"{self.name}: not found on {host.name}: {exc.get_error_message()}") from None
 
     def agent(self, cmd: str, *args: object, timeout: float | None = None) -> dict[str, str]:
-        """An agent command; the wait is at least the lab's agent_timeout_s (slow labs raise it)."""
-        return self.control.command(cmd, *args, timeout=max(timeout or 0, self.config.agent_timeout_s))
+        """An agent command; the wait is at least the lab's agent_timeout_s (slow labs raise it) and,
+        where the lab measured its guests' fill speed, what the memory the command touches needs."""
+        wait = max(timeout or 0, self.config.agent_timeout_s, self._paced_s(cmd, args))
+        return self.control.command(cmd, *args, timeout=wait)
+
+    def _paced_s(self, cmd: str, args: tuple) -> float:
+        # fill writes MIB, verify and oracle read what was filled: three times the measured time, plus 10 s.
+        if self.config.fill_mibs <= 0:
+            return 0.0
+        if cmd == "fill" and len(args) >= 2:
+            self.filled_mib = int(args[1])
+        elif cmd not in ("verify", "oracle"):
+            return 0.0
+        return 10 + 3 * self.filled_mib / self.config.fill_mibs
 
     def info(self) -> dict[str, str]:
         return self.agent("info")
@@ -192,7 +206,8 @@ def create_guest(lab, host: Host, *, name: str | None = None, memory_mib: int | 
         kernel=lab.image.kernel, initrd=lab.image.initrd, domain_type=lab.domain_type,
         cpu_model=cpu_model or lab.config.guest.cpu_model, machine=lab.config.guest.machine,
         disk=disk, emulator=emulator, disk_nfs_host=nfs_host,
-        boot_timeout_s=lab.config.guest.boot_timeout_s, agent_timeout_s=lab.config.guest.agent_timeout_s)
+        boot_timeout_s=lab.config.guest.boot_timeout_s, agent_timeout_s=lab.config.guest.agent_timeout_s,
+        fill_mibs=lab.state.fill_mibs)
     if overrides:
         cfg = replace(cfg, **overrides)
     guest = Guest(cfg, host, heartbeats, control, storage=storage)

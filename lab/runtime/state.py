@@ -71,6 +71,8 @@ class VagrantRecord(_Record):
     driver: str = ""
     driver_reason: str = ""
     provision_recap: list[str] = Field(default_factory=list)
+    inner: dict[str, dict] = Field(default_factory=dict)  # accelerator -> what a guest cycle measured inside the VMs
+    resumed_from: str = ""  # the provisioned-VM cache this `up` started from; empty: made and provisioned afresh
 
 
 class LabState(_Record):
@@ -85,6 +87,7 @@ class LabState(_Record):
     owner_run: str = ""  # the pytest run that brought it up, if any
     ready: bool = False
     image: ImageRecord | None = None
+    fill_mibs: float = 0.0  # how fast a lab guest fills memory, where measured (Vagrant); sets agent timeouts
     nfs: HostState | None = None  # embedded: the NFS server host (storage: nfs)
     vagrant: VagrantRecord | None = None
 
