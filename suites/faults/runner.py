@@ -1,0 +1,266 @@
+"""One fault scenario end to end: fingerprint the guest, migrate with the fault at its point, let the
+harness do what an operator would (heal a cut, restart a daemon, resume a postcopy), then check the
+documented outcome and a second migration. Every problem is a Finding; the verdict is judged after."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field, replace
+
+import libvirt
+
+from lab.errors import LabError
+from lab.guest.domain import Guest
+from lab.migration.fault_run import (
+    FaultParams, FaultRun, domain_state, migrate_with_fault, migration_settings, resume_postcopy,
+    settings_changed, wait_recovered,
+)
+from lab.migration.integrity import Fingerprint, inspect, take_fingerprint
+from lab.migration.live import migrate
+from lab.results.verdicts import Finding, Kind
+from lab.runtime.faults import FAST_TCP, LIBVIRT_PORTS, MIGRATION_PORTS, FaultInjector
+from lab.runtime.hosts import Host
+from suites.faults.scenarios import FILL_MIB, LINK_MIBS, POSTCOPY_LINK_MIBS, SHORT_CUT_S, FaultScenario
+
+RECOVERY_TIMEOUT_S = 180  # TCG on a shared two-core runner: a restarted libvirtd re-probes, guests crawl
+OOM_HEADROOM = 64 * 2**20  # the destination libvirtd may grow this much; a QEMU needs far more (RAM, TCG buffer)
+STATE_NAMES = {None: "no domain", libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused",
+               libvirt.VIR_DOMAIN_SHUTOFF: "shut off", libvirt.VIR_DOMAIN_CRASHED: "crashed"}
+
+
+def state_text(state: tuple[int | None, int | None]) -> str:
+    return f"{STATE_NAMES.get(state[0], state[0])}" + (f" (reason {state[1]})" if state[0] is not None else "")
+
+
+@dataclass
+class FaultOutcome:
+    scenario: FaultScenario
+    run: FaultRun | None = None
+    findings: list[Finding] = field(default_factory=list)
+    ended_on: str = ""  # the host the guest runs on after recovery, or "" (lost)
+    states: dict = field(default_factory=dict)  # host -> libvirt's state of the domain after the fault
+    settings_changed: list[str] = field(default_factory=list)
+    second_migration: dict = field(default_factory=dict)
+    oracle: dict | None = None
+
+    def record(self) -> dict:
+        s = self.scenario
+        return {"kind": "fault", "scenario": s.id, "point": s.point, "fault": s.fault, "mode": s.mode,
+                "expected": s.expect, "documented": s.documented, "ended_on": self.ended_on,
+                "domain_states": self.states, "migration_settings_changed": self.settings_changed,
+                "second_migration": self.second_migration, "oracle": self.oracle,
+                "detection_s": self.run.detection_s if self.run else None,
+                "recovery_s": self.run.recovery_s if self.run else None,
+                "error": self.run.result.error if self.run and self.run.result else None,
+                "job_final_stats": self.run.result.stats if self.run and self.run.result else None,
+                "fault_run": self.run.as_record() if self.run else None,
+                "findings": [{"kind": f.kind.value, "text": f.text} for f in self.findings]}
+
+
+def scenario_params(lab, scenario: FaultScenario, dst: Host) -> FaultParams:
+    postcopy = scenario.mode == "postcopy"
+    return FaultParams(bandwidth_mibs=LINK_MIBS, migrate_uri=f"tcp://{dst.address}", unsafe=lab.needs_unsafe("shared"),
+                       mode=scenario.mode, postcopy_after_iterations=1, postcopy_after_s=1.0,
+                       postcopy_bandwidth_mibs=POSTCOPY_LINK_MIBS if postcopy else 0, timeout_s=240)
+
+
+class FaultCase:
+    """The scenario on (src, dst) with the lab's fault injector; `sabotage` breaks the outcome on purpose
+    (the split-brain test), after the fault and before the checks."""
+
+    def __init__(self, lab, faults: FaultInjector, scenario: FaultScenario, guest: Guest, sabotage=None):
+        self.lab, self.faults, self.scenario, self.guest, self.sabotage = lab, faults, scenario, guest, sabotage
+        self.src, self.dst = lab.hosts[0], lab.hosts[1]
+        self.params = scenario_params(lab, scenario, self.dst)
+        self.cuts: list = []
+        self.thaw: list[tuple[str, str]] = []
+        self.restart: list[tuple[str, str]] = []
+        self.lifted: list[str] = []
+        self.abort_conn = self.src.connect(fresh=True)  # migrateToURI3's connection is blocked meanwhile
+
+    # -- the faults ------------------------------------------------------------
+    def inject(self) -> str:
+        f, name, src, dst = self.scenario.fault, self.guest.name, self.src, self.dst
+        if f == "kill-dst-qemu":
+            done = f"SIGKILL to the destination QEMU, PID {self.faults.kill_qemu(dst.name, name)} from {dst.name}'s pid file"
+        elif f in ("kill-dst-libvirtd", "kill-src-libvirtd"):
+            host = dst if f == "kill-dst-libvirtd" else src
+            done = f"SIGKILL to {host.name}'s libvirtd, PID {self.faults.kill_daemon(host.name, 'libvirtd')}"
+            self.restart.append((host.name, "libvirtd"))
+        elif f in ("cut-migration", "cut-migration-short", "cut-migration-postcopy", "cut-libvirt"):
+            cut = self.faults.cut(dst.name, src.address, LIBVIRT_PORTS if f == "cut-libvirt" else MIGRATION_PORTS)
+            self.cuts.append(cut)
+            done = cut.describe()
+            if f == "cut-migration-short":
+                threading.Timer(SHORT_CUT_S, self.faults.heal, (cut,)).start()
+                done += f", healed after {SHORT_CUT_S:g} s"
+        elif f == "dst-oom":
+            limit = self.faults.daemon_data_bytes(dst.name, "libvirtd") + OOM_HEADROOM
+            self.faults.limit_memory(dst.name, "libvirtd", limit)
+            self.lifted.append(dst.name)
+            done = f"{dst.name}'s libvirtd limited to {limit / 2**20:.0f} MiB of data (RLIMIT_DATA, inherited by its QEMU)"
+        elif f in ("abort", "abort-postcopy"):
+            dom = self.abort_conn.lookupByName(name)
+            flags = libvirt.VIR_DOMAIN_ABORT_JOB_POSTCOPY if f == "abort-postcopy" else 0
+            try:
+                dom.abortJobFlags(flags)
+                done = f"virDomainAbortJobFlags({flags}) accepted"
+            except libvirt.libvirtError as exc:
+                done = f"virDomainAbortJobFlags({flags}) refused: {exc.get_error_message()}"
+        else:
+            raise LabError(f"{f}: unknown fault")
+        for host, daemon in self.thaw:  # the held switchover pause ends once the fault is in
+            self.faults.thaw_daemon(host, daemon)
+        self.thaw.clear()
+        return done
+
+    def hold_switchover(self) -> None:
+        """Stop the destination libvirtd (SIGSTOP by PID) while precopy runs: the source then stays paused
+        for the switchover, waiting for Finish, until the fault is in. Without the hold the pause lasts
+        ~100 ms under TCG and the event reaches the runner after it, at random."""
+        self.faults.freeze_daemon(self.dst.name, "libvirtd")
+        self.thaw.append((self.dst.name, "libvirtd"))
+
+    def undo(self) -> list[str]:
+        """Put the lab back the way an operator would; returns what was done. Safe to call twice."""
+        steps = []
+        for host, daemon in self.thaw:
+            self.faults.thaw_daemon(host, daemon)
+            steps.append(f"SIGCONT {host} {daemon}")
+        self.thaw.clear()
+        for cut in self.cuts:
+            self.faults.heal(cut)
+            steps.append(f"healed: {cut.describe()}")
+        self.cuts.clear()
+        for host in self.lifted:
+            self.faults.limit_memory(host, "libvirtd", None)
+            steps.append(f"{host}: libvirtd data limit lifted")
+        self.lifted.clear()
+        for host, daemon in self.restart:
+            steps.append(f"{host}: {daemon} restarted, PID {self.faults.restart_daemon(host, daemon)}")
+        self.restart.clear()
+        return steps
+
+    # -- the scenario ------------------------------------------------------------
+    def run(self) -> FaultOutcome:
+        s, guest, src, dst = self.scenario, self.guest, self.src, self.dst
+        out = FaultOutcome(s)
+        before = take_fingerprint(guest, fill_mib=FILL_MIB)
+        settings_before = migration_settings(src, guest.name)
+        tcp_before = {h.name: self.faults.set_tcp(h.name, FAST_TCP) for h in (src, dst)}
+        try:
+            out.run = run = migrate_with_fault(guest, src, dst, self.params, s.point, self.inject,
+                                               before_point=self.hold_switchover if s.hold_switchover else None)
+            run.steps += self.undo()
+            if not run.point_reached:
+                out.findings.append(Finding(Kind.MIGRATION_FAILED, f"{s.id}: the injection point ({s.point}) was never "
+                                            f"reached: the migration ended first ({run.result.error or 'it completed'})"))
+                return out
+            if s.mode == "postcopy" and s.expect == "destination":
+                self._resume(run, out)
+            if self.sabotage:
+                self.sabotage(self)
+            if s.expect == "lost":
+                self._check_lost(run, out)
+            else:
+                self._check_one_host(run, out, before, settings_before)
+        finally:
+            self.undo()
+            for host, previous in tcp_before.items():
+                self.faults.set_tcp(host, previous)
+        if s.expect != "lost" and out.ended_on and not any(f.kind == Kind.SPLIT_BRAIN for f in out.findings):
+            self._second_migration(out, before)
+        return out
+
+    def _resume(self, run: FaultRun, out: FaultOutcome) -> None:
+        """Recover a paused postcopy migration; the time to recovery runs until the guest runs again."""
+        states = {h.name: state_text(domain_state(h, self.guest.name)) for h in (self.src, self.dst)}
+        run.steps.append(f"before resume: {states}")
+        error = ""
+        for attempt in range(1, 4):  # the destination may still be tearing down its broken stream
+            error = resume_postcopy(self.guest, self.src, self.dst, self.params)
+            run.steps.append(f"postcopy resume {attempt}: {error or 'completed'}")
+            if not error:
+                break
+            time.sleep(2)
+        if error:
+            out.findings.append(Finding(Kind.MIGRATION_FAILED, f"postcopy recovery failed: {error}"))
+
+    def _check_one_host(self, run: FaultRun, out: FaultOutcome, before: Fingerprint, settings_before: dict) -> None:
+        s, guest, hosts = self.scenario, self.guest, self.lab.hosts
+        expected = self.src if s.expect == "source" else self.dst
+        result = run.result
+        if s.expect == "source" and result.ok:
+            out.findings.append(Finding(Kind.INVARIANT, f"{s.id}: libvirt reported success for a migration that "
+                                                        "must have failed"))
+        if s.expect == "destination" and s.mode == "precopy" and not result.ok:
+            out.findings.append(Finding(Kind.MIGRATION_FAILED, f"{s.id}: the migration failed: {result.error}"))
+        where = wait_recovered(run, guest, hosts, RECOVERY_TIMEOUT_S)
+        out.states = {h.name: state_text(domain_state(h, guest.name)) for h in hosts}
+        if where is None:
+            out.findings.append(Finding(Kind.HEARTBEAT_LOST, f"{s.id}: within {RECOVERY_TIMEOUT_S} s the guest did not "
+                                                             f"run on exactly one host with heartbeats ({out.states})"))
+        out.ended_on = where.name if where else ""
+        after = inspect(guest, before, hosts, expected)
+        out.findings += after.findings
+        out.oracle = after.oracle
+        failing = self.dst if s.expect == "source" else self.src
+        state = domain_state(failing, guest.name)
+        if state[0] not in (None, libvirt.VIR_DOMAIN_SHUTOFF):
+            out.findings.append(Finding(Kind.SPLIT_BRAIN if state[0] == libvirt.VIR_DOMAIN_RUNNING else Kind.INVARIANT,
+                                        f"{s.id}: {failing.name} still has the domain, {state_text(state)}"))
+        if s.expect == "source" and where is not None and where.name == self.src.name:
+            out.settings_changed = settings_changed(settings_before, migration_settings(self.src, guest.name))
+            if out.settings_changed:
+                out.findings.append(Finding(Kind.INVARIANT, "the source QEMU's migration settings were not put back: "
+                                                            + "; ".join(out.settings_changed)))
+
+    def _check_lost(self, run: FaultRun, out: FaultOutcome) -> None:
+        guest, src, dst = self.guest, self.src, self.dst
+        if run.result.ok:
+            out.findings.append(Finding(Kind.INVARIANT, "libvirt reported success for a postcopy migration whose "
+                                                        "destination QEMU was killed"))
+        time.sleep(1.0)  # long enough for a wrongly resumed source to send heartbeats
+        src_state, dst_state = domain_state(src, guest.name), domain_state(dst, guest.name)
+        out.states = {src.name: state_text(src_state), dst.name: state_text(dst_state)}
+        if src_state != (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED):
+            out.findings.append(Finding(Kind.INVARIANT, f"the source must report the guest lost (paused, post-copy "
+                                                        f"failed); it is {state_text(src_state)}"))
+        if dst_state[0] == libvirt.VIR_DOMAIN_RUNNING or dst_state[0] == libvirt.VIR_DOMAIN_PAUSED:
+            out.findings.append(Finding(Kind.INVARIANT, f"the destination still reports the domain "
+                                                        f"{state_text(dst_state)} after its QEMU was killed"))
+        since = run.detected_ns + int(0.5e9)
+        if guest.heartbeats.count_since(since):
+            out.findings.append(Finding(Kind.SPLIT_BRAIN, f"{guest.heartbeats.count_since(since)} heartbeats arrived "
+                                                          "after the loss was reported: a copy of the guest still runs"))
+
+    def _second_migration(self, out: FaultOutcome, before: Fingerprint) -> None:
+        """The same guest migrated again from where it is now, plainly: it must arrive whole."""
+        here = self.lab.host(out.ended_on)
+        there = self.lab.other(here)
+        params = FaultParams(migrate_uri=f"tcp://{there.address}", unsafe=self.lab.needs_unsafe("shared"),
+                             timeout_s=240)
+        result = migrate(self.guest.name, here, there, params)
+        out.second_migration = {"src": here.name, "dst": there.name, "ok": result.ok, "error": result.error,
+                                "wall_s": round(result.wall_s, 2)}
+        if not result.ok:
+            out.findings.append(Finding(Kind.MIGRATION_FAILED, f"the second migration {here.name} -> {there.name} "
+                                                               f"failed: {result.error}"))
+            return
+        self.guest.host = there
+        out.findings += [Finding(f.kind, f"after the second migration: {f.text}")
+                         for f in inspect(self.guest, before, self.lab.hosts, there).findings]
+
+
+def copy_guest_onto(case: FaultCase, host: Host) -> None:
+    """Sabotage for the break-on-purpose test: a second copy of the guest started on `host` (same name
+    and config, no disk), i.e. the split brain the checks must see."""
+    xml = case.guest.domain(case.guest.host).XMLDesc(0)
+    start, end = xml.find("<disk"), xml.find("</disk>")
+    if start >= 0:
+        xml = xml[:start] + xml[end + len("</disk>"):]
+    host.connect().createXML(xml, 0)
+
+
+def plain_params(lab, dst: Host) -> FaultParams:
+    return replace(FaultParams(), migrate_uri=f"tcp://{dst.address}", unsafe=lab.needs_unsafe("shared"))
