@@ -14,6 +14,7 @@ from lab.errors import ReportError
 from lab.results.report.junit import STATES
 from lab.results.report.live import live_views
 from lab.results.report.runfiles import RunData, load_run
+from lab.results.report.faults import faults_view
 from lab.results.report.sections import (cold_view, failures_view, hotpatch_view, preflight_view, summary_view,
                                          unknown_kinds)
 from lab.results.report.summary import run_summary
@@ -24,7 +25,7 @@ ASSETS = "report-assets"
 INDEX = "index.html"
 KNOWN_KINDS = {"live-migration", "live-migration-summary", "oracle-migration", "bandwidth", "summary", "cold-migration",
                "contrast",
-               "preflight", "qemu-source-build"}
+               "preflight", "qemu-source-build", "fault"}
 ABSENT = Markup('<span class="absent">absent</span>')
 
 
@@ -94,7 +95,7 @@ def render_run(run: RunData) -> Path:
         title=f"Run {run.run_id}", generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), assets=ASSETS,
         summary=summary_view(run), failed=failed, other_evidence=other_evidence, scenarios=scenarios,
         live_others=live_others, preflight=preflight_view(run), cold=cold_view(run, plots_dir),
-        hotpatch=hotpatch_view(run, plots_dir), unknown=unknown_kinds(run, KNOWN_KINDS))
+        hotpatch=hotpatch_view(run, plots_dir), faults=faults_view(run), unknown=unknown_kinds(run, KNOWN_KINDS))
     atomic_write_json(assets / "summary.json", run_summary(run))
     atomic_write_text(out / INDEX, page)
     return out / INDEX
