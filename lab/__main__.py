@@ -14,6 +14,7 @@ import libvirt
 from lab.backends import get_backend
 from lab.config.lab import BACKENDS, LabConfig, load_lab_config
 from lab.errors import LabError
+from lab.hotpatch.doctor.command import add_doctor_parser
 from lab.preflight import as_json, context_for
 from lab.preflight.doctor import check_all_pairs, check_pair, expected_from_flags, plan_from_flags, summary
 from lab.results.gate import gate, markdown
@@ -177,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("candidate", metavar="CANDIDATE_RUN", help="the candidate run's folder")
     compare.add_argument("--out", metavar="DIR", help="where gate.json, gate.md and compare.html go (default: the candidate's)")
     compare.set_defaults(func=cmd_compare)
+    hotpatch = sub.add_parser("hotpatch", help="hot patches: `hotpatch doctor PATCH` checks one before it is built")
+    add_doctor_parser(hotpatch.add_subparsers(dest="hotpatch_command", required=True))
     return parser
 
 

@@ -1,0 +1,145 @@
+"""The FAQ's kinds that the machine code and DWARF of one changed function decide: inline,
+shorter than 5 bytes, recursive (direct calls and tail jumps, cycles of up to
+RECURSION_DEPTH functions), never returns (DW_AT_noreturn, no path to a return, a loop
+with no exit edge, a thread's start routine), and initialization only (a constructor,
+registered by one through type_init/module_init, or called only from such code).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lab.hotpatch.doctor.dwarf_facts import FunctionFacts, UnitFacts
+from lab.hotpatch.doctor.findings import ChangedFunction, Finding
+from lab.hotpatch.doctor.machine_code import MachineCode
+
+PATCH_JUMP_BYTES = 5  # libcareplus overwrites a function's entry with a 5-byte jmp rel32
+RECURSION_DEPTH = 3
+CLONE_SUFFIXES = (".isra.", ".part.", ".constprop.", ".cold")
+
+
+@dataclass
+class Located:
+    """A changed function and where its out-of-line copy is (None: none)."""
+    facts: FunctionFacts
+    address: int | None
+    size: int | None
+    clones: list[str]
+
+
+def locate(facts: FunctionFacts, symbols: list[tuple[int, int, str]]) -> Located:
+    by_name = [(a, s) for a, s, n in symbols if n == facts.name]
+    clones = sorted({n for _a, _s, n in symbols if n.startswith(facts.name + ".") and
+                     any(suffix in n[len(facts.name):] + "." for suffix in CLONE_SUFFIXES)})
+    if facts.entry and facts.entry > 0:
+        exact = [(a, s) for a, s, n in symbols if a == facts.entry and (n == facts.name or n in clones)]
+        if exact:
+            return Located(facts, *exact[0], clones)
+    if by_name:
+        return Located(facts, *by_name[0], clones)
+    return Located(facts, None, None, clones)
+
+
+def changed_function(located: Located, file: str) -> ChangedFunction:
+    return ChangedFunction(located.facts.name, file, located.facts.decl_line, located.address, located.size)
+
+
+def inline_finding(located: Located) -> Finding | None:
+    facts = located.facts
+    if not facts.inlined_into:
+        return None
+    callers = sorted({caller for caller, _addr in facts.inlined_into})
+    copies = [f"DW_TAG_inlined_subroutine of {facts.name} in {caller} at 0x{addr:x}"
+              for caller, addr in sorted(facts.inlined_into, key=lambda c: c[1])[:8]]
+    outline = (f"an out-of-line copy at 0x{located.address:x} serves only calls that were not inlined"
+               if located.address is not None else "it has no out-of-line copy at all")
+    return Finding("inline", facts.name, f"{facts.name} is inlined into {', '.join(callers)} "
+                   f"({len(facts.inlined_into)} copies); {outline}",
+                   [f"DW_AT_inline {facts.inline_attr} on DW_TAG_subprogram <0x{facts.die_offset:x}>", *copies],
+                   remedy=f"change {', '.join(callers)} instead (each carries its own copy of {facts.name}), "
+                          "or mark it noinline in the original build")
+
+
+def too_small_finding(located: Located) -> Finding | None:
+    if located.size is None or located.size >= PATCH_JUMP_BYTES:
+        return None
+    return Finding("too-small", located.facts.name, f"{located.facts.name} is {located.size} byte(s) long, "
+                   f"shorter than the {PATCH_JUMP_BYTES}-byte jump libcareplus writes at its entry",
+                   [f"symbol {located.facts.name} at 0x{located.address:x}, st_size {located.size}"])
+
+
+def recursion_finding(located: Located, code: MachineCode, symbols: list[tuple[int, int, str]]) -> Finding | None:
+    if located.address is None:
+        return None
+    sizes = {a: s for a, s, _n in symbols}
+    start = located.address
+    paths = {start: [start]}
+    frontier = [start]
+    for _depth in range(RECURSION_DEPTH):
+        following = []
+        for node in frontier:
+            for site, target in code.calls(node, sizes.get(node, 0)):
+                if target == start:
+                    chain = " -> ".join(code.name_of(a) for a in [*paths[node], start])
+                    kind = "calls itself" if node == start else f"calls itself through {chain}"
+                    return Finding("recursive", located.facts.name, f"{located.facts.name} {kind}",
+                                   [f"call at 0x{site:x} in {code.name_of(node)} to 0x{start:x} "
+                                    f"({located.facts.name})", f"cycle: {chain}"])
+                if target in sizes and target not in paths:
+                    paths[target] = [*paths[node], target]
+                    following.append(target)
+        frontier = following
+    return None
+
+
+def never_returns_findings(located: Located, code: MachineCode, unit: UnitFacts,
+                           symbols: list[tuple[int, int, str]]) -> list[Finding]:
+    facts = located.facts
+    out = []
+    if facts.noreturn:
+        out.append(Finding("never-returns", facts.name, f"{facts.name} is declared noreturn",
+                           [f"DW_AT_noreturn on DW_TAG_subprogram <0x{facts.die_offset:x}> {facts.name}"],
+                           detail="noreturn"))
+    if located.address is None:
+        return out
+    loops = code.loops_without_exit(located.address, located.size)
+    if loops:
+        returns = code.can_return(located.address, located.size)
+        out.append(Finding(
+            "never-returns", facts.name,
+            f"{facts.name} has {len(loops)} loop(s) with no exit edge" + ("" if returns else "; it never returns"),
+            [f"loop 0x{first:x}-0x{last:x}: no jump, return or tail call leaves it" for first, last in loops],
+            detail="infinite-loop"))
+    starters = []
+    for function in unit.functions:
+        if function.entry and function.entry > 0:
+            size = next((s for a, s, _n in symbols if a == function.entry), 0)
+            starters += [(function.name, site, starter) for site, starter, routine
+                         in code.threads_started(function.entry, size) if routine == located.address]
+    if starters:
+        out.append(Finding(
+            "never-returns", facts.name, f"{facts.name} is a thread's start routine: the thread runs in it for "
+            "as long as it lives",
+            [f"{starter}(..., {facts.name}, ...) at 0x{site:x} in {caller}" for caller, site, starter in starters],
+            detail="thread-entry"))
+    return out
+
+
+def init_finding(located: Located, code: MachineCode, unit: UnitFacts,
+                 symbols: list[tuple[int, int, str]]) -> Finding | None:
+    if located.address is None:
+        return None
+    name, address = located.facts.name, located.address
+    constructors = code.constructors
+    sizes = {a: s for a, s, _n in symbols}
+    if address in constructors:
+        return Finding("init-only", name, f"{name} is a constructor: it ran once, before main()",
+                       [f".init_array holds 0x{address:x} ({name})"])
+    for ctor in constructors:
+        for site, target in (*code.address_taken(ctor, sizes.get(ctor, 0)), *code.calls(ctor, sizes.get(ctor, 0))):
+            if target == address:
+                return Finding(
+                    "init-only", name, f"{name} is registered at start-up by the constructor {code.name_of(ctor)} "
+                    "(type_init/module_init and friends): it runs once, while QEMU initializes",
+                    [f".init_array holds 0x{ctor:x} ({code.name_of(ctor)}); it takes 0x{address:x} ({name}) "
+                     f"at 0x{site:x}"])
+    return None

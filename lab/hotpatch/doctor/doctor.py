@@ -1,0 +1,69 @@
+"""The hot patch doctor: a patch and the QEMU it is for in, a DoctorReport out. A source patch
+is read against the target's DWARF and machine code, function by function; a .kpatch file
+(already built) can only be checked for its buildID.
+"""
+from __future__ import annotations
+
+import os
+
+from elftools.elf.elffile import ELFFile
+
+from lab.errors import HotpatchError
+from lab.hotpatch.doctor.code_checks import (changed_function, inline_finding, init_finding, locate,
+                                             never_returns_findings, recursion_finding, too_small_finding)
+from lab.hotpatch.doctor.dwarf_facts import DebugInfo
+from lab.hotpatch.doctor.findings import DoctorReport
+from lab.hotpatch.doctor.machine_code import MachineCode
+from lab.hotpatch.doctor.patch_file import read_patch
+from lab.hotpatch.doctor.running import buildid_findings, on_stack_findings, thread_stacks
+from lab.hotpatch.doctor.source_checks import source_view
+from lab.util.elf import build_id, function_symbols
+
+KPATCH_SUFFIX = ".kpatch"
+
+
+def diagnose(patch: str | os.PathLike, binary: str | os.PathLike, *, target: str | None = None,
+             pid: int | None = None) -> DoctorReport:
+    """Every finding for `patch` (a unified diff, or a .kpatch file) against the QEMU `binary` it is built for.
+
+    target: the binary that will be patched, when not `binary` itself (e.g. /usr/libexec/qemu-kvm);
+    pid: a running QEMU, whose executable's buildID and thread stacks are checked too.
+    """
+    patch, binary = str(patch), str(binary)
+    if not os.path.exists(binary):
+        raise HotpatchError(f"{binary}: no such QEMU binary; give --qemu a binary or a build directory")
+    if patch.endswith(KPATCH_SUFFIX):
+        if not os.path.exists(patch):
+            raise HotpatchError(f"{patch}: no such kpatch file")
+        report = DoctorReport(patch, binary, build_id(binary, error=HotpatchError))
+        report.findings += buildid_findings(report.buildid, binary, kpatch=patch, target=target, pid=pid)
+        report.notes.append("a .kpatch file: only its buildID is checked; give the source patch for every other kind")
+        return report
+    changes = read_patch(patch)
+    debug = DebugInfo(binary)
+    try:
+        report = DoctorReport(patch, binary, debug.buildid)
+        view = source_view(changes, debug)
+        report.findings += view.findings
+        report.notes += view.notes
+        symbols = function_symbols(debug.path, error=HotpatchError) or function_symbols(binary, error=HotpatchError)
+        with open(binary, "rb") as fh:
+            noreturn = {f.name for _fn, _c, unit in view.functions for f in unit.functions if f.noreturn}
+            code = MachineCode(ELFFile(fh), symbols, noreturn)
+            for facts, change, unit in sorted(view.functions, key=lambda item: item[0].decl_line):
+                located = locate(facts, symbols)
+                report.changed.append(changed_function(located, change.path))
+                for finding in (too_small_finding(located), inline_finding(located),
+                                recursion_finding(located, code, symbols),
+                                *never_returns_findings(located, code, unit, symbols),
+                                init_finding(located, code, unit, symbols)):
+                    if finding is not None:
+                        report.findings.append(finding)
+        if pid is not None:
+            report.findings += on_stack_findings([c.name for c in report.changed], pid, thread_stacks(pid))
+        report.findings += buildid_findings(report.buildid, binary, target=target, pid=pid)
+        if not report.changed and not report.findings:
+            report.notes.append("the patch changes no function body of this binary")
+        return report
+    finally:
+        debug.close()
