@@ -4,7 +4,7 @@ PY := .venv/bin/python
 RUN_ID := $(shell date +%Y%m%d-%H%M%S)-$$PPID
 PYTEST_ARGS ?=
 
-.PHONY: setup test acceptance hotpatch-test vagrant-test up down status bench clean
+.PHONY: setup test acceptance gate hotpatch-test vagrant-test up down status bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -20,6 +20,17 @@ acceptance: setup
 	  status=$$?; index=$(CURDIR)/reports/$(RUN_ID)/index.html; \
 	  if [ -f $$index ]; then echo "report: $$index"; \
 	  else echo "report: not written; rebuild it with $(PY) -m lab report reports/$(RUN_ID)"; fi; exit $$status
+
+# The release gate: the same selection on two stacks of labs/gate.yaml, compared; exit 1 on a regression
+# (docs/gate.md). GATE_ARGS is the pytest selection (default: the live suite's idle and dirty scenarios,
+# --repeat 6), e.g. GATE_ARGS='-- suites/live_migration -k precopy-idle --repeat 6'.
+BASELINE ?= system
+CANDIDATE ?= bookworm-backports
+GATE_LAB ?= labs/gate.yaml
+GATE_ARGS ?=
+
+gate: setup
+	$(PY) -m lab --lab-config $(GATE_LAB) gate --baseline $(BASELINE) --candidate $(CANDIDATE) --out reports/gate-$(RUN_ID) $(GATE_ARGS)
 
 # Hot patches end to end (slow: QEMU source build + libcare-patch-make); needs libcareplus on PATH.
 hotpatch-test: setup

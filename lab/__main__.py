@@ -18,6 +18,7 @@ from lab.hotpatch.doctor.command import add_doctor_parser
 from lab.preflight import as_json, context_for
 from lab.preflight.doctor import check_all_pairs, check_pair, expected_from_flags, plan_from_flags, summary
 from lab.results.gate import gate, markdown
+from lab.results.gate_run import DEFAULT_SELECTION, run_gate
 from lab.results.report import build_report, read_summary, render_comparison
 from lab.runtime.lab import Lab
 
@@ -131,6 +132,14 @@ def cmd_compare(args) -> int:
     return 1 if result["regressions"] else 3 if result["undecided"] else 0
 
 
+def cmd_gate(args) -> int:
+    """Both sides run, then compared: compare's exit status (2 when a side could not run)."""
+    lab_file = Path(args.lab_config or "labs/gate.yaml")
+    out = Path(args.out or f"reports/gate-{time.strftime('%Y%m%d-%H%M%S')}")
+    pytest_args = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
+    return run_gate(args.baseline, args.candidate, lab_file, out, pytest_args, _progress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__)
     parser.add_argument("--lab-config", metavar="PATH", help="lab.yaml to use (default: $LAB_CONFIG or ./lab.yaml)")
@@ -180,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=cmd_compare)
     hotpatch = sub.add_parser("hotpatch", help="hot patches: `hotpatch doctor PATCH` checks one before it is built")
     add_doctor_parser(hotpatch.add_subparsers(dest="hotpatch_command", required=True))
+    gate_cmd = sub.add_parser("gate", help="run the same selection on a baseline and a candidate stack, then compare "
+                                           "(exit 1 on a regression); --lab-config defaults to labs/gate.yaml")
+    gate_cmd.add_argument("--baseline", required=True, metavar="STACK", help="a stack of the lab file, or system")
+    gate_cmd.add_argument("--candidate", required=True, metavar="STACK", help="a stack of the lab file")
+    gate_cmd.add_argument("--out", metavar="DIR", help="where both runs and the comparison go (default: reports/gate-TIME)")
+    gate_cmd.add_argument("pytest_args", nargs=argparse.REMAINDER, metavar="-- PYTEST_ARGS",
+                          help=f"the selection (default: {' '.join(DEFAULT_SELECTION)})")
+    gate_cmd.set_defaults(func=cmd_gate)
     return parser
 
 

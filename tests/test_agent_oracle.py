@@ -38,14 +38,17 @@ try:
     cmd("dirty 1 4")  # 1 MiB/s over 4 MiB: the writer needs 4 s per round
     time.sleep(0.5)
     clean = cmd("oracle")
-    sweep, hot = int(clean["sweep_base"], 16), int(clean["hot_base"], 16)
+    sweep, hot, small = (int(clean[k], 16) for k in ("sweep_base", "hot_base", "hot_small_base"))
     with open(f"/proc/{agent.pid}/mem", "r+b", buffering=0) as mem:
         mem.seek(sweep + 900 * 4096)  # far ahead of the writer: a page that should still hold round 0
         mem.write(struct.pack("<Q", 77777))
         mem.seek(hot + 3 * 4096)  # a hot page: rewritten every millisecond after a check
         mem.write(struct.pack("<Q", 55555))
+        mem.seek(small + 5 * 4096)  # a page of the hot set on ordinary 4 KiB pages
+        mem.write(struct.pack("<Q", 44444))
     time.sleep(0.1)
-    print(json.dumps({"clean": clean, "dirty": cmd("oracle"), "after": cmd("oracle"), "sweep": sweep, "hot": hot}))
+    print(json.dumps({"clean": clean, "dirty": cmd("oracle"), "after": cmd("oracle"), "sweep": sweep, "hot": hot,
+                      "small": small}))
 finally:
     agent.kill()
 '''
@@ -68,14 +71,17 @@ def test_the_oracle_names_pages_that_missed_a_write(agent, tmp_path):
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["clean"]["scan_wrong"] == "0" and seen["clean"]["hot_wrong"] == "0", seen["clean"]
     dirty = seen["dirty"]
-    assert dirty["scan_wrong"] == "1" and dirty["hot_wrong"] == "1", dirty
+    assert dirty["scan_wrong"] == "1" and dirty["hot_wrong"] == "2", dirty
     wrong = dirty["first"].split(",")
     assert f"{hex(seen['sweep'] + 900 * 4096)}:77777:0" in wrong
     assert any(w.startswith(f"{hex(seen['hot'] + 3 * 4096)}:55555:") for w in wrong)
+    assert any(w.startswith(f"{hex(seen['small'] + 5 * 4096)}:44444:") for w in wrong)
     # The hot set's finding was reported once and reset; the stale sweep page is still stale.
     assert seen["after"]["hot_wrong"] == "0" and seen["after"]["scan_wrong"] == "1"
     # The writer's own finding went to the console too: evidence that outlives a crashed guest.
-    assert f"LAB-ORACLE-WRONG writer=hot addr={hex(seen['hot'] + 3 * 4096)} found=55555" in console.read_text()
+    told = console.read_text()
+    assert f"LAB-ORACLE-WRONG writer=hot addr={hex(seen['hot'] + 3 * 4096)} found=55555" in told
+    assert f"LAB-ORACLE-WRONG writer=hot addr={hex(seen['small'] + 5 * 4096)} found=44444" in told
 
 
 def test_an_untouched_agent_reports_no_wrong_page(agent, tmp_path):

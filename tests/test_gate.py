@@ -11,6 +11,7 @@ import pytest
 
 from lab.errors import ReportError
 from lab.results.gate import MIN_SAMPLES, compare, load
+from tests.labtools import nothing_left, write_lab_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST = "suites/live_migration/test_live_migration.py::test_measured_migration[precopy-idle]"
@@ -82,3 +83,30 @@ def test_a_folder_that_is_not_a_run_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lab", "compare", str(tmp_path), str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not a run folder" in proc.stderr
+
+
+def test_an_unknown_stack_is_one_line_before_anything_runs(tmp_path):
+    config = write_lab_config(tmp_path, "kvmgt0", 7)
+    proc = subprocess.run([sys.executable, "-m", "lab", "--lab-config", str(config), "gate", "--baseline", "system",
+                           "--candidate", "backprots", "--out", str(tmp_path / "g")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "unknown stack 'backprots'" in proc.stderr and not (tmp_path / "g").exists()
+
+
+def test_the_gate_runs_both_sides_on_their_stacks_then_compares(tmp_path):
+    """End to end on two real labs (both sides `system` here: a candidate stack's first fetch is CI's cost
+    elsewhere): each side's lab file names its stack, its run is a report folder, the lab is gone afterwards,
+    and one migration a side is too few to judge, which the gate says with its own exit status."""
+    config = write_lab_config(tmp_path, "kvmgt1", 8)
+    out = tmp_path / "gate"
+    proc = subprocess.run([sys.executable, "-m", "lab", "--lab-config", str(config), "gate", "--baseline", "system",
+                           "--candidate", "system", "--out", str(out), "--", "suites/live_migration", "-k",
+                           "precopy-idle", "--repeat", "1", "-p", "no:randomly"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for side in ("baseline", "candidate"):
+        assert "stack: system" in (out / side / "lab.yaml").read_text()
+        assert (out / side / "junit.xml").exists() and (out / side / "results.jsonl").exists()
+    assert json.loads((out / "gate.json").read_text())["undecided"]
+    assert "not judged" in proc.stdout and nothing_left("kvmgt1")

@@ -15,9 +15,10 @@ e.g. ``hosts[1].stack: unknown stack 'backprots' (stacks: system, backports)``.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, model_validator
+from pydantic import BeforeValidator, ValidationInfo, field_validator, model_validator
 
 from lab.config.common import AbsPath, NonEmpty, rule
 from lab.config.validation import Model, problem
@@ -57,7 +58,23 @@ class StackSpec(Model):
     qemu: Version | None = None  # archive: the version to fetch; build: the source version; path: what it must report
     libvirt: Version | None = None  # the same for libvirt; archive/path: left out keeps the installed one
     path: AbsPath | None = None  # path: a tree with usr/ inside (dpkg -x, or make install DESTDIR=)
-    patches: tuple[AbsPath, ...] = ()  # build: patch files applied to the QEMU source, in order
+    patches: tuple[NonEmpty, ...] = ()  # build: patch files applied to the QEMU source, in order
+
+    @field_validator("patches")
+    @classmethod
+    def _patches_from_the_lab_file(cls, patches: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        """A relative patch path is relative to the lab.yaml naming it (so a committed lab file can name the
+        repo's patches); without a file to be relative to, it must be absolute."""
+        source = (info.context or {}).get("source", "")
+        base = Path(source).resolve().parent if source.startswith(("/", ".")) or Path(source).is_file() else None
+        resolved = []
+        for patch in patches:
+            if not patch.startswith("/"):
+                if base is None:
+                    raise ValueError(f"{patch!r} is not an absolute path (and there is no lab file to be relative to)")
+                patch = str(base / patch)
+            resolved.append(patch)
+        return tuple(resolved)
 
     @model_validator(mode="after")
     def _fields_fit_the_source(self) -> StackSpec:

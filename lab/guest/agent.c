@@ -93,7 +93,7 @@ static void console(const char *fmt, ...)
     if ((size_t)n > sizeof line - 2)
         n = sizeof line - 2;
     line[n++] = '\n';
-    int fd = open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
+    int fd = open("/dev/console", O_WRONLY | O_APPEND | O_NOCTTY | O_CLOEXEC);
     ssize_t w = write(fd >= 0 ? fd : STDERR_FILENO, line, (size_t)n);
     (void)w;
     if (fd >= 0)
@@ -290,7 +290,9 @@ static void *heartbeat_main(void *unused)
  * so the counter is right on the destination even when memory is not.
  */
 
-#define HOT_PAGES 8
+#define HOT_PAGES 8 /* on one 2 MiB page when the guest has them */
+#define HOT_SMALL_PAGES 8 /* on ordinary 4 KiB pages: the kernel's own hot data (stacks) is there, and
+                           * QEMU's TLB treats large pages apart (a flush inside one flushes all) */
 #define HOT_PERIOD_NS 1000000ULL
 #define ORACLE_FIRST 6 /* wrong pages reported with address, found and expected */
 
@@ -322,6 +324,7 @@ static struct findings sweep_found = {.mu = PTHREAD_MUTEX_INITIALIZER};
 static struct findings hot_found = {.mu = PTHREAD_MUTEX_INITIALIZER};
 static volatile uint64_t *hot_base; /* HOT_PAGES pages, never unmapped */
 static int hot_huge; /* ... within one 2 MiB page */
+static volatile uint64_t *hot_small; /* HOT_SMALL_PAGES 4 KiB pages, locked, never unmapped */
 /* TCG's TLB is indexed by virtual page number modulo its size (64 entries or more). The sweep skips
  * the pages whose index class (modulo TLB_CLASSES) the hot set uses, so it never evicts the hot set's
  * TLB entries: the lost writes are those made through entries that stay resident. */
@@ -440,8 +443,9 @@ static void *hot_main(void *unused)
     register uint64_t round = 1; /* in a register: migrates with the vCPU state */
     uint64_t next = clock_ns(CLOCK_MONOTONIC);
     for (;;) {
-        for (size_t j = 0; j < HOT_PAGES; j++) {
-            volatile uint64_t *word = hot_base + j * (PAGE / 8);
+        for (size_t j = 0; j < HOT_PAGES + HOT_SMALL_PAGES; j++) {
+            volatile uint64_t *word = j < HOT_PAGES ? hot_base + j * (PAGE / 8)
+                                                    : hot_small + (j - HOT_PAGES) * (PAGE / 8);
             uint64_t found = *word;
             if (found != round - 1)
                 note_wrong(&hot_found, word, found, round - 1);
@@ -461,8 +465,17 @@ static int start_hot_set(void)
     if (p == MAP_FAILED)
         return -1;
     hot_base = p;
+    /* Not merged into a huge page, not moved: its guest-physical addresses stay what oracle_map said. */
+    p = mmap(NULL, HOT_SMALL_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE | MAP_LOCKED,
+             -1, 0);
+    if (p == MAP_FAILED)
+        return -1;
+    madvise(p, HOT_SMALL_PAGES * PAGE, MADV_NOHUGEPAGE);
+    hot_small = p;
     for (size_t j = 0; j < HOT_PAGES; j++)
         hot_classes |= 1ULL << (((uintptr_t)hot_base / PAGE + j) % TLB_CLASSES);
+    for (size_t j = 0; j < HOT_SMALL_PAGES; j++)
+        hot_classes |= 1ULL << (((uintptr_t)hot_small / PAGE + j) % TLB_CLASSES);
     pthread_t t;
     if (pthread_create(&t, NULL, hot_main, NULL) != 0)
         return -1;
@@ -518,9 +531,10 @@ static int cmd_oracle(char *out, size_t outsz)
     uint64_t hot_wrong = take_findings(&hot_found, hot_first, &n_hot);
 
     int n = snprintf(out, outsz, "ok sweep_base=0x%lx sweep_pages=%zu sweep_round=%llu scan_wrong=%zu sweep_wrong=%llu "
-                     "hot_base=0x%lx hot_pages=%d hot_rounds=%llu hot_wrong=%llu first=", (unsigned long)sweep_base,
-                     checked, (unsigned long long)round, scan_wrong, (unsigned long long)sweep_wrong,
-                     (unsigned long)(uintptr_t)hot_base, HOT_PAGES,
+                     "hot_base=0x%lx hot_small_base=0x%lx hot_pages=%d hot_rounds=%llu hot_wrong=%llu first=",
+                     (unsigned long)sweep_base, checked, (unsigned long long)round, scan_wrong,
+                     (unsigned long long)sweep_wrong, (unsigned long)(uintptr_t)hot_base,
+                     (unsigned long)(uintptr_t)hot_small, HOT_PAGES + HOT_SMALL_PAGES,
                      (unsigned long long)atomic_load_explicit(&hot_rounds, memory_order_relaxed),
                      (unsigned long long)hot_wrong);
     n = append_wrong(out, outsz, n, scan_first, n_scan, 0);
@@ -541,6 +555,9 @@ static int cmd_oracle_map(char *out, size_t outsz)
     for (size_t off = 0; dirty.huge && off < dirty.pages * PAGE && (size_t)n < outsz; off += HUGE)
         n += snprintf(out + n, outsz - (size_t)n, "%s0x%llx", off ? "," : "",
                       (unsigned long long)phys_of((const volatile uint8_t *)dirty.base + off));
+    for (size_t j = 0; j < HOT_SMALL_PAGES && (size_t)n < outsz; j++)
+        n += snprintf(out + n, outsz - (size_t)n, "%s0x%llx", j ? "," : " hot_small=",
+                      (unsigned long long)phys_of(hot_small + j * (PAGE / 8)));
     pthread_mutex_unlock(&dirty.mu);
     return n;
 }

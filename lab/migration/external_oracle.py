@@ -22,7 +22,8 @@ from lab.runtime.hosts import Host
 
 HUGE = 2 * 1024 * 1024
 PAGE = 4096
-HOT_PAGES = 8
+HOT_PAGES = 8  # on one 2 MiB page
+HOT_SMALL_PAGES = 8  # on 4 KiB pages, each at its own guest-physical address
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class OracleMap:
     sweep_vpn: int = 0  # virtual page number of the sweep's first page
     tlb_classes: int = 64  # the sweep skips pages whose vpn modulo this is in skip_classes (the hot set's)
     skip_classes: int = 0
+    hot_small: tuple[int, ...] = ()  # guest-physical address of each 4 KiB page of the small hot set
 
     def swept(self, index: int) -> bool:
         return not (self.skip_classes >> ((self.sweep_vpn + index) % self.tlb_classes)) & 1
@@ -42,9 +44,10 @@ class OracleMap:
 def oracle_map(guest: Guest) -> OracleMap:
     reply = guest.agent("oracle_map")
     sweep = tuple(int(a, 16) for a in reply.get("sweep", "").split(",") if a)
-    return OracleMap(reply.get("huge") == "1" and all(sweep), int(reply["hot"], 16), sweep, int(reply["sweep_pages"]),
-                     int(reply.get("sweep_vpn", "0"), 16), int(reply.get("tlb_classes", "64")),
-                     int(reply.get("skip_classes", "0"), 16))
+    small = tuple(int(a, 16) for a in reply.get("hot_small", "").split(",") if a)
+    return OracleMap(reply.get("huge") == "1" and all(sweep) and all(small), int(reply["hot"], 16), sweep,
+                     int(reply["sweep_pages"]), int(reply.get("sweep_vpn", "0"), 16),
+                     int(reply.get("tlb_classes", "64")), int(reply.get("skip_classes", "0"), 16), small)
 
 
 def one_boundary_violations(words: list[int]) -> list[tuple[int, int, int]]:
@@ -60,15 +63,16 @@ def one_boundary_violations(words: list[int]) -> list[tuple[int, int, int]]:
             if w != (top if i < boundary else max(top - 1, 0))]
 
 
-def first_words(host: Host, domain: str, addresses: list[int], folder: str) -> list[list[int]]:
-    """The first 8-byte word of every 4 KiB page of each 2 MiB region, read by QEMU itself (pmemsave)."""
+def first_words(host: Host, domain: str, regions: list[tuple[int, int]], folder: str) -> list[list[int]]:
+    """The first 8-byte word of every 4 KiB page of each (address, size) region, read by QEMU itself
+    (pmemsave), one list per region."""
     host.run(f"rm -rf {folder} && mkdir -p {folder}", timeout=30)
     try:
-        for n, address in enumerate(addresses):
+        for n, (address, size) in enumerate(regions):
             command = json.dumps({"execute": "pmemsave", "arguments": {
-                "val": address, "size": HUGE, "filename": f"{folder}/{n}.bin"}})
+                "val": address, "size": size, "filename": f"{folder}/{n}.bin"}})
             host.run(f"virsh qemu-monitor-command {shlex.quote(domain)} {shlex.quote(command)}", timeout=60)
-        out = host.run(f"for n in $(seq 0 {len(addresses) - 1}); do od -An -tu8 -w{PAGE} -v {folder}/$n.bin "
+        out = host.run(f"for n in $(seq 0 {len(regions) - 1}); do od -An -tu8 -w{PAGE} -v {folder}/$n.bin "
                        f"| awk '{{print $1}}'; echo END; done", timeout=120).stdout
     finally:
         host.run(f"rm -rf {folder}", check=False, timeout=30)
@@ -88,14 +92,20 @@ def check_paused(guest: Guest, host: Host, where: OracleMap) -> tuple[dict, Find
         raise MigrationError(f"{guest.name}: the oracle's memory is not on 2 MiB pages (the guest reserved none): "
                              "it cannot be read from outside")
     folder = f"/tmp/kvm-acceptance-oracle-{guest.name}"
-    regions = first_words(host, guest.name, [*where.sweep, where.hot], folder)
-    every = [w for region in regions[:-1] for w in region][:where.sweep_pages]
+    small = list(where.hot_small)
+    regions = first_words(host, guest.name, [(a, HUGE) for a in where.sweep] + [(where.hot, HUGE)]
+                          + [(a, PAGE) for a in small], folder)
+    sweep_regions = regions[:len(where.sweep)]
+    every = [w for region in sweep_regions for w in region][:where.sweep_pages]
     swept = [i for i in range(len(every)) if where.swept(i)]  # pages the sweep never writes are left out
     sweep = [every[i] for i in swept]
-    hot = regions[-1][:HOT_PAGES]
+    # One thread writes both hot sets in one loop: one boundary over the two together.
+    hot = regions[len(where.sweep)][:HOT_PAGES] + [r[0] for r in regions[len(where.sweep) + 1:]]
+    hot_addresses = [where.hot + i * PAGE for i in range(HOT_PAGES)] + small
     wrong = [("sweep", where.sweep[swept[i] * PAGE // HUGE] + (swept[i] * PAGE) % HUGE, f, e)
              for i, f, e in one_boundary_violations(sweep)]
-    wrong += [("hot", where.hot + i * PAGE, f, e) for i, f, e in one_boundary_violations(hot)]
+    wrong += [("hot" if i < HOT_PAGES else "hot-4k", hot_addresses[i], f, e)
+              for i, f, e in one_boundary_violations(hot)]
     report = {"checked_pages": len(sweep) + len(hot), "sweep_round": max(sweep, default=0),
               "hot_round": max(hot, default=0), "wrong": len(wrong),
               "first": [{"set": s, "guest_physical": hex(a), "found": f, "expected": e} for s, a, f, e in wrong[:8]]}

@@ -115,6 +115,15 @@ def stream(
         raise error(f"{name} failed (exit {rc}): " + " / ".join(t.strip() for t in tail if t.strip()))
 
 
+def attached(argv: Sequence[str], *, env: Mapping[str, str] | None = None, error: type[LabError] = LabError) -> int:
+    """Run a command on this terminal (its output is the user's to read, e.g. a pytest run) and return its exit
+    status; an interrupt reaches it too, as the terminal's process group's."""
+    try:
+        return subprocess.run([str(a) for a in argv], env=dict(env) if env is not None else None).returncode
+    except FileNotFoundError:
+        raise error(f"{argv[0]}: command not found ({SETUP_HINT})") from None
+
+
 def spawn(argv: Sequence[str], *, log: IO | None = None, pass_fds: Sequence[int] = (),
           error: type[LabError] = LabError) -> subprocess.Popen:
     """Start a long-lived helper (e.g. a headless browser) in its own session; end it with terminate_group."""

@@ -22,6 +22,7 @@ import libvirt_qemu
 import pytest
 
 from lab.migration.integrity import inspect, take_fingerprint
+from lab.results.records import write_series
 from lab.results.verdicts import Stack, judge
 from lab.guest.domain import EMULATOR
 from lab.hotpatch.diagnosis import BuildIdMismatch, HotpatchFailed
@@ -66,7 +67,8 @@ def applied(libcare, pid: int, host) -> list[tuple[str, tuple[str, ...]]]:
 
 
 def measured(guest, action):
-    """Run action() between two quiet windows; returns (its result, stall GapStats, baseline GapStats)."""
+    """Run action() between two quiet windows; returns (its result, stall GapStats, baseline GapStats, series):
+    the series is the heartbeats' arrival times across both windows, for the report's timeline."""
     time.sleep(SETTLE_S)
     before = time.time_ns()
     time.sleep(SETTLE_S)
@@ -77,7 +79,9 @@ def measured(guest, action):
     after = time.time_ns()
     baseline = guest.heartbeats.window(before, start)
     stall = guest.heartbeats.window(start, after)
-    return result, stall, baseline
+    series = {"started_ns": start, "finished_ns": end, "window_end_ns": after,
+              "heartbeat_ns": guest.heartbeats.arrivals(before, after)}
+    return result, stall, baseline, series
 
 
 def assert_alive(guest, since_ns: int, what: str) -> None:
@@ -136,7 +140,8 @@ def test_kpatch_is_named_and_labelled_with_the_target_binarys_buildid(libcare, t
 @hotpatch
 @pytest.mark.timing
 def test_apply_changes_behaviour_with_a_bounded_stall_and_unapply_restores_it(
-        libcare, lab, target, kpatch, guest_factory, measurement_lock, hotpatch_thresholds, repeat, record):
+        libcare, lab, target, kpatch, guest_factory, measurement_lock, hotpatch_thresholds, repeat, record,
+        report_dir):
     path = kpatch("0001").kpatch_paths[0]
     guest = guest_factory(host=lab.hosts[0], emulator=target.emulator)
     host = guest.host
@@ -145,13 +150,13 @@ def test_apply_changes_behaviour_with_a_bounded_stall_and_unapply_restores_it(
     assert applied(libcare, pid, host) == []
     stalls, frozen, unstalls = [], [], []
     for i in range(repeat):
-        result, stall, baseline = measured(guest, lambda: libcare.apply(pid, path, host))
+        result, stall, baseline, series = measured(guest, lambda: libcare.apply(pid, path, host))
         assert result.frozen_time_us is not None, f"libcare-ctl printed no frozen_time: {result.raw_output[-300:]}"
         info = libcare.info(pid, host)
         assert [(e.buildid, e.patch_ids) for e in info] == [(target.buildid, ("0001",))], info
         assert package(guest) == target.package + PACKAGE_SUFFIX["0001"]
         assert stall.lost == 0 and stall.reordered == 0, f"apply {i + 1}: heartbeats lost/reordered: {stall}"
-        undo, unstall, _ = measured(guest, lambda: libcare.unapply(pid, "0001", host))
+        undo, unstall, _, unseries = measured(guest, lambda: libcare.unapply(pid, "0001", host))
         assert applied(libcare, pid, host) == []
         assert package(guest) == target.package
         assert unstall.lost == 0, f"unapply {i + 1}: heartbeats lost: {unstall}"
@@ -167,7 +172,11 @@ def test_apply_changes_behaviour_with_a_bounded_stall_and_unapply_restores_it(
                 "accelerator": lab.accelerator, "frozen_time_us": result.frozen_time_us, "hunks": result.hunks,
                 "apply_seconds": result.seconds, "stall_ms": stall.max_gap_ms, "baseline_max_gap_ms":
                 baseline.max_gap_ms, "heartbeats_in_window": stall.received, "unapply_frozen_time_us":
-                undo.frozen_time_us, "unapply_stall_ms": unstall.max_gap_ms, "thresholds": hotpatch_thresholds})
+                undo.frozen_time_us, "unapply_stall_ms": unstall.max_gap_ms, "thresholds": hotpatch_thresholds,
+                "series": write_series(report_dir, f"{guest.name}-apply-{i + 1}", series)})
+        record({"kind": "hotpatch-unapply", "repetition": i + 1, "of": repeat, "patch_id": "0001", "pid": pid,
+                "frozen_time_us": undo.frozen_time_us, "stall_ms": unstall.max_gap_ms,
+                "series": write_series(report_dir, f"{guest.name}-unapply-{i + 1}", unseries)})
     figures = {"hotpatch_apply_stall_ms_max": round(max(stalls), 1),
                "hotpatch_apply_frozen_ms_max": round(max(frozen), 1),
                "hotpatch_unapply_stall_ms_max": round(max(unstalls), 1)}
@@ -280,7 +289,7 @@ def test_a_patch_for_another_qemu_build_is_diagnosed_as_a_buildid_mismatch(
 
 @hotpatch
 def test_a_function_always_on_a_threads_stack_fails_the_safety_check(
-        libcare, lab, target, kpatch, guest_factory, shared_lab, record):
+        libcare, lab, target, kpatch, guest_factory, shared_lab, record, report_dir):
     path = kpatch("stack").kpatch_paths[0]
     guest = guest_factory(host=lab.hosts[0], emulator=target.emulator)
     host = guest.host
@@ -291,12 +300,13 @@ def test_a_function_always_on_a_threads_stack_fails_the_safety_check(
             libcare.apply(pid, path, host)
         return caught
 
-    caught, stall, _ = measured(guest, refused)
+    caught, stall, _, series = measured(guest, refused)
     since = time.time_ns()
     diagnosis = caught.value.diagnosis
     # libcareplus lets the thread run (others stopped) for up to 3 s hoping it leaves the function: the guest stalls
     verdict_record(record, "hotpatch-diagnosis", diagnosis, case="unsafe-on-stack",
-                   refused_apply_stall_ms=stall.max_gap_ms)
+                   refused_apply_stall_ms=stall.max_gap_ms,
+                   series=write_series(report_dir, f"{guest.name}-refused-apply", series))
     assert diagnosis.kind == "unsafe-on-stack", diagnosis.report()
     assert "qemu_main_loop" in diagnosis.verdict and "\n" not in diagnosis.verdict
     assert any("safety check failed" in e for e in diagnosis.evidence)
