@@ -53,8 +53,8 @@ class FaultInjector(Protocol):
     def limit_memory(self, host: str, daemon: str, data_bytes: int | None) -> None:
         """Cap the data segment (RLIMIT_DATA) of the daemon and of what it starts from now on; None lifts it."""
 
-    def daemon_data_bytes(self, host: str, daemon: str) -> int:
-        """The daemon's private writable memory now (VmData), to set a limit just above it."""
+    def data_bytes(self, host: str, daemon: str = "", domain: str = "") -> int:
+        """Private writable memory (VmData) of a daemon, or of a domain's QEMU, now."""
 
     def cut(self, host: str, peer_address: str, ports: tuple[int, int]) -> Cut:
         """Drop TCP traffic between `host` and `peer_address` on `host`'s ports, both ways."""

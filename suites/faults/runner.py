@@ -23,7 +23,7 @@ from lab.runtime.hosts import Host
 from suites.faults.scenarios import FILL_MIB, LINK_MIBS, POSTCOPY_LINK_MIBS, SHORT_CUT_S, FaultScenario
 
 RECOVERY_TIMEOUT_S = 180  # TCG on a shared two-core runner: a restarted libvirtd re-probes, guests crawl
-OOM_HEADROOM = 64 * 2**20  # the destination libvirtd may grow this much; a QEMU needs far more (RAM, TCG buffer)
+OOM_HEADROOM = 64 * 2**20  # the destination libvirtd itself may grow this much under the limit
 STATE_NAMES = {None: "no domain", libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused",
                libvirt.VIR_DOMAIN_SHUTOFF: "shut off", libvirt.VIR_DOMAIN_CRASHED: "crashed"}
 
@@ -76,6 +76,7 @@ class FaultCase:
         self.thaw: list[tuple[str, str]] = []
         self.restart: list[tuple[str, str]] = []
         self.lifted: list[str] = []
+        self.undo_failures: list[str] = []
         self.abort_conn = self.src.connect(fresh=True)  # migrateToURI3's connection is blocked meanwhile
 
     # -- the faults ------------------------------------------------------------
@@ -95,10 +96,15 @@ class FaultCase:
                 threading.Timer(SHORT_CUT_S, self.faults.heal, (cut,)).start()
                 done += f", healed after {SHORT_CUT_S:g} s"
         elif f == "dst-oom":
-            limit = self.faults.daemon_data_bytes(dst.name, "libvirtd") + OOM_HEADROOM
+            # What the same QEMU needs on the source, less half the guest's RAM: everything else fits
+            # (the TCG buffer is mapped first), the RAM does not.
+            needs = self.faults.data_bytes(src.name, domain=name)
+            limit = max(self.faults.data_bytes(dst.name, "libvirtd") + OOM_HEADROOM,
+                        needs - self.guest.config.memory_mib * 2**20 // 2)
             self.faults.limit_memory(dst.name, "libvirtd", limit)
             self.lifted.append(dst.name)
-            done = f"{dst.name}'s libvirtd limited to {limit / 2**20:.0f} MiB of data (RLIMIT_DATA, inherited by its QEMU)"
+            done = (f"{dst.name}'s libvirtd limited to {limit / 2**20:.0f} MiB of data (RLIMIT_DATA, inherited by the "
+                    f"QEMU it starts; the guest's QEMU uses {needs / 2**20:.0f} MiB on {src.name})")
         elif f in ("abort", "abort-postcopy"):
             dom = self.abort_conn.lookupByName(name)
             flags = libvirt.VIR_DOMAIN_ABORT_JOB_POSTCOPY if f == "abort-postcopy" else 0
@@ -122,23 +128,27 @@ class FaultCase:
         self.thaw.append((self.dst.name, "libvirtd"))
 
     def undo(self) -> list[str]:
-        """Put the lab back the way an operator would; returns what was done. Safe to call twice."""
+        """Put the lab back the way an operator would; returns what was done (a step that failed says so,
+        and the others still run). Safe to call twice."""
         steps = []
+
+        def step(what: str, action) -> None:
+            try:
+                done = action()
+                steps.append(what + (f", PID {done}" if isinstance(done, int) else ""))
+            except LabError as exc:
+                steps.append(f"FAILED {what}: {exc}")
+                self.undo_failures.append(f"{what}: {exc}")
+
         for host, daemon in self.thaw:
-            self.faults.thaw_daemon(host, daemon)
-            steps.append(f"SIGCONT {host} {daemon}")
-        self.thaw.clear()
+            step(f"SIGCONT {host} {daemon}", lambda h=host, d=daemon: self.faults.thaw_daemon(h, d))
         for cut in self.cuts:
-            self.faults.heal(cut)
-            steps.append(f"healed: {cut.describe()}")
-        self.cuts.clear()
+            step(f"healed: {cut.describe()}", lambda c=cut: self.faults.heal(c))
         for host in self.lifted:
-            self.faults.limit_memory(host, "libvirtd", None)
-            steps.append(f"{host}: libvirtd data limit lifted")
-        self.lifted.clear()
+            step(f"{host}: libvirtd data limit lifted", lambda h=host: self.faults.limit_memory(h, "libvirtd", None))
         for host, daemon in self.restart:
-            steps.append(f"{host}: {daemon} restarted, PID {self.faults.restart_daemon(host, daemon)}")
-        self.restart.clear()
+            step(f"{host}: {daemon} restarted", lambda h=host, d=daemon: self.faults.restart_daemon(h, d))
+        self.thaw, self.cuts, self.lifted, self.restart = [], [], [], []
         return steps
 
     # -- the scenario ------------------------------------------------------------
@@ -168,6 +178,8 @@ class FaultCase:
             self.undo()
             for host, previous in tcp_before.items():
                 self.faults.set_tcp(host, previous)
+            out.findings += [Finding(Kind.INVARIANT, f"the harness could not undo its fault: {u}")
+                             for u in self.undo_failures]
         if s.expect != "lost" and out.ended_on and not any(f.kind == Kind.SPLIT_BRAIN for f in out.findings):
             self._second_migration(out, before)
         return out

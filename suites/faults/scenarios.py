@@ -68,7 +68,7 @@ SCENARIOS = [
     FaultScenario(
         "dst-out-of-memory", "start", "dst-oom", "source",
         "The destination cannot give the guest its RAM (its libvirtd's data limit, inherited by the QEMU "
-        "it starts): Prepare fails with QEMU's allocation error, nothing starts there, the guest stays."),
+        "it starts): that QEMU exits while starting, Prepare fails, nothing runs there, the guest stays."),
     FaultScenario(
         "precopy-abort-job", "precopy", "abort", "source",
         "virDomainAbortJob during precopy cancels the migration: 'canceled by client', the guest keeps "

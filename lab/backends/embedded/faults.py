@@ -99,11 +99,15 @@ class EmbeddedFaults:
         return self._daemon_pid(host, daemon)
 
     def limit_memory(self, host: str, daemon: str, data_bytes: int | None) -> None:
+        # The soft limit only: raising a hard limit back needs CAP_SYS_RESOURCE, which a container may lack.
         limit = "unlimited" if data_bytes is None else str(data_bytes)
-        run(["prlimit", f"--pid={self._daemon_pid(host, daemon)}", f"--data={limit}"], error=BackendError)
+        run(["prlimit", f"--pid={self._daemon_pid(host, daemon)}", f"--data={limit}:"], error=BackendError)
 
-    def daemon_data_bytes(self, host: str, daemon: str) -> int:
-        status = Path(f"/proc/{self._daemon_pid(host, daemon)}/status").read_text()
+    def data_bytes(self, host: str, daemon: str = "", domain: str = "") -> int:
+        pid = self.qemu_pid(host, domain) if domain else self._daemon_pid(host, daemon)
+        if pid is None:
+            raise BackendError(f"{host}: no live QEMU for {domain} in its pid file")
+        status = Path(f"/proc/{pid}/status").read_text()
         kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmData:"))
         return kib * 1024
 
