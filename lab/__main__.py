@@ -55,6 +55,13 @@ def cmd_status(args) -> int:
         return 1
     print(f"lab {status['name']} ({status['backend']}): up")
     print(f"  accelerator: {status['accelerator']} - {status['accelerator_reason']}")
+    vagrant = status.get("vagrant") or {}
+    for line in vagrant.get("inner_lines", []):  # the figures behind the Vagrant lab's choice
+        print(f"    measured {line}")
+    if vagrant:
+        made = f"started from {vagrant['resumed_from']}" if vagrant.get("resumed_from") else "made and provisioned"
+        timings = ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in vagrant.get("timings", {}).items())
+        print(f"  vagrant:     driver {vagrant['driver']}, VMs {made}; {timings}")
     nfs = status["storage"].get("nfs_server")
     print(f"  storage:     {status['storage']['mode']} at {status['storage']['path']}"
           + (f" (NFSv3 server {nfs}, nfs-ganesha)" if nfs else ""))

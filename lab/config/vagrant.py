@@ -60,6 +60,9 @@ class VagrantSpec(Model):
     vagrant_dir: AbsPath | None = None  # generated work dir (settings.json, .vagrant/); default <lab dir>/vagrant
     libvirt_uri: LibvirtUri = "qemu:///system"
     provision: StrictBool = True  # run provision/site.yml through Vagrant's ansible provisioner
+    # keep the provisioned VMs in /var/cache/kvm-acceptance-lab/vagrant/provisioned/<lab> after the first
+    # `up`; the next `up` of the same lab.yaml (box, playbook) starts from them instead of provisioning
+    keep_provisioned: StrictBool = True
     ansible_verbose: StrictBool = False
 
 

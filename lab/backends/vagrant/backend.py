@@ -9,8 +9,10 @@
 5. lab.yaml rendered into the Vagrant work dir (render.py);
 6. `vagrant up --no-provision`, each VM's progress shown as it comes up;
 7. `vagrant provision` from the last VM: provision/site.yml for all VMs at once;
-8. then what every backend with remote hosts does (lab.backends.remote): SSH + libvirt over
-   the migration network, the guest image copied, the accelerator probed, preflight as a gate.
+8. SSH + libvirt over the migration network, clocks, the guest image copied, the guests'
+   accelerator measured inside the VMs (inner.py), preflight as a gate (lab.backends.remote);
+9. the provisioned VMs cached (cache.py). When the cache fits (same lab.yaml, box, playbook),
+   steps 6-8 start its VMs instead: no provisioning, no measuring (its figures are kept).
 
 `down`: `vagrant destroy`, then whatever of the lab is still in libvirt (domains with
 the lab's prefix, its two networks, its pool and volumes), then the daemons it started.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import contextmanager
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -29,22 +32,22 @@ from lab.backends import remote
 from lab.backends.accel import choose_accelerator
 from lab.backends.base import Progress, config_digest
 from lab.backends.ssh_client import make_key, write_ssh_client_config, write_ssh_wrapper
-from lab.backends.vagrant import root_daemons
+from lab.backends.vagrant import box as boxmod
+from lab.backends.vagrant import cache, inner, root_daemons
 from lab.backends.vagrant.driver import VagrantLab, require_vagrant
 from lab.backends.vagrant.libvirt_objects import Virsh, ensure_pool, remove_leftovers
-from lab.backends.vagrant.render import machines, settings_document, write_work_dir
+from lab.backends.vagrant.render import machines, settings_document, shared_mount, write_work_dir
 from lab.backends.vagrant.timeserver import wait_for_clock
 from lab.config.lab import LabConfig
 from lab.config.vagrant import check_lab
 from lab.errors import BackendError, LabError, MissingToolError
 from lab.guest.image import GuestImage, ensure_image
+from lab.runtime.layout import REMOTE_IMAGE_DIR
 from lab.runtime.hosts import Host
 from lab.runtime.lab import Lab
 from lab.runtime.layout import LabLayout
-from lab.runtime.state import HostState, LabState, VagrantRecord
+from lab.runtime.state import HostState, ImageRecord, LabState, VagrantRecord
 from lab.util.process import run
-
-PROBE_S = 60  # a guest under KVM inside a TCG VM took ~6 s to its first sign of life, idle
 
 
 def host_uuid(host: Host) -> str:
@@ -113,43 +116,54 @@ class VagrantBackend:
             state.save()
             timings = record.timings
             root_daemons.ensure_daemons(self.spec.libvirt_uri, state, progress)
-            self._make_keys()
             ensure_pool(self.virsh, self.config.name, progress)
             image = ensure_image(progress=progress)
             record.driver, record.driver_reason = self._driver(image, progress)
             state.save()
             progress(f"VMs run with libvirt driver {record.driver} ({record.driver_reason})")
+            key = cache.cache_key(digest, self._box_stamp(), record.driver)
+            warm = cache.usable(self.config.name, key, self._names()) if self.spec.keep_provisioned else None
+            if warm:
+                self.work.mkdir(parents=True, exist_ok=True)
+                cache.restore(self.virsh, lab=self.config.name, vms=self._names(), work=self.work, progress=progress)
+                record.resumed_from = str(cache.cache_dir(self.config.name))
+                state.save()
+            self._make_keys()
             doc = settings_document(self.config, self.spec, driver=record.driver, lab_dir=self.layout.dir,
                                     work_dir=self.work, public_key=self.layout.public_key.read_text().strip(),
                                     box_url=self._box_url())
             write_work_dir(self.work, doc)
             timings["prepare_s"] = round(time.monotonic() - t0, 1)
-            vg = self._vagrant()
-            t = time.monotonic()
-            progress(f"vagrant up ({', '.join(self._names())}) in {self.work}")
-            for line in vg.up_lines(provision=False, parallel=True):
-                show(line, progress)
-            timings["vagrant_up_s"] = round(time.monotonic() - t, 1)
-            self._check_running(vg, progress)
-            root_daemons.ensure_time_server(self.config, state, progress)
-            if self.spec.provision:
+            with self._forget_cache_on_failure(warm, progress):
+                vg = self._vagrant()
                 t = time.monotonic()
-                last = self._names()[-1]
-                progress(f"provisioning every VM with provision/site.yml (from {last})")
-                for line in vg.provision_lines(last):
-                    show(line, progress, ansible=True)
-                    if " : ok=" in line:
-                        record.provision_recap.append(line.strip())
-                timings["provision_s"] = round(time.monotonic() - t, 1)
-                state.save()
-            t = time.monotonic()
-            self._after_provision(state, progress)
-            timings["hosts_ready_s"] = round(time.monotonic() - t, 1)
+                progress(f"vagrant up ({', '.join(self._names())}) in {self.work}")
+                for line in vg.up_lines(provision=False, parallel=True):
+                    show(line, progress)
+                timings["vagrant_up_s"] = round(time.monotonic() - t, 1)
+                self._check_running(vg, progress)
+                root_daemons.ensure_time_server(self.config, state, progress)
+                if self.spec.provision and not warm:
+                    t = time.monotonic()
+                    last = self._names()[-1]
+                    progress(f"provisioning every VM with provision/site.yml (from {last})")
+                    for line in vg.provision_lines(last):
+                        show(line, progress, ansible=True)
+                        if " : ok=" in line:
+                            record.provision_recap.append(line.strip())
+                    timings["provision_s"] = round(time.monotonic() - t, 1)
+                    state.save()
+                t = time.monotonic()
+                self._after_provision(state, progress, warm)
+                timings["hosts_ready_s"] = round(time.monotonic() - t, 1)
+            if self.spec.keep_provisioned and self.spec.provision and not warm:
+                timings["cache_save_s"] = self._save_cache(key, state, progress)
             timings["total_s"] = round(time.monotonic() - t0, 1)
             state.ready = True
             state.save()
+            how = f"from the provisioned VMs in {record.resumed_from}" if warm else "made and provisioned"
             progress(f"lab {self.config.name} (vagrant, {len(self.config.hosts)} hypervisor VMs, driver "
-                     f"{record.driver}) ready in {timings['total_s']:.0f} s; accelerator {state.accelerator}")
+                     f"{record.driver}, {how}) ready in {timings['total_s']:.0f} s; accelerator {state.accelerator}")
 
     def _daemons_to_keep(self, state: LabState | None, digest: str, progress: Progress) -> dict[str, int]:
         """Resume the same lab stopped half-way; else clear what an earlier lab left (but its daemons)."""
@@ -174,6 +188,38 @@ class VagrantBackend:
         progress("choosing the VMs' libvirt driver: probing KVM on this machine")
         accel = choose_accelerator("auto", "/usr/bin/qemu-system-x86_64", image.kernel, image.initrd, image.key)
         return ("kvm" if accel.name == "kvm" else "qemu"), accel.reason
+
+    @contextmanager
+    def _forget_cache_on_failure(self, warm: dict | None, progress: Progress):
+        try:
+            yield
+        except LabError as exc:
+            if not warm:
+                raise
+            cache.clear(self.config.name, progress)
+            raise BackendError(f"{exc} (while starting the cached provisioned VMs: cache cleared, so the next "
+                               "`up` makes and provisions them afresh)") from None
+
+    def _box_stamp(self) -> str:
+        """Names the box's build (a rebuilt box invalidates the provisioned-VM cache)."""
+        url = self.spec.box_url
+        if url and url.startswith("/"):
+            built = boxmod.paths(self.spec.box, Path(url).parent).manifest
+            return built.read_text() if built.exists() else f"{url}:{Path(url).stat().st_mtime_ns}"
+        return f"{self.spec.box} {url or ''}"
+
+    def _save_cache(self, key: str, state: LabState, progress: Progress) -> float:
+        record = state.vagrant
+        extra = {"inner": record.inner, "accelerator": state.accelerator,
+                 "accelerator_reason": state.accelerator_reason, "fill_mibs": state.fill_mibs,
+                 "made_by_up": dict(record.timings)}
+        try:
+            return cache.save(self.virsh, lab=self.config.name, key=key, prefix=self.prefix,
+                              vms={m.name: m.address for m in machines(self.config, self.spec)}, work=self.work,
+                              ssh_config=self.layout.ssh_config, extra=extra, progress=progress)
+        except LabError as exc:  # the lab is up; only the next `up` will be slower
+            progress(f"provisioned VMs not cached: {exc}")
+            return 0.0
 
     def _box_url(self) -> str | None:
         """A locally built box is added from its file; a missing one is built only when asked (see docs)."""
@@ -214,8 +260,8 @@ class VagrantBackend:
         if bad:
             raise BackendError(f"vagrant up left {', '.join(bad)} not running (`vagrant status` in {self.work})")
 
-    def _after_provision(self, state: LabState, progress: Progress) -> None:
-        """Reach the hosts, wait for their clocks, then the common tail (image, accelerator, preflight)."""
+    def _after_provision(self, state: LabState, progress: Progress, warm: dict | None) -> None:
+        """Reach the hosts, wait for their clocks, the guest image, the guests' accelerator, preflight."""
         if not self.layout.known_hosts.read_text().strip():
             raise BackendError("provisioning wrote no host keys to the lab's known_hosts (is provision: false?)")
         remote.check_runner_address(self.config)
@@ -228,17 +274,31 @@ class VagrantBackend:
         for host in lab.hosts:
             offset = wait_for_clock(host, self.config.network.runner_address)
             progress(f"{host.name}: clock on the runner's time server (offset {offset * 1000:.2f} ms)")
+        mount = shared_mount(self.config, self.layout.dir) if self.config.storage != "local" else ""
+        if warm and mount:
+            for host in lab.hosts:
+                # Booted together, a hypervisor may have tried its NFS mount before the server was up.
+                host.run(f"mountpoint -q {mount} || mount {mount}", timeout=180)
+        image = ensure_image(progress=progress)
+        remote_dir = f"{REMOTE_IMAGE_DIR}/{image.key}"
+        for host in lab.hosts:
+            remote.copy_image(host, image, remote_dir, progress)
+        state.image = ImageRecord(kernel=f"{remote_dir}/vmlinuz", initrd=f"{remote_dir}/initrd.img", key=image.key)
+        state.save()
         record = state.vagrant
-
-        def explain(accel: str, reason: str) -> str:
-            # Probed even when the VMs run under TCG: QEMU's TCG emulates SVM and qemu64 shows it,
-            # so KVM inside the VMs can work (the L2 guest boots in ~6 s on this project's CI machine).
-            if record.driver == "kvm":
-                return reason
-            return reason + (" (nested KVM on the SVM that TCG emulates for the VMs)" if accel == "kvm" else
-                             f" (the VMs run under TCG: {record.driver_reason})")
-
-        remote.finish_up(self.config, state, PROBE_S, progress, explain)
+        if warm and warm.get("inner") and warm.get("accelerator"):
+            record.inner, state.fill_mibs = warm["inner"], warm["fill_mibs"]
+            state.accelerator, state.accelerator_reason = warm["accelerator"], warm["accelerator_reason"]
+            progress(f"guests' accelerator: {state.accelerator}, as measured when the cached VMs were made")
+        else:
+            accel, reason, record.inner = inner.measure_and_choose(Lab.from_state(self.config, state),
+                                                                   self.config.accelerator, progress)
+            where = "nested KVM" if record.driver == "kvm" else f"the VMs under TCG: {record.driver_reason}"
+            state.accelerator, state.accelerator_reason = accel, f"{reason} ({where})"
+            state.fill_mibs = record.inner[accel]["fill_mibs"]
+        state.save()
+        progress(f"guests run under {state.accelerator}: {state.accelerator_reason}")
+        remote.preflight_gate(Lab.from_state(self.config, state), progress)
 
     # -- down ----------------------------------------------------------------------------------------
     def down(self, progress: Progress) -> None:
@@ -277,6 +337,9 @@ class VagrantBackend:
                      vagrant=VagrantRecord(daemons=scratch.vagrant.daemons)).save()
             return
         progress(f"lab {self.config.name} (vagrant) removed")
+        if cache.manifest(self.config.name):
+            progress(f"kept: the provisioned-VM cache {cache.cache_dir(self.config.name)} (a cache, not the lab; "
+                     f"`python -m lab.backends.vagrant.cache clear --lab {self.config.name}` removes it)")
 
     def status(self) -> dict:
         state = LabState.load(self.config.name)
@@ -289,5 +352,8 @@ class VagrantBackend:
             vms = {"error": str(exc)}
         record = state.vagrant or VagrantRecord()
         out["vagrant"] = {"work_dir": str(self.work), "driver": record.driver, "driver_reason": record.driver_reason,
-                          "vms": vms, "timings": record.timings}
+                          "vms": vms, "timings": record.timings, "inner": record.inner,
+                          "inner_lines": inner.describe(record.inner), "fill_mibs": state.fill_mibs,
+                          "resumed_from": record.resumed_from,
+                          "cache": str(cache.cache_dir(self.config.name)) if self.spec.keep_provisioned else ""}
         return out

@@ -38,10 +38,12 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # What debootstrap puts in (enough to boot, log in over SSH and run apt).
 BASE_PACKAGES = ("openssh-server", "sudo", "systemd-sysv", "ifupdown", "isc-dhcp-client", "linux-image-cloud-amd64",
                  "ca-certificates", "iproute2", "netbase", "python3")
-# What the hypervisor and NFS roles install, pre-installed by chroot (the playbook still declares them).
+# Everything provision/site.yml installs (roles common, hypervisor, nfs_server), pre-installed by chroot:
+# the playbook still declares them (the one truth for real hosts) but finds them here, so inside the
+# TCG VMs it only configures. tests/test_vagrant_lab.py checks this list covers the roles' lists.
 LAB_PACKAGES = ("qemu-system-x86", "qemu-utils", "qemu-block-extra", "libvirt-daemon-system", "libvirt-clients",
-                "python3-apt", "bridge-utils", "nftables", "nfs-kernel-server", "nfs-common", "kmod", "procps",
-                "iputils-ping", "less")
+                "python3-apt", "bridge-utils", "nftables", "nfs-kernel-server", "nfs-common", "chrony", "kmod",
+                "procps", "iputils-ping", "less")
 CMDLINE = "root=/dev/vda rw console=ttyS0 net.ifnames=0 biosdevname=0"
 VAGRANT_PUBKEY_GLOB = "/usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant.pub"
 
@@ -127,6 +129,14 @@ def _configure(root: Path, pubkey: str, log) -> None:
                     "[Service]\nType=oneshot\nExecStart=/usr/bin/ssh-keygen -A\n\n"
                     "[Install]\nWantedBy=multi-user.target\n")
     _run(["chroot", str(root), "systemctl", "enable", "ssh-hostkeys.service", "ssh.service"], log)
+    # Under TCG a background apt run costs the lab minutes of CPU at random times.
+    _run(["chroot", str(root), "systemctl", "mask", "apt-daily.timer", "apt-daily-upgrade.timer"], log)
+    # Nothing the distro starts may reach outside the lab before the playbook configures it: chrony
+    # without its internet pools (the playbook points it at the runner), libvirt's default NAT
+    # network (192.168.122.0/24, a private range) not autostarted.
+    (root / "etc/chrony/chrony.conf").write_text("# The lab's playbook sets the time server (role common).\n"
+                                                 "driftfile /var/lib/chrony/chrony.drift\n")
+    (root / "etc/libvirt/qemu/networks/autostart/default.xml").unlink(missing_ok=True)
     # A fresh machine-id per VM (systemd makes one on first boot when the file is empty).
     (root / "etc/machine-id").write_text("")
     (root / "var/lib/dbus").mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,116 @@
+"""The accelerator of the guests inside the Vagrant VMs, chosen by measuring what the suites do.
+
+When the VMs run under TCG, their guests can still get KVM: TCG emulates AMD SVM and `qemu64`
+shows it. That boots a guest in seconds, but every first touch of a page is a nested page fault
+that TCG emulates, so filling memory crawls (a 32 MiB fill ran past a minute, issue 18). Nested
+TCG is the other way round: a slow boot, then memory at TCG speed. So `up` runs, under each
+candidate, one cycle of what the suites do on the first host pair: boot the lab guest, fill
+memory, dirty it, migrate it live while it dirties; and takes the accelerator whose cycle
+(boot + the suites' 32 MiB fill + the migration) is shorter. lab.yaml `accelerator: kvm | tcg`
+decides instead (only that one is measured: its speed still sets the agent's timeouts).
+"""
+from __future__ import annotations
+
+import time
+
+import libvirt
+
+from lab.backends.base import Progress
+from lab.errors import BackendError, LabError
+from lab.guest.domain import create_guest, remove_guest, unique_guest_name
+from lab.runtime.lab import Lab
+
+SUITE_FILL_MIB = 32  # what lab.migration.integrity fills before each migration
+FILL_MIB = 4  # measured fill; KVM on emulated SVM needs seconds per MiB
+DIRTY_MIBS, DIRTY_REGION_MIB = 4, 8
+BOOT_BUDGET_S = {"kvm": 90, "tcg": 400}  # nested TCG boots in ~50-90 s on an idle 2-core runner
+FILL_BUDGET_S = 120
+
+
+def _figures_line(f: dict) -> str:
+    if f.get("error"):
+        return f"{f['accel']}: {f['error']}"
+    return (f"{f['accel']}: boot {f['boot_s']:.1f} s, fill {f['fill_mibs']:.2f} MiB/s, dirtying "
+            f"{f['dirty_mibs']:.1f} of {DIRTY_MIBS} MiB/s (heartbeats at {f['heartbeat_pct']:.0f}% of nominal), "
+            f"live migration while dirtying {f['migrate_s']:.1f} s; cycle {f['cycle_s']:.0f} s")
+
+
+def describe(figures: dict[str, dict]) -> list[str]:
+    """One line per measured accelerator (for `lab status` and the reason)."""
+    return [_figures_line(figures[a]) for a in sorted(figures)]
+
+
+def measure(lab: Lab, accel: str, progress: Progress) -> dict:
+    """One cycle under `accel` on the lab's first pair; figures, or an `error` saying what did not work."""
+    src, dst = lab.pairs[0]
+    name = unique_guest_name(f"inner-{accel}")
+    out: dict = {"accel": accel, "host": src.name}
+    progress(f"{src.name}: measuring the guest under {accel} (boot, {FILL_MIB} MiB fill, dirtying, "
+             f"live migration to {dst.name})")
+    started = time.monotonic()
+    guest = create_guest(lab, src, name=name, with_disk=False, wait=False,
+                         domain_type="kvm" if accel == "kvm" else "qemu")
+    try:
+        try:
+            guest.wait_ready(timeout=BOOT_BUDGET_S[accel])
+        except LabError as exc:
+            out["error"] = f"no sign of life within {BOOT_BUDGET_S[accel]} s ({str(exc)[:120]})"
+            return out
+        out["boot_s"] = round(time.monotonic() - started, 1)
+        t = time.monotonic()
+        try:
+            guest.agent("fill", 7, FILL_MIB, timeout=FILL_BUDGET_S)
+        except LabError:
+            out["error"] = f"a {FILL_MIB} MiB fill did not end within {FILL_BUDGET_S} s"
+            return out
+        out["fill_mibs"] = round(FILL_MIB / max(time.monotonic() - t, 1e-3), 3)
+        guest.agent("dirty", DIRTY_MIBS, DIRTY_REGION_MIB, timeout=FILL_BUDGET_S)
+        before, t = guest.heartbeats.count, time.monotonic()
+        time.sleep(3)
+        info = guest.agent("info", timeout=30)
+        period_s = lab.config.guest.heartbeat_us / 1e6
+        out["heartbeat_pct"] = round(100 * (guest.heartbeats.count - before) * period_s / (time.monotonic() - t), 1)
+        out["dirty_mibs"] = round(float(info.get("dirty_mibs", 0)), 2)
+        t = time.monotonic()
+        flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
+                 | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+        try:
+            guest.domain().migrateToURI3(dst.libvirt_uri, {}, flags)
+        except libvirt.libvirtError as exc:
+            out["error"] = f"live migration {src.name} -> {dst.name} failed: {exc.get_error_message()}"
+            return out
+        guest.host = dst
+        guest.agent("info", timeout=60)  # alive on the destination
+        out["migrate_s"] = round(time.monotonic() - t, 1)
+        out["cycle_s"] = round(out["boot_s"] + SUITE_FILL_MIB / out["fill_mibs"] + out["migrate_s"], 1)
+        return out
+    finally:
+        out.setdefault("measured_in_s", round(time.monotonic() - started, 1))
+        remove_guest(lab, guest)
+        progress("  " + _figures_line(out))
+
+
+def choose(figures: dict[str, dict], wanted: str) -> tuple[str, str]:
+    """(kvm | tcg, why) from the measured cycles; lab.yaml's kvm or tcg wins over them."""
+    def cycle(a: str) -> str:
+        f = figures[a]
+        return f"{a} failed: {f['error']}" if f.get("error") else f"{a} {f['cycle_s']:.0f} s"
+
+    if wanted in ("kvm", "tcg"):
+        if figures.get(wanted, {}).get("error"):
+            raise BackendError(f"accelerator: {wanted} (lab.yaml) does not work inside the VMs: "
+                               f"{figures[wanted]['error']}")
+        return wanted, f"lab.yaml accelerator: {wanted} (its cycle measured: {cycle(wanted)})"
+    usable = {a: f for a, f in figures.items() if not f.get("error")}
+    if not usable:
+        raise BackendError(f"no accelerator runs the lab guest inside the VMs: {'; '.join(describe(figures))}")
+    best = min(usable, key=lambda a: usable[a]["cycle_s"])
+    return best, (f"measured inside the VMs, the shorter cycle of boot + {SUITE_FILL_MIB} MiB fill + live migration: "
+                  + ", ".join(cycle(a) for a in sorted(figures, key=lambda a: a != best)))
+
+
+def measure_and_choose(lab: Lab, wanted: str, progress: Progress) -> tuple[str, str, dict[str, dict]]:
+    candidates = [wanted] if wanted in ("kvm", "tcg") else ["kvm", "tcg"]
+    figures = {a: measure(lab, a, progress) for a in candidates}
+    accel, reason = choose(figures, wanted)
+    return accel, reason, figures
