@@ -9,11 +9,13 @@ Every figure is measured or None; a missing one is a finding that names the fiel
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 from lab.config.thresholds import PROBES, Limits, Thresholds, Tolerance
 from lab.guest.domain import Guest
 from lab.guest.probes import GapStats
+from lab.migration.honoured import DIRTY_RATE_SHARE, ConnectionCounter, Observed, settings_findings
 from lab.migration.live import MigrationParams, MigrationResult, migrate
 from lab.results.stats import Summary
 from lab.results.verdicts import Finding, Kind
@@ -26,6 +28,7 @@ BASELINE_S = 1.0  # the window before the migration whose largest gap is the gue
 # Echo replies lost beyond what the stalls explain (one probe per period of stall); seen: never above
 # half the stalled periods under TCG. A few more are jitter at a stall's edges.
 ECHO_LOSS_SLACK = 5
+DIRTY_RATE_WAIT_S = 3.0  # longest wait for the agent's first whole second of dirtying
 
 
 def _probe_doc(stats: GapStats) -> dict:
@@ -43,6 +46,7 @@ class Measurement:
     harness_s: float = 0.0  # wall time the harness spent beyond the migration API call
     baseline_gap_ms: float | None = None  # the largest heartbeat gap in the second before the migration
     series: dict = field(default_factory=dict)  # arrival times for the report's timeline (sidecar file)
+    observed: Observed = field(default_factory=Observed)  # what shows the settings were used (honoured.py)
 
     @property
     def total_s(self) -> float | None:
@@ -61,22 +65,34 @@ class Measurement:
             "heartbeats": self.heartbeats, "echo": self.echo, "baseline_gap_ms": self.baseline_gap_ms,
             "findings": [{"kind": f.kind.value, "text": f.text} for f in self.findings], "harness_s": self.harness_s,
             "thresholds": {"downtime_ms": limits.downtime_ms, "total_s": limits.total_s},
-            "versions": versions,
+            "versions": versions, "observed": asdict(self.observed),
         }
 
 
 def measure_migration(scenario: str, guest: Guest, src: Host, dst: Host, params: MigrationParams,
-                      period_ms: float, tolerance: Tolerance, echo_interval_us: int = 1000) -> Measurement:
+                      period_ms: float, tolerance: Tolerance, echo_interval_us: int = 1000,
+                      dirty_mibs_asked: float = 0) -> Measurement:
     """Migrate `guest` from src to dst with all three probes running; the guest follows on success."""
     began = time.monotonic()
+    observed = Observed()
+    if dirty_mibs_asked:  # the agent measures its rate over whole seconds: a writer just started reads 0
+        deadline = time.monotonic() + DIRTY_RATE_WAIT_S
+        while True:
+            observed.dirty_mibs_before = float(guest.info()["dirty_mibs"])
+            if observed.dirty_mibs_before >= DIRTY_RATE_SHARE * dirty_mibs_asked or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
     prober = guest.echo_prober(echo_interval_us)
     _wait_for(lambda: prober.replies() >= SETTLE_PACKETS, SETTLE_MAX_S)  # a baseline before the migration
     period_ns = int(period_ms * 1e6)
     before_ns = time.time_ns()
     baseline = guest.heartbeats.window(before_ns - int(BASELINE_S * 1e9), before_ns, period_ns)
     # A migration that iterates for a minute says where it stands (silent when it ends within 10 s).
-    with StatusLine(f"{scenario} {src.name} -> {dst.name}", quiet_for_s=10) as progress:
+    counter = ConnectionCounter(dst, guest.name) if params.parallel_connections else nullcontext()
+    with StatusLine(f"{scenario} {src.name} -> {dst.name}", quiet_for_s=10) as progress, counter:
         result = migrate(guest.name, src, dst, params, progress)
+    if params.parallel_connections:
+        observed.migration_connections_max = counter.seen
     if result.ok:
         guest.host = dst
     # The window closes once both probes hear the guest again after completion (or the wait runs out,
@@ -95,9 +111,11 @@ def measure_migration(scenario: str, guest: Guest, src: Host, dst: Host, params:
     downtime = {"hypervisor": None if hypervisor is None else float(hypervisor),
                 "guest": round(hb.max_gap_ms, 3), "network": round(echo.max_gap_ms, 3)}
     m = Measurement(scenario, result, downtime, _probe_doc(hb), {**_probe_doc(echo), "period_ms": echo_interval_us / 1000},
-                    baseline_gap_ms=round(baseline.max_gap_ms, 3) if baseline.received else None, series=series)
+                    baseline_gap_ms=round(baseline.max_gap_ms, 3) if baseline.received else None, series=series,
+                    observed=observed)
     if result.ok:
-        m.findings = check_invariants(m, period_ms, tolerance)
+        m.findings = check_invariants(m, period_ms, tolerance) + settings_findings(params, result, observed,
+                                                                                   dirty_mibs_asked)
     m.harness_s = time.monotonic() - began - result.wall_s
     return m
 

@@ -39,6 +39,7 @@ class Kind(str, Enum):
     INVARIANT = "invariant"  # the probes disagree beyond the stated tolerances
     UNDERREPORTED = "hypervisor-underreports"  # the guest was silent far longer than libvirt's downtime
     HEARTBEAT_LOST = "heartbeat-lost"
+    SETTING_IGNORED = "setting-ignored"  # a migration setting shows no sign of having been used (honoured.py)
 
 
 @dataclass(frozen=True)

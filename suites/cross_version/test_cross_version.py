@@ -70,7 +70,8 @@ def test_live_migration_across_stacks(direction, load, lab, stack_pair, pinned_m
         before = take_fingerprint(guest)
         if load.dirty_mibs:
             guest.agent("dirty", load.dirty_mibs, 64)
-        m = measure_migration(scenario, guest, src, dst, _params(lab, dst, load), period_ms, thresholds.tolerance)
+        m = measure_migration(scenario, guest, src, dst, _params(lab, dst, load), period_ms, thresholds.tolerance,
+                              dirty_mibs_asked=load.dirty_mibs)
         after = inspect(guest, before, lab.hosts, dst) if m.result.ok else None
         doc = m.record(host_versions, limits)
         doc.update(direction=direction, what=DIRECTIONS[direction], machine=pinned_machine, stacks=stacks,

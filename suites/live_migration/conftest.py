@@ -83,7 +83,8 @@ def run_measured(lab, thresholds, repeat, host_versions, known_defects, record, 
             params = scenario.with_lab(lab, dst.address)
             if params.copy_storage:  # writes in flight while the disk is copied
                 guest.agent("diskstream", "start", 7000 + i, DISK_STREAM_BLOCKS_PER_S)
-            m = measure_migration(scenario.id, guest, src, dst, params, period_ms, thresholds.tolerance)
+            m = measure_migration(scenario.id, guest, src, dst, params, period_ms, thresholds.tolerance,
+                                  dirty_mibs_asked=scenario.dirty_mibs)
             after = inspect(guest, before, lab.hosts, dst) if m.result.ok else None
             stream = disk_stream_findings(guest) if params.copy_storage else (None, [])
             if after:

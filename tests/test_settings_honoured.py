@@ -1,0 +1,41 @@
+"""The checks that a migration setting was really used fail when it was not, on real migrations.
+
+Each breaks its precondition for real: the migrations here run without the setting (plain precopy, one
+channel, no xbzrle; a guest dirtying at a quarter of the rate asked), and are judged as if it had been
+asked. The same checks pass on the live suite's postcopy, multifd and xbzrle scenarios (suites/live_migration).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from lab.migration.honoured import ConnectionCounter, Observed, settings_findings
+from lab.migration.live import MigrationParams, migrate
+from lab.results.verdicts import Kind
+
+pytestmark = pytest.mark.lab
+
+
+def test_settings_a_plain_migration_did_not_use_are_findings(lab, guest, src_host, dst_host):
+    guest.agent("dirty", 2, 16)  # a quarter of the 8 MiB/s judged below
+    plain = MigrationParams(unsafe=lab.needs_unsafe("shared"), migrate_uri=f"tcp://{dst_host.address}")
+    with ConnectionCounter(dst_host, guest.name) as counter:
+        result = migrate(guest.name, src_host, dst_host, plain)
+    assert result.ok, result.error
+    guest.host = dst_host
+    observed = Observed(dirty_mibs_before=float(guest.info()["dirty_mibs"]), migration_connections_max=counter.seen)
+    assert observed.migration_connections_max == 1, observed  # one channel, counted while it ran
+
+    # As asked: nothing to say.
+    assert settings_findings(plain, result, observed, dirty_mibs_asked=2) == []
+    # Judged as if postcopy, multifd with 2 channels, xbzrle and 8 MiB/s of dirtying had been asked.
+    asked = replace(plain, mode="postcopy", parallel_connections=2, compression="xbzrle")
+    found = settings_findings(asked, result, observed, dirty_mibs_asked=8)
+    text = "\n".join(f.text for f in found)
+    assert {f.kind for f in found} == {Kind.SETTING_IGNORED}, found
+    assert "never switched to postcopy" in text
+    assert "requested no page" in text  # a precopy job reports 0 postcopy requests
+    assert "at most 1 connection(s)" in text and "make 3" in text
+    assert "compression_pages" in text or "xbzrle-encoded" in text
+    assert "below 80% of the 8 MiB/s asked" in text
