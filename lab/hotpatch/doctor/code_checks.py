@@ -14,6 +14,7 @@ from lab.hotpatch.doctor.machine_code import MachineCode
 
 PATCH_JUMP_BYTES = 5  # libcareplus overwrites a function's entry with a 5-byte jmp rel32
 RECURSION_DEPTH = 3
+MAIN_DEPTH = 2  # main -> qemu_default_main (through the qemu_main pointer) -> qemu_main_loop
 CLONE_SUFFIXES = (".isra.", ".part.", ".constprop.", ".cold")
 
 
@@ -53,7 +54,7 @@ def inline_finding(located: Located) -> Finding | None:
     outline = (f"an out-of-line copy at 0x{located.address:x} serves only calls that were not inlined"
                if located.address is not None else "it has no out-of-line copy at all")
     return Finding("inline", facts.name, f"{facts.name} is inlined into {', '.join(callers)} "
-                   f"({len(facts.inlined_into)} copies); {outline}",
+                   f"({len(facts.inlined_into)} cop{'y' if len(facts.inlined_into) == 1 else 'ies'}); {outline}",
                    [f"DW_AT_inline {facts.inline_attr} on DW_TAG_subprogram <0x{facts.die_offset:x}>", *copies],
                    remedy=f"change {', '.join(callers)} instead (each carries its own copy of {facts.name}), "
                           "or mark it noinline in the original build")
@@ -109,6 +110,15 @@ def never_returns_findings(located: Located, code: MachineCode, unit: UnitFacts,
             f"{facts.name} has {len(loops)} loop(s) with no exit edge" + ("" if returns else "; it never returns"),
             [f"loop 0x{first:x}-0x{last:x}: no jump, return or tail call leaves it" for first, last in loops],
             detail="infinite-loop"))
+    chain = _from_main(located.address, code, symbols)
+    waiting = code.waiting_loops(located.address, located.size) if chain else []
+    if waiting:
+        out.append(Finding(
+            "never-returns", facts.name, f"{facts.name} is main()'s loop ({' -> '.join(chain)}): the main thread "
+            "is in it from start-up until QEMU quits",
+            [f"call path {' -> '.join(chain)}",
+             *[f"loop 0x{first:x}-0x{last:x} waits in {callee}" for first, last, callee in waiting]],
+            detail="main-loop"))
     starters = []
     for function in unit.functions:
         if function.entry and function.entry > 0:
@@ -143,3 +153,24 @@ def init_finding(located: Located, code: MachineCode, unit: UnitFacts,
                     [f".init_array holds 0x{ctor:x} ({code.name_of(ctor)}); it takes 0x{address:x} ({name}) "
                      f"at 0x{site:x}"])
     return None
+
+
+def _from_main(address: int, code: MachineCode, symbols: list[tuple[int, int, str]]) -> list[str]:
+    """The call path main -> ... -> the function within MAIN_DEPTH calls, or [] (direct and through pointers)."""
+    sizes = {a: s for a, s, _n in symbols}
+    main = next((a for a, _s, n in symbols if n == "main"), None)
+    if main is None or address == main:
+        return []
+    paths = {main: ["main"]}
+    frontier = [main]
+    for _depth in range(MAIN_DEPTH):
+        following = []
+        for node in frontier:
+            for _site, target in code.calls(node, sizes.get(node, 0)):
+                if target in sizes and target not in paths:
+                    paths[target] = [*paths[node], code.name_of(target)]
+                    if target == address:
+                        return paths[target]
+                    following.append(target)
+        frontier = following
+    return []

@@ -23,11 +23,13 @@ KPATCH_SUFFIX = ".kpatch"
 
 
 def diagnose(patch: str | os.PathLike, binary: str | os.PathLike, *, target: str | None = None,
-             pid: int | None = None) -> DoctorReport:
+             pid: int | None = None, debug: DebugInfo | None = None) -> DoctorReport:
     """Every finding for `patch` (a unified diff, or a .kpatch file) against the QEMU `binary` it is built for.
 
     target: the binary that will be patched, when not `binary` itself (e.g. /usr/libexec/qemu-kvm);
-    pid: a running QEMU, whose executable's buildID and thread stacks are checked too.
+    pid: a running QEMU, whose executable's buildID and thread stacks are checked too;
+    debug: `binary`'s DebugInfo, already open (reading QEMU's unit list takes seconds; callers doing many
+    patches share one), left open.
     """
     patch, binary = str(patch), str(binary)
     if not os.path.exists(binary):
@@ -40,7 +42,8 @@ def diagnose(patch: str | os.PathLike, binary: str | os.PathLike, *, target: str
         report.notes.append("a .kpatch file: only its buildID is checked; give the source patch for every other kind")
         return report
     changes = read_patch(patch)
-    debug = DebugInfo(binary)
+    owned = debug is None
+    debug = debug or DebugInfo(binary)
     try:
         report = DoctorReport(patch, binary, debug.buildid)
         view = source_view(changes, debug)
@@ -66,4 +69,5 @@ def diagnose(patch: str | os.PathLike, binary: str | os.PathLike, *, target: str
             report.notes.append("the patch changes no function body of this binary")
         return report
     finally:
-        debug.close()
+        if owned:
+            debug.close()

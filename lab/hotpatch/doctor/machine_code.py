@@ -22,6 +22,7 @@ _RIP = re.compile(r"\[rip ([+-]) 0x([0-9a-f]+)\]")
 NORETURN = frozenset({"abort", "exit", "_exit", "__assert_fail", "__stack_chk_fail", "pthread_exit", "longjmp",
                       "siglongjmp", "__longjmp_chk", "g_assertion_message_expr", "g_assertion_message",
                       "qemu_thread_exit", "cpu_loop_exit", "cpu_loop_exit_restore", "cpu_loop_exit_noexc"})
+WAITS = re.compile(r"wait|poll|sleep|select|iteration")
 THREAD_STARTERS = frozenset({"pthread_create", "qemu_thread_create", "g_thread_new", "g_thread_try_new"})
 # The register holding a starter's start routine: pthread_create / qemu_thread_create 3rd, g_thread_new 2nd.
 START_ROUTINE_REGISTER = {"pthread_create": "rdx", "qemu_thread_create": "rdx", "g_thread_new": "rsi",
@@ -101,11 +102,32 @@ class MachineCode:
 
     # -- facts about one function -------------------------------------------------
 
+    def pointer_at(self, address: int) -> int | None:
+        """The function pointer an initialized data slot holds (a PIE's R_X86_64_RELATIVE addend, else its bytes)."""
+        if address in self._relative:
+            return self._relative[address]
+        raw = self._read(address, 8)
+        value = struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0
+        return value if value in self._by_start else None
+
+    @cached_property
+    def _relative(self) -> dict[int, int]:
+        out = {}
+        for section in self.elf.iter_sections():
+            if isinstance(section, RelocationSection) and section.is_RELA() and section.name != ".rela.plt":
+                for reloc in section.iter_relocations():
+                    if reloc["r_info_type"] == 8:  # R_X86_64_RELATIVE
+                        out[reloc["r_offset"]] = reloc["r_addend"]
+        return out
+
     def calls(self, start: int, size: int) -> list[tuple[int, int]]:
-        """(call site, target) of every direct call and tail jump out of the function."""
+        """(call site, target) of every direct call and tail jump out of the function, and of those made
+        through an initialized function pointer (QEMU's main() jumps through `qemu_main`)."""
         out = []
         for insn in self.disassemble(start, size):
             target = insn.direct_target()
+            if target is None and insn.mnemonic in ("call", "jmp") and insn.operands.startswith("qword ptr [rip"):
+                target = self.pointer_at(insn.rip_target())
             if target is None:
                 continue
             if insn.mnemonic == "call" or (insn.mnemonic == "jmp" and not start <= target < start + size):
@@ -166,6 +188,18 @@ class MachineCode:
         graph = self.flow(start, size)
         return EXIT in _reachable(graph, start)
 
+    def waiting_loops(self, start: int, size: int) -> list[tuple[int, int, str]]:
+        """(first, last, callee) of each loop that calls a function that waits (poll, wait, sleep...):
+        the shape of a main loop or a service thread's loop."""
+        calls = {site: target for site, target in self.calls(start, size)}
+        out = []
+        for component in _cycles(self.flow(start, size)):
+            waits = [self.name_of(calls[a]) for a in sorted(component) if a in calls
+                     and WAITS.search(self.name_of(calls[a]))]
+            if waits:
+                out.append((min(component), max(component), waits[0]))
+        return sorted(out)
+
     def loops_without_exit(self, start: int, size: int) -> list[tuple[int, int]]:
         """[first, last] instruction address of each loop from which no path leaves the function."""
         graph = self.flow(start, size)
@@ -187,12 +221,7 @@ class MachineCode:
         base, size = section["sh_addr"], section["sh_size"]
         pointers = list(struct.unpack(f"<{size // 8}Q", section.data()))
         # A PIE may leave the slots 0 and put the address in a R_X86_64_RELATIVE addend.
-        for reloc_section in self.elf.iter_sections():
-            if isinstance(reloc_section, RelocationSection) and reloc_section.is_RELA():
-                for reloc in reloc_section.iter_relocations():
-                    offset = reloc["r_offset"]
-                    if base <= offset < base + size and reloc["r_info_type"] == 8:  # R_X86_64_RELATIVE
-                        pointers[(offset - base) // 8] = reloc["r_addend"]
+        pointers = [self._relative.get(base + 8 * i, p) for i, p in enumerate(pointers)]
         return [p for p in pointers if p not in (0, 2 ** 64 - 1)]
 
 

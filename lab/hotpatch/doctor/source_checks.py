@@ -102,13 +102,15 @@ def _map_lines(change: FileChange, unit: UnitFacts, found: list[Entity], view: S
                     [f"DW_TAG_subprogram {function.name} at {change.path}:{entity.first}, DW_TAG_formal_parameter: "
                      f"{', '.join(function.params) or '(none)'}", *[f"{where}: {t.strip()}" for t in texts]],
                     detail="parameters"))
+            in_body = line >= entity.body
             statics = [v for v in unit.variables if v.function == function.name and v.decl_line == line]
-            new_statics = [t for t in texts if _STATIC_DECL.match(t)]
+            new_statics = [t for t in texts if in_body and _STATIC_DECL.match(t)]
             if statics or new_statics:
-                names = ", ".join(v.name for v in statics) or "a new one"
+                names = (f"static variable {', '.join(v.name for v in statics)}" if statics
+                         else "a new static variable")
                 view.findings.append(Finding(
-                    "not-a-function-change", function.name, f"static variable {names} of {function.name} changed at "
-                    f"{where}: it is data, kept by the running process",
+                    "not-a-function-change", function.name, f"{names} of {function.name} at {where}: it is data, "
+                    "kept by the running process (a patch cannot initialize or replace it)",
                     [f"{where}: {t.strip()}" for t in texts], detail="static-data"))
             changed.setdefault(function.name, function)
     for function in changed.values():

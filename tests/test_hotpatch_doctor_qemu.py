@@ -1,0 +1,126 @@
+"""The hot patch doctor against the lab's own QEMU 7.2 build: for each FAQ kind, a small
+patch to QEMU's source of exactly that kind (suites/hotpatch/patches/doctor/, and the hot
+patch suite's own tiny and on-stack patches), named by the doctor; a plain change
+(0001-query-version-package) is not. A running QEMU of that build is asked about too
+(--pid: its threads' stacks), and the distro's binary stands for another build (buildID).
+
+These need a QEMU build in hotpatch.build_cache (about 5 minutes on 2 cores, longer on a
+loaded machine); without one they skip, saying how to make it. With it, the module takes
+about a minute (reading QEMU's unit list once, then one compilation unit per patch).
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from lab.errors import HotpatchError
+from lab.hotpatch.doctor.command import qemu_binary
+from lab.hotpatch.doctor.doctor import diagnose
+from lab.hotpatch.doctor.dwarf_facts import DebugInfo
+from lab.util.elf import build_id
+from lab.util.process import terminate
+
+PATCHES = Path(__file__).resolve().parent.parent / "suites" / "hotpatch" / "patches"
+DISTRO_QEMU = Path("/usr/bin/qemu-system-x86_64")
+BUILD_HINT = ("no QEMU build in hotpatch.build_cache; make one (about 5 min on 2 cores) with "
+              ".venv/bin/python -c 'from lab.hotpatch.qemu_build import ensure_qemu_build; "
+              "ensure_qemu_build(\"/var/cache/kvm-acceptance-lab/qemu-hotpatch\", mode=\"plain\")' "
+              "or make hotpatch-test")
+
+
+@pytest.fixture(scope="module")
+def qemu() -> str:
+    try:
+        return qemu_binary(None)
+    except HotpatchError as exc:
+        pytest.skip(f"{BUILD_HINT} ({exc})")
+
+
+@pytest.fixture(scope="module")
+def qemu_debug(qemu):
+    debug = DebugInfo(qemu)
+    yield debug
+    debug.close()
+
+
+# (patch file, kind, detail, subject)
+KIND_CASES = [
+    pytest.param("doctor/inline-qmp_caps_accept.patch", "inline", "", "qmp_caps_accept", id="inline"),
+    pytest.param("doctor/recursive-to_json.patch", "recursive", "", "to_json", id="recursive"),
+    pytest.param("doctor/noreturn-expr_error.patch", "never-returns", "noreturn", "expr_error", id="noreturn"),
+    pytest.param("doctor/infinite-loop-call_rcu_thread.patch", "never-returns", "infinite-loop", "call_rcu_thread",
+                 id="infinite-loop"),
+    pytest.param("doctor/infinite-loop-call_rcu_thread.patch", "never-returns", "thread-entry", "call_rcu_thread",
+                 id="thread-entry"),
+    pytest.param("unsafe-qemu_main_loop-on-stack.patch", "never-returns", "main-loop", "qemu_main_loop",
+                 id="main-loop"),
+    pytest.param("doctor/init-register_types.patch", "init-only", "", "register_types", id="init-type_init"),
+    pytest.param("tiny-object_property_allow_set_link.patch", "too-small", "", "object_property_allow_set_link",
+                 id="shorter-than-5-bytes"),
+    pytest.param("doctor/global-data-default_fmt_size.patch", "not-a-function-change", "global-data",
+                 "default_fmt_size", id="global-data"),
+    pytest.param("doctor/static-data-qmp_query_version.patch", "not-a-function-change", "static-data",
+                 "qmp_query_version", id="static-data"),
+    pytest.param("doctor/struct-layout-rcu_drain.patch", "not-a-function-change", "struct-layout", "rcu_drain",
+                 id="struct-layout"),
+    pytest.param("doctor/parameters-qmp_caps_accept.patch", "not-a-function-change", "parameters",
+                 "qmp_caps_accept", id="parameters"),
+    pytest.param("doctor/macro-RCU_CALL_MIN_SIZE.patch", "not-a-function-change", "macro", "RCU_CALL_MIN_SIZE",
+                 id="macro"),
+    pytest.param("doctor/header-rcu_reader_data.patch", "not-a-function-change", "header", "include/qemu/rcu.h",
+                 id="header"),
+    pytest.param("tiny-object_property_allow_set_link.patch", "not-a-function-change", "line-macro", "qom/object.c",
+                 id="line-macro"),
+]
+
+
+@pytest.mark.parametrize("patch, kind, detail, subject", KIND_CASES)
+def test_doctor_names_the_kind_in_qemu(qemu, qemu_debug, patch, kind, detail, subject):
+    report = diagnose(PATCHES / patch, qemu, debug=qemu_debug)
+    found = [f for f in report.findings if (f.kind, f.detail, f.function) == (kind, detail, subject)]
+    assert found, report.text()
+    assert found[0].evidence and found[0].remedy and found[0].faq
+    assert report.ineffective == (detail != "line-macro" or patch.startswith("tiny"))
+
+
+def test_a_plain_change_to_qemu_has_no_finding(qemu, qemu_debug):
+    report = diagnose(PATCHES / "0001-query-version-package.patch", qemu, debug=qemu_debug)
+    assert [c.name for c in report.changed] == ["qmp_query_version"]
+    assert report.findings == [], report.text()
+
+
+@pytest.fixture
+def running_qemu(qemu, tmp_path):
+    """The build's QEMU running (no guest, paused, TCG): its main thread sits in qemu_main_loop."""
+    proc = subprocess.Popen([qemu, "-machine", "none", "-nodefaults", "-display", "none", "-S",
+                             "-monitor", "none", "-serial", "none"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    time.sleep(1.0)
+    if proc.poll() is not None:
+        pytest.fail(f"QEMU exited at once: {proc.stderr.read().decode(errors='replace')[-300:]}")
+    yield proc
+    terminate({proc.pid})
+    proc.wait(timeout=10)
+
+
+def test_a_running_qemu_has_its_main_thread_in_qemu_main_loop(qemu, qemu_debug, running_qemu):
+    report = diagnose(PATCHES / "unsafe-qemu_main_loop-on-stack.patch", qemu, pid=running_qemu.pid, debug=qemu_debug)
+    on_stack = [f for f in report.findings if f.detail == "on-stack"]
+    assert on_stack and on_stack[0].function == "qemu_main_loop", report.text()
+    assert f"thread {running_qemu.pid} " in " ".join(on_stack[0].evidence)  # the main thread: TID = PID
+    # A function no thread is in: no such finding, same process.
+    other = diagnose(PATCHES / "0001-query-version-package.patch", qemu, pid=running_qemu.pid, debug=qemu_debug)
+    assert not [f for f in other.findings if f.detail == "on-stack"], other.text()
+
+
+@pytest.mark.skipif(not DISTRO_QEMU.exists(), reason=f"{DISTRO_QEMU} not installed (apt-get install qemu-system-x86)")
+def test_the_distro_binary_is_another_build(qemu, qemu_debug):
+    assert build_id(DISTRO_QEMU) != build_id(qemu)
+    report = diagnose(PATCHES / "0001-query-version-package.patch", qemu, target=str(DISTRO_QEMU), debug=qemu_debug)
+    assert [f.kind for f in report.findings] == ["buildid"], report.text()
+    assert build_id(DISTRO_QEMU) in report.findings[0].summary
+    same = diagnose(PATCHES / "0001-query-version-package.patch", qemu, target=qemu, debug=qemu_debug)
+    assert same.findings == []
