@@ -66,6 +66,8 @@ KIND_CASES = [
                  id="thread-entry"),
     pytest.param("program.c", "atoi(getenv(\"LIMIT\")) : limit;", "atoi(getenv(\"LIMIT\")) + 1 : limit;",
                  "init-only", "", "setup_defaults", id="init-constructor"),
+    pytest.param("program.c", '"VERBOSE") != NULL;', '"VERBOSE") == NULL;', "init-only", "", "read_verbosity",
+                 id="init-inlined-into-a-constructor"),
     pytest.param("program.c", "types_known = 3;", "types_known = 4;", "init-only", "", "register_types",
                  id="init-registered-by-constructor"),
     pytest.param("program.c", "{\n}\n", "{\n    /* nothing to do */\n}\n", "too-small", "", "nothing",

@@ -136,22 +136,41 @@ def never_returns_findings(located: Located, code: MachineCode, unit: UnitFacts,
 
 def init_finding(located: Located, code: MachineCode, unit: UnitFacts,
                  symbols: list[tuple[int, int, str]]) -> Finding | None:
-    if located.address is None:
+    """A constructor, a function a constructor registers, or one inlined only into such functions."""
+    name = located.facts.name
+    if located.address is not None:
+        reason = _start_up_only(located.address, name, code, symbols)
+        if reason:
+            summary, evidence = reason
+            return Finding("init-only", name, f"{name} {summary}", [evidence])
         return None
-    name, address = located.facts.name, located.address
+    callers = sorted({caller for caller, _addr in located.facts.inlined_into})
+    if not callers:
+        return None
+    reasons = []
+    for caller in callers:
+        address = next((a for a, _s, n in symbols if n == caller), None)
+        reason = _start_up_only(address, caller, code, symbols) if address is not None else None
+        if reason is None:
+            return None
+        reasons.append(f"inlined into {caller}, which {reason[0]}: {reason[1]}")
+    return Finding("init-only", name, f"{name} lives only inlined into start-up code ({', '.join(callers)})", reasons)
+
+
+def _start_up_only(address: int, name: str, code: MachineCode,
+                   symbols: list[tuple[int, int, str]]) -> tuple[str, str] | None:
+    """(summary, evidence) when the function at `address` runs only at start-up, else None."""
     constructors = code.constructors
-    sizes = {a: s for a, s, _n in symbols}
     if address in constructors:
-        return Finding("init-only", name, f"{name} is a constructor: it ran once, before main()",
-                       [f".init_array holds 0x{address:x} ({name})"])
+        return "is a constructor: it ran once, before main()", f".init_array holds 0x{address:x} ({name})"
+    sizes = {a: s for a, s, _n in symbols}
     for ctor in constructors:
         for site, target in (*code.address_taken(ctor, sizes.get(ctor, 0)), *code.calls(ctor, sizes.get(ctor, 0))):
             if target == address:
-                return Finding(
-                    "init-only", name, f"{name} is registered at start-up by the constructor {code.name_of(ctor)} "
-                    "(type_init/module_init and friends): it runs once, while QEMU initializes",
-                    [f".init_array holds 0x{ctor:x} ({code.name_of(ctor)}); it takes 0x{address:x} ({name}) "
-                     f"at 0x{site:x}"])
+                return (f"is registered at start-up by the constructor {code.name_of(ctor)} (type_init/module_init "
+                        "and friends): it runs once, while QEMU initializes",
+                        f".init_array holds 0x{ctor:x} ({code.name_of(ctor)}); it takes 0x{address:x} ({name}) "
+                        f"at 0x{site:x}")
     return None
 
 

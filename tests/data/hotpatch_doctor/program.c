@@ -105,9 +105,15 @@ static void __attribute__((constructor)) do_init_register_types(void)
     register_module_init(register_types);
 }
 
+static void read_verbosity(void)
+{
+    types_known += getenv("VERBOSE") != NULL;
+}
+
 static void __attribute__((constructor)) setup_defaults(void)
 {
     limit = getenv("LIMIT") ? atoi(getenv("LIMIT")) : limit;
+    read_verbosity();
 }
 
 NOINLINE int checked(int v)
