@@ -2,7 +2,7 @@
 even where the registered defect's evidence (lost pages on TCG QEMU < 9.0) is there too.
 
 The scenario runs in a nested pytest on a lab of its own, with a plugin that plants the bug
-(tests/planted/disk_size_bug.py: the disk fingerprint taken over the wrong size). Its disk-changed
+(tests/planted/wrong_host_bug.py: the guest checked against the host it left). Its migration-failed
 finding is not one QEMU-TCG-DIRTY-BITMAP explains, so the verdict is fail, never XFAIL.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ def test_a_planted_harness_bug_in_a_dirty_scenario_fails_instead_of_being_excuse
     config = write_lab_config(tmp_path, "kvmplt", 9)
     out = tmp_path / "run"
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.planted.disk_size_bug", "-p", "no:randomly",
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.planted.wrong_host_bug", "-p", "no:randomly",
                                "--lab-config", str(config), "--report-dir", str(out), "--repeat", "1", "-rfEsxX",
                                f"suites/live_migration/test_live_migration.py::test_measured_migration[{SCENARIO}]"],
                               cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -37,7 +37,7 @@ def test_a_planted_harness_bug_in_a_dirty_scenario_fails_instead_of_being_excuse
                    if json.loads(line).get("kind") == "live-migration-summary")
     verdict = summary["verdict"]
     assert verdict["state"] == "fail" and verdict["defect"] is None, verdict
-    assert any(f["kind"] == "disk-changed" for f in verdict["findings"]), verdict
+    assert any(f["kind"] == "migration-failed" and "expected only" in f["text"] for f in verdict["findings"]), verdict
     # Where the defect's own evidence came too (the usual case on TCG QEMU 7.2), the verdict says it
     # matched and does not explain everything.
     if any(f["kind"] == "lost-pages" for f in verdict["findings"]):

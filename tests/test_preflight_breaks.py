@@ -5,9 +5,10 @@ planned one (no guest at all, as `python -m lab doctor` runs without --guest).
 These run on a lab of their own (kvmpf, 198.19.20.0/24: hv1+hv2 for the breaks,
 hv3+hv4 a second pair for --all-pairs) so that breaking a host never disturbs
 other tests; all of them stay on one xdist worker (xdist_group).
-Two checks compare the two hosts' QEMU builds, which on one machine are the same
-binary: for those a wrapper around the destination's real connection changes
-exactly one answer, and says so.
+Two checks compare the two hosts' QEMU and libvirt builds (machine-type, versions):
+those run on a second lab whose hosts run two real stacks (kvmpfs, 198.19.22.0/24:
+hv1 on the installed QEMU 7.2 / libvirt 9.0, hv2 on bookworm-backports' QEMU 10.0.2 /
+libvirt 11.3), so the destination is really older than its source one way.
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ PROVEN_WITH_GUEST: set[str] = set()
 PROVEN_WITHOUT_GUEST: set[str] = set()
 UNBREAKABLE_HERE: set[str] = set()  # checks whose precondition this machine cannot lose (said in their skip)
 NET = "198.19.20"
+STACKS_NET = "198.19.22"
+NEWER_MACHINE = "pc-i440fx-10.0"  # QEMU 10.0's own machine type: QEMU 7.2 has no such type
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +51,25 @@ def pf(tmp_path_factory):
     backend.up(lambda _m: None)
     yield Lab.load(config), backend
     backend.down(lambda _m: None)
+
+
+@pytest.fixture(scope="module")
+def two_stacks(tmp_path_factory):
+    """hv1 (older stack) and hv2 (newer stack): a rollback hv2 -> hv1 meets a really older destination."""
+    path = tmp_path_factory.mktemp("pfs") / "kvmpfs.yaml"
+    path.write_text("name: kvmpfs\naccelerator: auto\n"
+                    f"network: {{subnet: {STACKS_NET}.0/24, runner_address: {STACKS_NET}.1, "
+                    f"guest_range: {STACKS_NET}.128/25}}\n"
+                    "stacks:\n  backports: {source: archive, suite: bookworm-backports, qemu: 10.0.2, libvirt: 11.3.0}\n"
+                    f"hosts:\n  - {{name: hv1, address: {STACKS_NET}.11}}\n"
+                    f"  - {{name: hv2, address: {STACKS_NET}.12, stack: backports}}\n")
+    config = load_lab_config(path)
+    backend = get_backend(config)
+    try:
+        backend.up(lambda _m: None)
+        yield Lab.load(config)
+    finally:
+        backend.down(lambda _m: None)
 
 
 @pytest.fixture
@@ -70,9 +92,10 @@ def planned(lab, **changes):
     return dataclasses.replace(plan_for(lab), **changes)
 
 
-def check_one(lab, name, guest=None, **ctx_overrides):
-    """One check for `guest`, or without one for the planned guest (override it with plan=planned(...))."""
-    ctx = context_for(lab, guest=guest.name if guest else None)
+def check_one(lab, name, guest=None, src=None, dst=None, **ctx_overrides):
+    """One check for `guest`, or without one for the planned guest (override it with plan=planned(...)), on
+    the lab's first pair or src -> dst."""
+    ctx = context_for(lab, src=src, dst=dst, guest=guest.name if guest else None)
     ctx = dataclasses.replace(ctx, **ctx_overrides) if ctx_overrides else ctx
     (result,) = run_preflight(ctx, [name])
     return result
@@ -317,47 +340,31 @@ def test_cpu_model_fails_for_a_model_the_destination_refuses(pf, make_guest):
     passes("cpu-model", lab)
 
 
-class _OlderDestination:
-    """The destination's real connection, but reporting an older QEMU and dropping one machine type.
-
-    A fake, on purpose: both embedded hosts run the same QEMU binary, so a real
-    destination can never be older or lack the source's machine type here.
-    """
-
-    def __init__(self, real, drop_machine: str):
-        self.real, self.drop = real, drop_machine
-
-    def getVersion(self):
-        return self.real.getVersion() - 1000000
-
-    def getCapabilities(self):
-        caps = self.real.getCapabilities()
-        return caps.replace(f">{self.drop}<", ">removed<").replace(f"canonical='{self.drop}'", "canonical='removed'")
-
-    def __getattr__(self, name):
-        return getattr(self.real, name)
-
-
-def test_machine_type_fails_when_the_destination_lacks_it(pf, make_guest):
-    lab, _ = pf
-    guest = make_guest(start=False, wait=False)
-    machine = guest.domain().XMLDesc(0).split("machine='")[1].split("'")[0]
-    fake = _OlderDestination(lab.hosts[1].connect(), machine)
-    proves("machine-type", lab, f"machine type {machine} is not supported by hv2", guest, dst_conn=fake)
-    passes("machine-type", lab, guest)
-    # No guest: the planned type (pc) dropped by the wrapped destination; and, for real, a type neither QEMU has.
-    proves("machine-type", lab, "planned machine type pc is not supported by hv2's QEMU",
-           dst_conn=_OlderDestination(lab.hosts[1].connect(), "pc"))
-    proves("machine-type", lab, "planned machine type pc-i440fx-0.1 is not supported by hv1 and hv2's QEMUs",
-           plan=planned(lab, machine="pc-i440fx-0.1"))
-    passes("machine-type", lab)
+def test_machine_type_fails_when_the_destination_lacks_it(two_stacks, pf):
+    lab = two_stacks
+    guest = create_guest(lab, lab.hosts[1], machine=NEWER_MACHINE, start=False, wait=False)
+    pinned = create_guest(lab, lab.hosts[1], machine="pc-i440fx-7.2", start=False, wait=False)
+    try:
+        proves("machine-type", lab, f"machine type {NEWER_MACHINE} is not supported by hv1", guest,
+               src="hv2", dst="hv1")
+        passes("machine-type", lab, pinned, src="hv2", dst="hv1")  # the older QEMU's own type rolls back
+    finally:
+        remove_guest(lab, guest)
+        remove_guest(lab, pinned)
+    # No guest: the planned type, one way and the other; and, on kvmpf, a type neither QEMU has.
+    proves("machine-type", lab, f"planned machine type {NEWER_MACHINE} is not supported by hv1's QEMU",
+           plan=planned(lab, machine=NEWER_MACHINE), src="hv2", dst="hv1")
+    passes("machine-type", lab, plan=planned(lab, machine="pc-i440fx-7.2"), src="hv2", dst="hv1")
+    pf_lab, _ = pf
+    proves("machine-type", pf_lab, "planned machine type pc-i440fx-0.1 is not supported by hv1 and hv2's QEMUs",
+           plan=planned(pf_lab, machine="pc-i440fx-0.1"))
+    passes("machine-type", pf_lab)
 
 
-def test_versions_fail_when_the_destination_is_older(pf):
-    lab, _ = pf
-    fake = _OlderDestination(lab.hosts[1].connect(), "none")
-    proves("versions", lab, "on hv2 is older than", dst_conn=fake)
-    passes("versions", lab)
+def test_versions_fail_when_the_destination_is_older(two_stacks):
+    lab = two_stacks
+    proves("versions", lab, "on hv1 is older than", src="hv2", dst="hv1")
+    passes("versions", lab, src="hv1", dst="hv2")
 
 
 def test_vm_running_fails_for_a_shut_off_guest(pf, make_guest):

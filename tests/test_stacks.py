@@ -53,10 +53,14 @@ BAD = {
                    "stacks.b.mirror: 'deb.debian.org' is not a mirror URL"),
     "bad-stack-name": ("stacks: {Cand: {source: system}}\n", "stacks.Cand: 'Cand' is not a stack name"),
     "misspelt-key": ("stacks: {b: {source: archive, qemu: 10.0.2, sutie: x}}\n", "stacks.b.sutie: unknown key"),
-    "static-backend": ("backend: static\nstacks: {b: {source: archive, qemu: 10.0.2}}\nhosts:\n"
-                       "  - {name: hv1, address: 198.18.0.11, ssh_key: /k}\n"
-                       "  - {name: hv2, address: 198.18.0.12, ssh_key: /k, stack: b}\n",
-                       "hosts[1].stack: the static backend runs each host's installed packages"),
+    "static-backend-build": ("backend: static\nstacks: {b: {source: build, qemu: '7.2'}}\nhosts:\n"
+                             "  - {name: hv1, address: 198.18.0.11, ssh_key: /k}\n"
+                             "  - {name: hv2, address: 198.18.0.12, ssh_key: /k, stack: b}\n",
+                             "hosts[1].stack: a static host runs what is installed on it: stack 'b' (source: build)"),
+    "vagrant-backend": ("backend: vagrant\nstacks: {b: {source: archive, qemu: 10.0.2}}\nhosts:\n"
+                        "  - {name: hv1, address: 198.19.200.11}\n"
+                        "  - {name: hv2, address: 198.19.200.12, stack: b}\n",
+                        "hosts[1].stack: the vagrant backend runs each host's installed packages"),
 }
 
 

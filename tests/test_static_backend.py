@@ -216,3 +216,35 @@ def test_pair_claims_are_exclusive_and_freed_when_a_worker_is_killed(tmp_path):
         for proc in (first, second, third):
             proc.kill()
             proc.wait()
+
+
+def test_static_hosts_must_run_the_stack_lab_yaml_names(real_hosts, tmp_path, shared_lab):
+    """A static host's stack is what must be installed there: up checks what its libvirtd reports."""
+    key = LabLayout("kvmreal").dir / "id_ed25519"
+
+    def inventory(qemu: str, libvirt: str) -> Path:
+        path = tmp_path / f"stack-{qemu}.yaml"
+        path.write_text("name: kvmsta3\nbackend: static\n"
+                        "network: {subnet: 198.19.40.0/24, runner_address: 198.19.40.1, guest_range: 198.19.40.128/25}\n"
+                        f"stacks: {{candidate: {{source: archive, qemu: '{qemu}', libvirt: '{libvirt}'}}}}\n"
+                        f"hosts:\n  - {{name: hv1, address: 198.19.40.11, ssh_user: root, ssh_key: {key}}}\n"
+                        f"  - {{name: hv2, address: 198.19.40.12, ssh_user: root, ssh_key: {key}, stack: candidate}}\n")
+        return path
+
+    newer = inventory("10.0.2", "11.3.0")
+    try:
+        up = lab_cli(newer, "up")
+        assert up.returncode == 2 and up.stderr.count("\n") == 1, up.stderr
+        assert "hv2: runs QEMU 7.2" in up.stderr and "where stack 'candidate' has 10.0.2" in up.stderr
+        assert "stack_suite=bookworm-backports" in up.stderr
+        assert get_backend(load_lab_config(newer)).is_up() is False
+    finally:
+        lab_cli(newer, "down")
+    versions = real_hosts[1].status()["hosts"][1]
+    same = inventory(versions["qemu_version"], versions["libvirt_version"])
+    try:
+        assert lab_cli(same, "up").returncode == 0
+        status = json.loads(lab_cli(same, "status", "--json").stdout)
+        assert status["hosts"][1]["stack"]["name"] == "candidate", status["hosts"][1]
+    finally:
+        lab_cli(same, "down")

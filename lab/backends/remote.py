@@ -16,7 +16,9 @@ from lab.preflight import FAIL, context_for, run_preflight, table
 from lab.runtime.hosts import Host
 from lab.runtime.lab import Lab
 from lab.runtime.layout import REMOTE_IMAGE_DIR
-from lab.runtime.state import ImageRecord, LabState
+from lab.runtime.state import ImageRecord, LabState, StackRecord
+from lab.stacks.archive import upstream
+from lab.stacks.tree import reported, running_mismatch
 from lab.util.process import run
 
 
@@ -37,6 +39,26 @@ def check_host(host: Host) -> None:
         raise BackendError(f"{host.name} ({host.address}): ssh as {host.ssh_user} failed: {last}; "
                            "check hosts[].address, ssh_user and ssh_key in lab.yaml")
     host.connect(fresh=True)
+
+
+def check_stack(config: LabConfig, host: Host) -> StackRecord:
+    """A real host runs what its lab.yaml stack says (the playbook installs it; the lab installs nothing there):
+    its libvirtd must report the stack's QEMU and libvirt versions, else one line says what runs and the fix."""
+    name = config.host(host.name).stack
+    if name == "system":
+        return StackRecord()
+    spec = config.stacks[name]
+    stack = StackRecord(name=name, source=spec.source, qemu=spec.qemu or "", libvirt=spec.libvirt or "",
+                        qemu_upstream=upstream(spec.qemu) if spec.qemu else "",
+                        libvirt_upstream=upstream(spec.libvirt) if spec.libvirt else "",
+                        origin=f"installed on the host ({spec.archive_suite})")
+    conn = host.connect()
+    mismatch = running_mismatch(stack, reported(conn.getVersion()), reported(conn.getLibVersion()))
+    if mismatch:
+        raise BackendError(f"{host.name}: runs {mismatch}: install the stack on the host (ansible-playbook "
+                           f"provision/site.yml -e stack_suite={spec.archive_suite}) or name the stack it runs "
+                           "in lab.yaml")
+    return stack
 
 
 def copy_image(host: Host, image: GuestImage, remote: str, progress: Progress) -> None:

@@ -111,7 +111,12 @@ def check_host_stack(index: int, stack: str, stacks: dict[str, StackSpec], backe
     if stack != SYSTEM and stack not in stacks:
         known = ", ".join([SYSTEM, *[s for s in stacks if s != SYSTEM]])
         raise problem((index, "stack"), f"unknown stack {stack!r} (stacks: {known})")
-    if stack != SYSTEM and backend != "embedded" and stacks[stack].source != SYSTEM:
+    source = stacks[stack].source if stack != SYSTEM else SYSTEM
+    if backend == "static" and source not in (SYSTEM, "archive"):
+        raise problem((index, "stack"), f"a static host runs what is installed on it: stack {stack!r} (source: "
+                                        f"{source}) cannot be put there by the lab; name an archive stack (the "
+                                        "versions the host must run, installed with the playbook) or use backend: embedded")
+    if backend not in ("embedded", "static") and source != SYSTEM:
         raise problem((index, "stack"), f"the {backend} backend runs each host's installed packages; "
                                         f"stack {stack!r} needs backend: embedded (or install it with the playbook)")
 

@@ -86,9 +86,11 @@ def test_max_downtime_is_honoured_two_caps_far_apart(lab, guest_factory, measure
 @pytest.mark.timing
 def test_two_bandwidth_caps_are_each_honoured_by_the_measured_throughput(lab, guest_factory, measurement_lock,
                                                                          thresholds, record):
-    """Two caps four times apart on the same guest: the throughput measured from libvirt's bytes and time must
-    track each within the tolerance, both ways (a cap QEMU ignored runs at the link's speed under both)."""
-    caps = (8, 32)  # MiB/s
+    """Two caps on the same guest: the throughput measured from libvirt's bytes and time must track each within
+    the tolerance, both ways (a cap QEMU ignored runs at the link's speed, hundreds of MiB/s here). The figure
+    includes the migration's fixed costs (setup, the zero-page scan, the switchover: 1.4-1.9 s under TCG), so it
+    is a little below the cap; at 32 MiB/s they took a quarter (24.1 measured), hence two caps below that."""
+    caps = (8, 16)  # MiB/s: measured 7.2 and 14.8-15.0 under TCG
     tolerance = thresholds.tolerance.bandwidth_pct / 100
     guest = guest_factory()
     guest.agent("fill", 99, 64, timeout=60)  # 64 MiB that are not zero pages, so they really cross the link

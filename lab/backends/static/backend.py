@@ -56,6 +56,7 @@ class StaticBackend:
             for host in lab.hosts:
                 progress(f"{host.name}: ssh and libvirt at {host.address}")
                 remote.check_host(host)
+                state.host(host.name).stack = remote.check_stack(self.config, host)
                 host.run(f"mkdir -p {layout.storage_path('shared')} {layout.storage_path('local')}")
             remote.finish_up(self.config, state, PROBE_S, progress)
             state.ready = True
