@@ -44,7 +44,10 @@ def changed_function(located: Located, file: str) -> ChangedFunction:
     return ChangedFunction(located.facts.name, file, located.facts.decl_line, located.address, located.size)
 
 
-def inline_finding(located: Located) -> Finding | None:
+def inline_finding(located: Located, caller_findings: list[Finding]) -> Finding | None:
+    """Inlined copies: libcare-patch-make compares every function's assembly, so a caller whose inlined copy
+    changed is patched with it (shown by suites/hotpatch/test_doctor_outcomes.py); the patch then works only
+    if every such caller is patchable itself. A caller that is not makes the patch ineffective."""
     facts = located.facts
     if not facts.inlined_into:
         return None
@@ -53,11 +56,37 @@ def inline_finding(located: Located) -> Finding | None:
               for caller, addr in sorted(facts.inlined_into, key=lambda c: c[1])[:8]]
     outline = (f"an out-of-line copy at 0x{located.address:x} serves only calls that were not inlined"
                if located.address is not None else "it has no out-of-line copy at all")
-    return Finding("inline", facts.name, f"{facts.name} is inlined into {', '.join(callers)} "
-                   f"({len(facts.inlined_into)} cop{'y' if len(facts.inlined_into) == 1 else 'ies'}); {outline}",
-                   [f"DW_AT_inline {facts.inline_attr} on DW_TAG_subprogram <0x{facts.die_offset:x}>", *copies],
-                   remedy=f"change {', '.join(callers)} instead (each carries its own copy of {facts.name}), "
-                          "or mark it noinline in the original build")
+    count = f"{len(facts.inlined_into)} cop{'y' if len(facts.inlined_into) == 1 else 'ies'}"
+    blocked = sorted({f.function for f in caller_findings})
+    if blocked:
+        return Finding("inline", facts.name, f"{facts.name} is inlined into {', '.join(callers)} ({count}); {outline}; "
+                       f"the copy in {', '.join(blocked)} cannot be replaced",
+                       [f"DW_AT_inline {facts.inline_attr} on DW_TAG_subprogram <0x{facts.die_offset:x}>", *copies,
+                        *[f"caller {f.function}: {f.kind}{'/' + f.detail if f.detail else ''}: {f.summary}"
+                          for f in caller_findings]],
+                       remedy=f"change the code {', '.join(blocked)} calls instead, or mark {facts.name} noinline "
+                              "in the original build")
+    return Finding("inline", facts.name, f"{facts.name} is inlined into {', '.join(callers)} ({count}); {outline}; "
+                   "libcare-patch-make patches those callers with it (their code changes), and none of them is "
+                   "flagged", [f"DW_AT_inline {facts.inline_attr} on DW_TAG_subprogram <0x{facts.die_offset:x}>",
+                               *copies],
+                   remedy=f"nothing to do if {', '.join(callers)} may be replaced too; check them with --pid on the "
+                          "running QEMU", ineffective=False)
+
+
+def caller_findings(located: Located, unit: UnitFacts, code: MachineCode,
+                    symbols: list[tuple[int, int, str]]) -> list[Finding]:
+    """What makes the callers carrying an inlined copy of the function unpatchable themselves."""
+    out = []
+    for caller in sorted({c for c, _addr in located.facts.inlined_into} - {located.facts.name}):
+        facts = unit.function(caller)
+        if facts is None:
+            continue
+        where = locate(facts, symbols)
+        out += [f for f in (too_small_finding(where), recursion_finding(where, code, symbols),
+                            *never_returns_findings(where, code, unit, symbols),
+                            init_finding(where, code, unit, symbols)) if f is not None and f.ineffective]
+    return out
 
 
 def too_small_finding(located: Located) -> Finding | None:

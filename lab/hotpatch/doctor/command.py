@@ -13,7 +13,9 @@ from lab.errors import HotpatchError
 from lab.hotpatch.doctor.doctor import diagnose
 from lab.hotpatch.qemu_build import load_build
 
-BUILD_PREFERENCE = ("libcare", "plain")  # the build kpatches are made against first
+# The plain build first: libcare-cc drops -g, so the libcare build has next to no DWARF. Both are the same
+# source, configuration and compiler (GCC's code does not depend on -g): the same functions, sizes, inlining.
+BUILD_PREFERENCE = ("plain", "libcare")
 
 
 def qemu_binary(given: str | None, build_cache: str | None = None) -> str:
@@ -54,7 +56,7 @@ def add_doctor_parser(subparsers) -> argparse.ArgumentParser:
     doctor.add_argument("patch", metavar="PATCH", help="a unified diff to the QEMU source, or a built .kpatch file")
     doctor.add_argument("--qemu", metavar="BINARY_OR_BUILD",
                         help="the QEMU the patch is built against: a binary with debug info or a build directory "
-                             "(default: the newest build in hotpatch.build_cache)")
+                             "(default: the plain build in hotpatch.build_cache, which has debug info)")
     doctor.add_argument("--target", metavar="BINARY", help="the binary that will be patched, if not --qemu's "
                         "(e.g. /usr/libexec/qemu-kvm): its buildID must match")
     doctor.add_argument("--pid", type=int, metavar="PID", help="a running QEMU: its buildID, and which threads "

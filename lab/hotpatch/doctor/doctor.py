@@ -9,7 +9,7 @@ import os
 from elftools.elf.elffile import ELFFile
 
 from lab.errors import HotpatchError
-from lab.hotpatch.doctor.code_checks import (changed_function, inline_finding, init_finding, locate,
+from lab.hotpatch.doctor.code_checks import (caller_findings, changed_function, inline_finding, init_finding, locate,
                                              never_returns_findings, recursion_finding, too_small_finding)
 from lab.hotpatch.doctor.dwarf_facts import DebugInfo
 from lab.hotpatch.doctor.findings import DoctorReport
@@ -56,14 +56,17 @@ def diagnose(patch: str | os.PathLike, binary: str | os.PathLike, *, target: str
             for facts, change, unit in sorted(view.functions, key=lambda item: item[0].decl_line):
                 located = locate(facts, symbols)
                 report.changed.append(changed_function(located, change.path))
-                for finding in (too_small_finding(located), inline_finding(located),
+                inline = inline_finding(located, caller_findings(located, unit, code, symbols))
+                for finding in (too_small_finding(located), inline,
                                 recursion_finding(located, code, symbols),
                                 *never_returns_findings(located, code, unit, symbols),
                                 init_finding(located, code, unit, symbols)):
                     if finding is not None:
                         report.findings.append(finding)
-        if pid is not None:
-            report.findings += on_stack_findings([c.name for c in report.changed], pid, thread_stacks(pid))
+        if pid is not None:  # the callers carrying an inlined copy are replaced too
+            names = [c.name for c in report.changed] + sorted({caller for facts, _c, _u in view.functions
+                                                               for caller, _a in facts.inlined_into})
+            report.findings += on_stack_findings(names, pid, thread_stacks(pid))
         report.findings += buildid_findings(report.buildid, binary, target=target, pid=pid)
         if not report.changed and not report.findings:
             report.notes.append("the patch changes no function body of this binary")

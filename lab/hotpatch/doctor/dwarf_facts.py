@@ -126,6 +126,10 @@ class DebugInfo:
             out.append((cu, _text(_attr(top, "DW_AT_name", "")), _text(_attr(top, "DW_AT_comp_dir", ""))))
         return out
 
+    @property
+    def unit_count(self) -> int:
+        return len(self._unit_names)
+
     def units_for(self, source_path: str) -> list:
         """The compilation units built from `source_path` (a .c file of the patch)."""
         return [cu for cu, name, _dir in self._unit_names if same_source(name, source_path)]

@@ -40,8 +40,10 @@ def source_view(changes: list[FileChange], debug: DebugInfo) -> SourceView:
             continue
         units = debug.units_for(change.path)
         if not units and not any(c.is_header or debug.units_for(c.path) for c in changes):
-            raise HotpatchError(f"the patch changes {', '.join(c.path for c in changes)}, but no compilation unit "
-                                f"of {debug.binary} was built from it: is --qemu the binary this patch is for?")
+            raise HotpatchError(f"the patch changes {', '.join(c.path for c in changes)}, but none of the "
+                                f"{debug.unit_count} compilation units in {debug.binary}'s DWARF was built from it: "
+                                "is --qemu the binary this patch is for, built with -g? (the libcare build is "
+                                "not: libcare-cc drops -g; give the plain build of the same source)")
         if not units:
             view.notes.append(f"{change.path}: no compilation unit of {debug.binary} was built from it "
                               "(not part of this binary, or a file of another target): its changes are not checked")

@@ -1,0 +1,135 @@
+"""What the hot patch doctor predicts, checked by building and loading the same patch for real.
+
+Each case: the doctor's verdict on a patch to the lab's libcare build of QEMU, then the
+kpatch made by libcare-patch-make and loaded with libcare-ctl into a QEMU of that build
+running on this machine (no guest, no lab: `-machine none -S -qmp stdio`), and what
+happened. Without libcareplus every test skips, saying how to get it; the doctor's own
+tests (tests/test_hotpatch_doctor*.py) still run.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from lab.errors import HotpatchError
+from lab.hotpatch.diagnosis import HotpatchFailed
+from lab.hotpatch.doctor.command import qemu_binary
+from lab.hotpatch.doctor.doctor import diagnose
+from lab.hotpatch.kpatch_cache import ensure_kpatch
+from lab.hotpatch.qemu_build import ensure_qemu_build
+from lab.util.process import terminate
+from suites.hotpatch.conftest import PATCHES
+
+pytestmark = [pytest.mark.slow, pytest.mark.hotpatch]
+OOB = {"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}}
+EXEC_OOB = {"exec-oob": "migrate-pause"}
+
+
+class StdioQemu:
+    """The target's QEMU with its QMP monitor on stdin/stdout, still negotiating capabilities (where a
+    failed qmp_capabilities may be sent again and again)."""
+
+    def __init__(self, emulator: str):
+        self.proc = subprocess.Popen([emulator, "-machine", "none", "-nodefaults", "-display", "none", "-S",
+                                      "-qmp", "stdio"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        greeting = json.loads(self.proc.stdout.readline())
+        assert "QMP" in greeting, greeting
+        self.pid = self.proc.pid
+
+    def ask(self, command: dict) -> dict:
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        while True:
+            reply = json.loads(self.proc.stdout.readline())
+            if "return" in reply or "error" in reply:
+                return reply
+
+    def close(self) -> None:
+        terminate({self.pid})
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def doctor_binary(target) -> str:
+    """What the doctor reads: the plain build of the same source (the libcare build has no DWARF: libcare-cc
+    drops -g; GCC's code is the same with or without -g), built here if missing."""
+    try:
+        return qemu_binary(None)
+    except HotpatchError:
+        return str(ensure_qemu_build(target.build.dir.parent, mode="plain").binary)
+
+
+@pytest.fixture
+def qemu_process(target):
+    qemu = StdioQemu(target.emulator)
+    yield qemu
+    qemu.close()
+
+
+def kpatch_for(target, libcare, build_progress, patch_id: str, patch: str) -> str:
+    return ensure_kpatch(target.build, libcare, [PATCHES / patch], patch_id, target_buildid=target.kpatch_buildid,
+                         progress=build_progress).kpatch_paths[0]
+
+
+def oob_answer(qemu: StdioQemu) -> str:
+    """Negotiate with oob enabled, then run a command out of band: what QEMU says to it."""
+    assert "return" in qemu.ask(OOB)
+    return qemu.ask(EXEC_OOB)["error"]["desc"]
+
+
+def test_inline_change_outcome(libcare, target, doctor_binary, build_progress, qemu_process, record):
+    """qmp_caps_accept has no out-of-line copy (inlined into qmp_qmp_capabilities)."""
+    patch = "doctor/inline-qmp_caps_accept.patch"
+    report = diagnose(PATCHES / patch, doctor_binary)
+    assert "inline" in report.kinds(), report.text()
+    unpatched = StdioQemu(target.emulator)
+    try:
+        before = oob_answer(unpatched)
+    finally:
+        unpatched.close()
+    assert before.startswith("migrate-pause is currently only supported")  # oob on: the command itself ran
+    result = libcare.apply(qemu_process.pid, kpatch_for(target, libcare, build_progress, "dinl", patch))
+    after = oob_answer(qemu_process)
+    record({"kind": "hotpatch-doctor-outcome", "case": "inline", "doctor": sorted(report.kinds()),
+            "applied_hunks": result.hunks, "before": before, "after": after})
+    # libcareplus compares the assembly of every function: the caller carrying the inlined copy
+    # (qmp_qmp_capabilities) changed too, so it is in the kpatch, and the change takes effect.
+    assert result.hunks >= 1
+    assert after == "QMP input member 'exec-oob' is unexpected", f"{result.hunks} hunk(s) loaded; QMP says {after!r}"
+
+
+def test_thread_loop_change_is_refused_by_the_safety_check(libcare, target, doctor_binary, build_progress, qemu_process, record):
+    """call_rcu_thread: the doctor says a thread lives in it; libcare-ctl's safety check finds it there."""
+    patch = "doctor/infinite-loop-call_rcu_thread.patch"
+    report = diagnose(PATCHES / patch, doctor_binary, pid=qemu_process.pid)
+    details = {f.detail for f in report.findings}
+    assert {"infinite-loop", "thread-entry", "on-stack"} <= details, report.text()
+    path = kpatch_for(target, libcare, build_progress, "drcu", patch)
+    with pytest.raises(HotpatchFailed) as caught:
+        libcare.apply(qemu_process.pid, path)
+    diagnosis = caught.value.diagnosis
+    record({"kind": "hotpatch-doctor-outcome", "case": "thread-loop", "doctor": sorted(details),
+            "diagnosis": diagnosis.kind, "verdict": diagnosis.verdict})
+    assert diagnosis.kind == "unsafe-on-stack", diagnosis.report()
+    assert "call_rcu_thread" in diagnosis.verdict
+    assert libcare.info(qemu_process.pid) == []
+    assert "return" in qemu_process.ask(OOB)  # alive and answering
+
+
+def test_init_change_loads_and_changes_nothing(libcare, target, doctor_binary, build_progress, qemu_process, record):
+    """register_types ran at start-up (type_init): the patch loads, and nothing calls the new code again."""
+    patch = "doctor/init-register_types.patch"
+    report = diagnose(PATCHES / patch, doctor_binary, pid=qemu_process.pid)
+    assert "init-only" in report.kinds() and "on-stack" not in {f.detail for f in report.findings}, report.text()
+    result = libcare.apply(qemu_process.pid, kpatch_for(target, libcare, build_progress, "dinit", patch))
+    assert result.hunks >= 1
+    applied = libcare.info(qemu_process.pid)
+    record({"kind": "hotpatch-doctor-outcome", "case": "init", "doctor": sorted(report.kinds()),
+            "applied_hunks": result.hunks, "applied": [list(a.patch_ids) for a in applied]})
+    assert [a.patch_ids for a in applied] == [("dinit",)]
+    time.sleep(0.5)
+    assert qemu_process.proc.poll() is None
