@@ -3,7 +3,9 @@
 Each case: the doctor's verdict on a patch to the lab's libcare build of QEMU, then the
 kpatch made by libcare-patch-make and loaded with libcare-ctl into a QEMU of that build
 running on this machine (no guest, no lab: `-machine none -S -qmp stdio`), and what
-happened. Without libcareplus every test skips, saying how to get it; the doctor's own
+happened. Shown so far: inline (its caller is patched with it: works), recursive and noreturn
+(entered anew by each call: work), a thread's endless loop (refused by the safety check),
+initialization (loads, never runs again). Without libcareplus every test skips, saying how to get it; the doctor's own
 tests (tests/test_hotpatch_doctor*.py) still run.
 """
 from __future__ import annotations
@@ -133,3 +135,33 @@ def test_init_change_loads_and_changes_nothing(libcare, target, doctor_binary, b
     assert [a.patch_ids for a in applied] == [("dinit",)]
     time.sleep(0.5)
     assert qemu_process.proc.poll() is None
+
+
+def test_recursive_change_outcome(libcare, target, doctor_binary, build_progress, qemu_process, record):
+    """to_json calls itself; QMP is idle while the patch loads, so no call of it is in progress."""
+    patch = "doctor/recursive-to_json.patch"
+    report = diagnose(PATCHES / patch, doctor_binary, pid=qemu_process.pid)
+    assert "recursive" in report.kinds() and "on-stack" not in {f.detail for f in report.findings}, report.text()
+    assert "return" in qemu_process.ask({"execute": "qmp_capabilities"})
+    before = qemu_process.ask({"execute": "query-memory-size-summary"})["return"]["base-memory"]
+    result = libcare.apply(qemu_process.pid, kpatch_for(target, libcare, build_progress, "drec", patch))
+    after = qemu_process.ask({"execute": "query-memory-size-summary"})["return"]["base-memory"]
+    record({"kind": "hotpatch-doctor-outcome", "case": "recursive", "doctor": sorted(report.kinds()),
+            "applied_hunks": result.hunks, "before": before, "after": after})
+    assert (before, after) == (0, 1), f"{result.hunks} hunk(s) loaded; base-memory {before} -> {after}"
+
+
+def test_noreturn_change_outcome(libcare, target, doctor_binary, build_progress, qemu_process, record):
+    """expr_error never returns (it siglongjmps back to HMP's parser), but it is entered anew on every error."""
+    patch = "doctor/noreturn-expr_error.patch"
+    report = diagnose(PATCHES / patch, doctor_binary, pid=qemu_process.pid)
+    assert "noreturn" in {f.detail for f in report.findings}, report.text()
+    assert "return" in qemu_process.ask({"execute": "qmp_capabilities"})
+    hmp = {"execute": "human-monitor-command", "arguments": {"command-line": "print 1+"}}
+    before = qemu_process.ask(hmp)["return"]
+    result = libcare.apply(qemu_process.pid, kpatch_for(target, libcare, build_progress, "dnor", patch))
+    after = qemu_process.ask(hmp)["return"]
+    record({"kind": "hotpatch-doctor-outcome", "case": "noreturn", "doctor": sorted(report.kinds()),
+            "applied_hunks": result.hunks, "before": before, "after": after})
+    assert before.startswith("unexpected end of expression\r\n")
+    assert after.startswith("unexpected end of expression (in an expression)\r\n"), after

@@ -111,9 +111,15 @@ def recursion_finding(located: Located, code: MachineCode, symbols: list[tuple[i
                 if target == start:
                     chain = " -> ".join(code.name_of(a) for a in [*paths[node], start])
                     kind = "calls itself" if node == start else f"calls itself through {chain}"
-                    return Finding("recursive", located.facts.name, f"{located.facts.name} {kind}",
+                    # New calls, recursive ones too, enter the new code (suites/hotpatch/test_doctor_outcomes.py);
+                    # only a recursion in progress keeps the old, and libcare-ctl refuses while one is.
+                    return Finding("recursive", located.facts.name, f"{located.facts.name} {kind}: a recursion in "
+                                   "progress while the patch loads keeps running the old code (libcare-ctl's safety "
+                                   "check refuses then; --pid shows whether one is)",
                                    [f"call at 0x{site:x} in {code.name_of(node)} to 0x{start:x} "
-                                    f"({located.facts.name})", f"cycle: {chain}"])
+                                    f"({located.facts.name})", f"cycle: {chain}"],
+                                   remedy="load it while no call is in progress (check with --pid), or patch a "
+                                          "non-recursive caller", ineffective=False)
                 if target in sizes and target not in paths:
                     paths[target] = [*paths[node], target]
                     following.append(target)
@@ -126,9 +132,13 @@ def never_returns_findings(located: Located, code: MachineCode, unit: UnitFacts,
     facts = located.facts
     out = []
     if facts.noreturn:
-        out.append(Finding("never-returns", facts.name, f"{facts.name} is declared noreturn",
+        # Entered anew by every call (it leaves by exit or longjmp): a patch takes effect on the next call
+        # (suites/hotpatch/test_doctor_outcomes.py). What never leaves is a loop a thread stays in, below.
+        out.append(Finding("never-returns", facts.name, f"{facts.name} is declared noreturn: it never returns to its "
+                           "caller, but every call enters it anew, so the next call runs the new code",
                            [f"DW_AT_noreturn on DW_TAG_subprogram <0x{facts.die_offset:x}> {facts.name}"],
-                           detail="noreturn"))
+                           detail="noreturn", remedy="nothing to do unless a thread stays in it (see the loop and "
+                           "thread findings, and --pid)", ineffective=False))
     if located.address is None:
         return out
     loops = code.loops_without_exit(located.address, located.size)
