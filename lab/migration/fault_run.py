@@ -42,22 +42,37 @@ class FaultParams(MigrationParams):
 
 
 class SourceWatch:
-    """The source domain's lifecycle events and job stats, on a connection of its own."""
+    """The source domain's job stats and lifecycle events, and the destination's lifecycle events for
+    the domain, each on a connection of its own."""
 
-    def __init__(self, src: Host, name: str):
+    def __init__(self, src: Host, dst: Host, name: str):
+        self.name = name
         self.conn = src.connect(fresh=True)
         self.dom = self.conn.lookupByName(name)
         self.events: list[dict] = []
-        self.suspended = {"migration": threading.Event(), "postcopy": threading.Event()}
-        self._id = self.conn.domainEventRegisterAny(self.dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._event, None)
+        self.seen = {"switchover": threading.Event(), "postcopy-running": threading.Event(),
+                     "postcopy-failed": threading.Event()}
+        self._ids = [(self.conn, self.conn.domainEventRegisterAny(
+            self.dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._event, src.name))]
+        # The destination's domain does not exist yet: listen to all of its domains, keep this one's.
+        self.dst_conn = dst.connect(fresh=True)
+        self._ids.append((self.dst_conn, self.dst_conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._event, dst.name)))
+        self.src_name = src.name
 
-    def _event(self, _conn, _dom, event: int, detail: int, _opaque) -> None:
-        self.events.append({"ns": time.time_ns(), "event": event, "detail": detail})
-        if event == libvirt.VIR_DOMAIN_EVENT_SUSPENDED:
+    def _event(self, _conn, dom, event: int, detail: int, host: str) -> None:
+        if dom.name() != self.name:
+            return
+        self.events.append({"ns": time.time_ns(), "host": host, "event": event, "detail": detail})
+        on_source = host == self.src_name
+        if on_source and event == libvirt.VIR_DOMAIN_EVENT_SUSPENDED:
             if detail == libvirt.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED:
-                self.suspended["migration"].set()
-            elif detail == libvirt.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY:
-                self.suspended["postcopy"].set()
+                self.seen["switchover"].set()
+            elif detail == libvirt.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY_FAILED:
+                self.seen["postcopy-failed"].set()
+        if not on_source and event == libvirt.VIR_DOMAIN_EVENT_RESUMED \
+                and detail == libvirt.VIR_DOMAIN_EVENT_RESUMED_POSTCOPY:
+            self.seen["postcopy-running"].set()
 
     def stats(self) -> dict:
         try:
@@ -66,11 +81,12 @@ class SourceWatch:
             return {}
 
     def close(self) -> None:
-        try:
-            self.conn.domainEventDeregisterAny(self._id)
-            self.conn.close()
-        except libvirt.libvirtError:
-            pass
+        for conn, event_id in self._ids:
+            try:
+                conn.domainEventDeregisterAny(event_id)
+                conn.close()
+            except libvirt.libvirtError:
+                pass
 
 
 def precopy_under_way(stats: dict) -> bool:
@@ -83,7 +99,9 @@ POINTS = {
     "precopy": f"precopy under way: source job stats memory_iteration >= 1, >= {PRECOPY_SENT_BYTES // MIB} MiB sent "
                f"and >= {PRECOPY_LEFT_BYTES // MIB} MiB left",
     "switchover": "switchover pause: the source's lifecycle event suspended/migrated",
-    "postcopy": "postcopy: the source's lifecycle event suspended/post-copy (the guest runs on the destination), "
+    # QEMU can recover a postcopy migration only once the destination runs the guest (its incoming
+    # postcopy state RUNNING): a break while it still loads the device state ends the destination.
+    "postcopy": "postcopy: the destination's lifecycle event resumed/post-copy (the guest runs there), "
                 f"with >= {PRECOPY_LEFT_BYTES // MIB} MiB left to pull",
 }
 
@@ -122,13 +140,13 @@ def _wait_point(point: str, watch: SourceWatch, done: threading.Event, timeout: 
     """Job stats when the point is reached; None when the migration ended (or time ran out) first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not done.is_set():
-        if point == "switchover" and watch.suspended["migration"].is_set():
+        if point == "switchover" and watch.seen["switchover"].is_set():
             return watch.stats() or {"note": "no job stats"}
         if point in ("precopy", "postcopy"):
             stats = watch.stats()
             if point == "precopy" and precopy_under_way(stats):
                 return stats
-            if (point == "postcopy" and watch.suspended["postcopy"].is_set()
+            if (point == "postcopy" and watch.seen["postcopy-running"].is_set()
                     and stats.get("memory_remaining", 0) >= PRECOPY_LEFT_BYTES):
                 return stats
         time.sleep(0.02 if point != "switchover" else 0.005)
@@ -145,7 +163,7 @@ def migrate_with_fault(guest: Guest, src: Host, dst: Host, params: MigrationPara
     if point not in POINTS:
         raise MigrationError(f"{point!r}: not an injection point ({', '.join(POINTS)})")
     run = FaultRun(point)
-    watch = SourceWatch(src, guest.name)
+    watch = SourceWatch(src, dst, guest.name)
     done = threading.Event()
     box: dict = {}
 
@@ -179,6 +197,10 @@ def migrate_with_fault(guest: Guest, src: Host, dst: Host, params: MigrationPara
         if "error" in box:
             raise box["error"]
         run.result, run.detected_ns = box["result"], box["ended_ns"] if run.fault_ns else 0
+        failed = [e["ns"] for e in watch.events if e["host"] == src.name and e["event"] == libvirt.VIR_DOMAIN_EVENT_SUSPENDED
+                  and e["detail"] == libvirt.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY_FAILED and e["ns"] >= run.fault_ns]
+        if run.fault_ns and failed:  # the source's event may come before the call returns
+            run.detected_ns = min(run.detected_ns, failed[0])
     finally:
         run.events = list(watch.events)
         watch.close()

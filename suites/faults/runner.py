@@ -88,7 +88,7 @@ class FaultCase:
             host = dst if f == "kill-dst-libvirtd" else src
             done = f"SIGKILL to {host.name}'s libvirtd, PID {self.faults.kill_daemon(host.name, 'libvirtd')}"
             self.restart.append((host.name, "libvirtd"))
-        elif f in ("cut-migration", "cut-migration-short", "cut-migration-postcopy", "cut-libvirt"):
+        elif f in ("cut-migration", "cut-migration-short", "cut-libvirt"):
             cut = self.faults.cut(dst.name, src.address, LIBVIRT_PORTS if f == "cut-libvirt" else MIGRATION_PORTS)
             self.cuts.append(cut)
             done = cut.describe()

@@ -78,11 +78,12 @@ SCENARIOS = [
         "virDomainAbortJob while the source is paused for the switchover, before Finish: libvirt cancels, "
         "the source resumes the guest and the destination's domain is removed.",
         hold_switchover=True),
-    FaultScenario(
-        "postcopy-network-cut-resumed", "postcopy", "cut-migration-postcopy", "destination",
-        "A cut after the postcopy switch pauses the migration on both sides (postcopy-paused; the source "
-        "domain paused post-copy failed); healed, VIR_MIGRATE_POSTCOPY_RESUME recovers it and the guest "
-        "runs whole on the destination.", mode="postcopy"),
+    # Not here: a migration-network cut after the postcopy switch, recovered with POSTCOPY_RESUME. Seen on
+    # libvirt 9.0 / QEMU 7.2: the source pauses (post-copy failed) but the destination QEMU, which sets no
+    # TCP keepalive and whose only vCPU waits for a page, never notices; its libvirtd stays in Finish3
+    # holding the domain's job, so the migration call never returns and the resume is refused ("being
+    # actively monitored by another thread"). Even with the destination's socket ended by hand (ss -K),
+    # QEMU paused but libvirt kept Finish3 waiting. See docs/faults.md.
     FaultScenario(
         "postcopy-abort-job-resumed", "postcopy", "abort-postcopy", "destination",
         "virDomainAbortJob with VIR_DOMAIN_ABORT_JOB_POSTCOPY pauses a postcopy migration (it cannot be "
