@@ -165,3 +165,27 @@ def test_noreturn_change_outcome(libcare, target, doctor_binary, build_progress,
             "applied_hunks": result.hunks, "before": before, "after": after})
     assert before.startswith("unexpected end of expression\r\n")
     assert after.startswith("unexpected end of expression (in an expression)\r\n"), after
+
+
+def test_main_loop_change_is_refused_by_the_safety_check(libcare, target, doctor_binary, build_progress, qemu_process,
+                                                         record):
+    """qemu_main_loop: the doctor finds main()'s loop, and the main thread in it; libcare-ctl refuses."""
+    patch = "unsafe-qemu_main_loop-on-stack.patch"
+    report = diagnose(PATCHES / patch, doctor_binary, pid=qemu_process.pid)
+    assert {"main-loop", "on-stack"} <= {f.detail for f in report.findings}, report.text()
+    with pytest.raises(HotpatchFailed) as caught:
+        libcare.apply(qemu_process.pid, kpatch_for(target, libcare, build_progress, "dmain", patch))
+    diagnosis = caught.value.diagnosis
+    record({"kind": "hotpatch-doctor-outcome", "case": "main-loop", "diagnosis": diagnosis.kind})
+    assert diagnosis.kind == "unsafe-on-stack" and "qemu_main_loop" in diagnosis.verdict, diagnosis.report()
+    assert libcare.info(qemu_process.pid) == []
+
+
+def test_too_small_change_is_refused_at_build_time(libcare, target, doctor_binary, build_progress, record):
+    patch = "tiny-object_property_allow_set_link.patch"
+    report = diagnose(PATCHES / patch, doctor_binary)
+    assert "too-small" in report.kinds(), report.text()
+    with pytest.raises(HotpatchFailed) as caught:
+        kpatch_for(target, libcare, build_progress, "dtiny", patch)
+    record({"kind": "hotpatch-doctor-outcome", "case": "too-small", "diagnosis": caught.value.diagnosis.kind})
+    assert caught.value.diagnosis.kind == "function-too-small", caught.value.diagnosis.report()
