@@ -13,12 +13,14 @@ DEBIAN_PACKAGES=(
   vagrant vagrant-libvirt ansible-core ansible ansible-lint debootstrap dnsmasq-base
   chrony
   chromium  # headless, for the HTML report's browser test (tests/test_report.py)
+  elfutils  # eu-stack: the hot patch doctor's --pid (thread stacks of a running QEMU)
 )
 # openEuler names (dnf); libcareplus is packaged there.
 OPENEULER_PACKAGES=(
   qemu qemu-img libvirt libvirt-devel libvirt-client
   openssh-server openssh-clients busybox cpio iproute nftables
   gcc glibc-static pkgconf python3-devel nfs-ganesha nfs-ganesha-vfs rpcbind libcareplus chrony
+  elfutils
 )
 
 missing_debian() {

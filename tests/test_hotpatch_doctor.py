@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -137,6 +138,12 @@ def test_a_build_without_the_shape_has_no_such_finding(program, tmp_path, old, n
     assert kind not in {f.kind for f in report.findings}, report.text()
 
 
+STACKS_READABLE = pytest.mark.skipif(
+    shutil.which("eu-stack") is None or os.geteuid() != 0,
+    reason="thread stacks need eu-stack (apt-get install elfutils / dnf install elfutils) and root (ptrace)")
+
+
+@STACKS_READABLE
 def test_a_running_process_inside_the_function_is_named(program, tmp_path):
     patch = make_patch(program, "program.c", "sleep(PAUSE_SECONDS);", "sleep(PAUSE_SECONDS + 1);",
                        tmp_path / "loop.patch")

@@ -10,6 +10,8 @@ about a minute (reading QEMU's unit list once, then one compilation unit per pat
 """
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -109,6 +111,8 @@ def running_qemu(qemu, tmp_path):
     proc.wait(timeout=10)
 
 
+@pytest.mark.skipif(shutil.which("eu-stack") is None or os.geteuid() != 0,
+                    reason="thread stacks need eu-stack (apt-get install elfutils / dnf install elfutils) and root")
 def test_a_running_qemu_has_its_main_thread_in_qemu_main_loop(qemu, qemu_debug, running_qemu):
     report = diagnose(PATCHES / "unsafe-qemu_main_loop-on-stack.patch", qemu, pid=running_qemu.pid, debug=qemu_debug)
     on_stack = [f for f in report.findings if f.detail == "on-stack"]
