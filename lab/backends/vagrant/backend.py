@@ -115,12 +115,12 @@ class VagrantBackend:
                              hosts=[HostState(name=s.name, address=s.address) for s in self.config.hosts])
             state.save()
             timings = record.timings
-            root_daemons.ensure_daemons(self.spec.libvirt_uri, state, progress)
-            ensure_pool(self.virsh, self.config.name, progress)
             image = ensure_image(progress=progress)
             record.driver, record.driver_reason = self._driver(image, progress)
             state.save()
             progress(f"VMs run with libvirt driver {record.driver} ({record.driver_reason})")
+            root_daemons.ensure_daemons(self.spec.libvirt_uri, state, progress, hide_kvm=record.driver == "qemu")
+            ensure_pool(self.virsh, self.config.name, progress)
             key = cache.cache_key(digest, self._box_stamp(), record.driver)
             warm = cache.usable(self.config.name, key, self._names()) if self.spec.keep_provisioned else None
             if warm:
@@ -313,7 +313,8 @@ class VagrantBackend:
         if self.spec.libvirt_uri.startswith("qemu:///system") and not root_daemons.sock_alive(root_daemons.LIBVIRTD_SOCK):
             if (work / ".vagrant").exists() or state is not None:
                 self.layout.dir.mkdir(parents=True, exist_ok=True)
-                root_daemons.ensure_daemons(self.spec.libvirt_uri, scratch, progress)  # libvirtd must answer
+                root_daemons.ensure_daemons(self.spec.libvirt_uri, scratch, progress,  # libvirtd must answer
+                                            hide_kvm=bool(scratch.vagrant and scratch.vagrant.driver == "qemu"))
             else:
                 uri_ok = False
         self._close_ssh_masters(scratch)

@@ -8,9 +8,10 @@ Why disk images and not `vagrant snapshot` (libvirt internal snapshots): a snaps
 VM's disk in the lab's storage pool, which `down` removes with everything else the lab made. The cache
 must outlive `down`, so it is kept under /var/cache/kvm-acceptance-lab/vagrant/provisioned/<lab>/:
 
-- `<vm>.qcow2`: the VM's own disk layer (what booting and provisioning changed), taken by an external
-  disk-only snapshot after a `sync` in the VM (the VM runs on; its old layer is then read-only);
-  its backing file is `box.img`, a hard link to (or copy of) the box volume it was made from;
+- `<vm>.qcow2`: the VM's own disk layer (what booting and provisioning changed), copied while an
+  external disk-only snapshot holds it still (after a `sync` in the VM; the VM runs on, and is put
+  back onto its layer by a shallow active block commit); its backing file is `box.img`, a hard link
+  to (or copy of) the box volume it was made from;
 - `<vm>.xml`: the libvirt domain as vagrant-libvirt defined it; `dot-vagrant/`: Vagrant's machine
   records (domain id, its SSH key); the lab's key pair and known_hosts (the VMs trust that key);
 - `manifest.json`, written last: the key (lab.yaml digest, the box's build, the playbook's and the
@@ -133,6 +134,10 @@ def save(virsh, *, lab: str, key: str, prefix: str, vms: dict[str, str], work: P
                     raise BackendError(f"{dom}: its disk {disk} has no backing box volume")
                 _link_or_copy(backing, tmp / "box.img")
             run(["cp", "--sparse=always", disk, tmp / f"{vm}.qcow2"], timeout=1800, error=BackendError)
+            # Back onto its own disk (the small new layer merged down, the VM pivoted onto it): the
+            # domain is as Vagrant made it, so `vagrant destroy` finds its volumes.
+            virsh("blockcommit", dom, "vda", "--active", "--shallow", "--pivot", "--wait", timeout=600)
+            Path(f"{disk}.run").unlink(missing_ok=True)
             run(["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", d / "box.img", tmp / f"{vm}.qcow2"],
                 error=BackendError)
             (tmp / f"{vm}.xml").write_text(xml)

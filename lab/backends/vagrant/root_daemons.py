@@ -36,7 +36,11 @@ def record(state: LabState) -> VagrantRecord:
     return state.vagrant
 
 
-def ensure_daemons(uri: str, state: LabState, progress: Progress) -> None:
+def ensure_daemons(uri: str, state: LabState, progress: Progress, hide_kvm: bool = False) -> None:
+    """hide_kvm: the VMs run under TCG because /dev/kvm does not work here. A libvirtd that sees that
+    /dev/kvm probes QEMU under KVM, fails, keeps no capabilities cache and probes again on every
+    define and start (1-2 min each under load, seen here); so it gets a mount namespace of its own
+    where /dev/kvm is /dev/null, and probes once, for TCG."""
     if not uri.startswith("qemu:///system"):
         return  # a remote libvirt: not ours to start
     if Path("/etc/libvirt/qemu/networks/autostart/default.xml").exists() and not sock_alive(LIBVIRTD_SOCK):
@@ -47,8 +51,13 @@ def ensure_daemons(uri: str, state: LabState, progress: Progress) -> None:
             continue
         pidfile = state.layout.dir / f"root-{name}.pid"
         pidfile.unlink(missing_ok=True)
-        progress(f"starting {name} in the root namespace (none was running; `down` stops it)")
-        run([name, "--daemon", "--pid-file", pidfile], timeout=30, error=BackendError)
+        progress(f"starting {name} in the root namespace (none was running; `down` stops it)"
+                 + (" with /dev/kvm hidden (unusable here)" if hide_kvm and name == "libvirtd" else ""))
+        argv = [name, "--daemon", "--pid-file", str(pidfile)]
+        if hide_kvm and name == "libvirtd" and Path("/dev/kvm").exists():
+            argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    'mount --bind /dev/null /dev/kvm && exec "$@"', "sh", *argv]
+        run(argv, timeout=30, error=BackendError)
         if not wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() and sock_alive(sock), 30, 0.2):
             raise BackendError(f"{name} did not come up in the root namespace (no {sock})")
         record(state).daemons[name] = int(pidfile.read_text().strip())
