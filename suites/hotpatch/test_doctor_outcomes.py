@@ -189,3 +189,13 @@ def test_too_small_change_is_refused_at_build_time(libcare, target, doctor_binar
         kpatch_for(target, libcare, build_progress, "dtiny", patch)
     record({"kind": "hotpatch-doctor-outcome", "case": "too-small", "diagnosis": caught.value.diagnosis.kind})
     assert caught.value.diagnosis.kind == "function-too-small", caught.value.diagnosis.report()
+
+
+def test_a_built_kpatch_is_checked_for_its_buildid(libcare, target, doctor_binary, build_progress, record):
+    """A .kpatch file: its header's buildID against --qemu's (the libcare build it is for, then another)."""
+    path = kpatch_for(target, libcare, build_progress, "dinit", "doctor/init-register_types.patch")
+    assert diagnose(path, target.build.binary).findings == []
+    other = diagnose(path, doctor_binary)
+    record({"kind": "hotpatch-doctor-outcome", "case": "kpatch-buildid", "findings": sorted(other.kinds())})
+    assert [f.kind for f in other.findings] == ["buildid"], other.text()
+    assert target.buildid in other.findings[0].summary
