@@ -142,20 +142,20 @@ class VagrantBackend:
                     show(line, progress)
                 timings["vagrant_up_s"] = round(time.monotonic() - t, 1)
                 self._check_running(vg, progress)
-                root_daemons.ensure_time_server(self.config, state, progress)
-                if self.spec.provision and not warm:
-                    t = time.monotonic()
-                    last = self._names()[-1]
-                    progress(f"provisioning every VM with provision/site.yml (from {last})")
-                    for line in vg.provision_lines(last):
-                        show(line, progress, ansible=True)
-                        if " : ok=" in line:
-                            record.provision_recap.append(line.strip())
-                    timings["provision_s"] = round(time.monotonic() - t, 1)
-                    state.save()
+            root_daemons.ensure_time_server(self.config, state, progress)
+            if self.spec.provision and not warm:
                 t = time.monotonic()
-                self._after_provision(state, progress, warm)
-                timings["hosts_ready_s"] = round(time.monotonic() - t, 1)
+                last = self._names()[-1]
+                progress(f"provisioning every VM with provision/site.yml (from {last})")
+                for line in vg.provision_lines(last):
+                    show(line, progress, ansible=True)
+                    if " : ok=" in line:
+                        record.provision_recap.append(line.strip())
+                timings["provision_s"] = round(time.monotonic() - t, 1)
+                state.save()
+            t = time.monotonic()
+            self._after_provision(state, progress, warm)
+            timings["hosts_ready_s"] = round(time.monotonic() - t, 1)
             if self.spec.keep_provisioned and self.spec.provision and not warm:
                 timings["cache_save_s"] = self._save_cache(key, state, progress)
             timings["total_s"] = round(time.monotonic() - t0, 1)
@@ -279,6 +279,11 @@ class VagrantBackend:
             for host in lab.hosts:
                 # Booted together, a hypervisor may have tried its NFS mount before the server was up.
                 host.run(f"mountpoint -q {mount} || mount {mount}", timeout=180)
+        if warm:
+            for src, dst in lab.pairs:
+                # First contact after boot: SSH into a TCG VM and its libvirtd's start took longer than
+                # preflight's 30 s p2p check allows (seen here); a fresh lab makes it while measuring.
+                src.run(f"virsh -c '{dst.libvirt_uri}' hostname", check=False, timeout=300)
         image = ensure_image(progress=progress)
         remote_dir = f"{REMOTE_IMAGE_DIR}/{image.key}"
         for host in lab.hosts:

@@ -128,16 +128,18 @@ def save(virsh, *, lab: str, key: str, prefix: str, vms: dict[str, str], work: P
             run(["ssh", "-F", ssh_config, f"root@{address}", "sync"], check=False, timeout=120)
             virsh("snapshot-create-as", dom, "--disk-only", "--atomic", "--no-metadata",
                   "--diskspec", f"vda,snapshot=external,file={disk}.run", timeout=300)
-            backing = _backing(disk)
-            if not (tmp / "box.img").exists():
-                if not backing:
-                    raise BackendError(f"{dom}: its disk {disk} has no backing box volume")
-                _link_or_copy(backing, tmp / "box.img")
-            run(["cp", "--sparse=always", disk, tmp / f"{vm}.qcow2"], timeout=1800, error=BackendError)
-            # Back onto its own disk (the small new layer merged down, the VM pivoted onto it): the
-            # domain is as Vagrant made it, so `vagrant destroy` finds its volumes.
-            virsh("blockcommit", dom, "vda", "--active", "--shallow", "--pivot", "--wait", timeout=600)
-            Path(f"{disk}.run").unlink(missing_ok=True)
+            try:
+                backing = _backing(disk)
+                if not (tmp / "box.img").exists():
+                    if not backing:
+                        raise BackendError(f"{dom}: its disk {disk} has no backing box volume")
+                    _link_or_copy(backing, tmp / "box.img")
+                run(["cp", "--sparse=always", disk, tmp / f"{vm}.qcow2"], timeout=1800, error=BackendError)
+            finally:
+                # Back onto its own disk (the small new layer merged down, the VM pivoted onto it): the
+                # domain is as Vagrant made it, so `vagrant destroy` finds its volumes.
+                virsh("blockcommit", dom, "vda", "--active", "--shallow", "--pivot", "--wait", timeout=600)
+                Path(f"{disk}.run").unlink(missing_ok=True)
             run(["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", d / "box.img", tmp / f"{vm}.qcow2"],
                 error=BackendError)
             (tmp / f"{vm}.xml").write_text(xml)
