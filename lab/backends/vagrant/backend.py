@@ -121,7 +121,8 @@ class VagrantBackend:
             progress(f"VMs run with libvirt driver {record.driver} ({record.driver_reason})")
             root_daemons.ensure_daemons(self.spec.libvirt_uri, state, progress, hide_kvm=record.driver == "qemu")
             ensure_pool(self.virsh, self.config.name, progress)
-            key = cache.cache_key(digest, self._box_stamp(), record.driver)
+            # config_digest leaves `vagrant:` out (it names a lab's shape); the VMs depend on it too.
+            key = cache.cache_key(digest + self.spec.model_dump_json(), self._box_stamp(), record.driver)
             warm = cache.usable(self.config.name, key, self._names()) if self.spec.keep_provisioned else None
             if warm:
                 self.work.mkdir(parents=True, exist_ok=True)
