@@ -117,6 +117,14 @@ def test_a_plain_body_change_has_no_finding(program, tmp_path):
     assert not report.ineffective
 
 
+def test_a_loop_left_only_through_exit_is_not_endless(program, tmp_path):
+    """print_table's loop has an edge out, to exit(): the function never returns, but the loop ends."""
+    patch = make_patch(program, "program.c", '"row %d\\n"', '"row %3d\\n"', tmp_path / "table.patch")
+    report = diagnose(patch, program / "program")
+    assert [c.name for c in report.changed] == ["print_table"]
+    assert "infinite-loop" not in {f.detail for f in report.findings}, report.text()
+
+
 def test_moved_lines_in_a_file_using_line_macros_warn_only(program, tmp_path):
     patch = make_patch(program, "program.c", "    return v * k;", "    v += 1;\n    return v * k;",
                        tmp_path / "moves.patch")

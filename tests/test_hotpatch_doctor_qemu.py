@@ -60,6 +60,8 @@ KIND_CASES = [
     pytest.param("unsafe-qemu_main_loop-on-stack.patch", "never-returns", "main-loop", "qemu_main_loop",
                  id="main-loop"),
     pytest.param("doctor/init-register_types.patch", "init-only", "", "register_types", id="init-type_init"),
+    pytest.param("doctor/init-qemu_create_default_devices.patch", "init-only", "", "qemu_create_default_devices",
+                 id="init-inlined-into-qemu_init"),
     pytest.param("tiny-object_property_allow_set_link.patch", "too-small", "", "object_property_allow_set_link",
                  id="shorter-than-5-bytes"),
     pytest.param("doctor/global-data-default_fmt_size.patch", "not-a-function-change", "global-data",

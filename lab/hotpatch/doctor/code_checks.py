@@ -14,6 +14,8 @@ from lab.hotpatch.doctor.machine_code import MachineCode
 
 PATCH_JUMP_BYTES = 5  # libcareplus overwrites a function's entry with a 5-byte jmp rel32
 RECURSION_DEPTH = 3
+# QEMU's own start-up: main() calls it once, before it runs the main loop.
+START_UP = {"qemu_init": "is QEMU's start-up: main() calls it once, before the main loop"}
 MAIN_DEPTH = 2  # main -> qemu_default_main (through the qemu_main pointer) -> qemu_main_loop
 CLONE_SUFFIXES = (".isra.", ".part.", ".constprop.", ".cold")
 
@@ -199,6 +201,8 @@ def init_finding(located: Located, code: MachineCode, unit: UnitFacts,
 def _start_up_only(address: int, name: str, code: MachineCode,
                    symbols: list[tuple[int, int, str]]) -> tuple[str, str] | None:
     """(summary, evidence) when the function at `address` runs only at start-up, else None."""
+    if name in START_UP:
+        return START_UP[name], f"{name} at 0x{address:x}"
     constructors = code.constructors
     if address in constructors:
         return "is a constructor: it ran once, before main()", f".init_array holds 0x{address:x} ({name})"

@@ -201,14 +201,11 @@ class MachineCode:
         return sorted(out)
 
     def loops_without_exit(self, start: int, size: int) -> list[tuple[int, int]]:
-        """[first, last] instruction address of each loop from which no path leaves the function."""
+        """[first, last] instruction address of each loop no edge leaves: no jump out of it, no return,
+        no tail call (a loop whose way out ends the process, as in `-cpu help`'s listing, has an edge out)."""
         graph = self.flow(start, size)
-        leaves = _reaching_exit(graph)
-        loops = []
-        for component in _cycles(graph):
-            if not component & leaves:
-                loops.append((min(component), max(component)))
-        return sorted(loops)
+        return sorted((min(c), max(c)) for c in _cycles(graph)
+                      if all(succ in c for node in c for succ in graph.get(node, [])))
 
     # -- facts about the whole binary ---------------------------------------------
 
@@ -233,15 +230,6 @@ def _reachable(graph: dict[int, list[int]], start: int) -> set[int]:
             seen.add(node)
             todo.extend(graph.get(node, []))
     return seen
-
-
-def _reaching_exit(graph: dict[int, list[int]]) -> set[int]:
-    """Nodes from which EXIT is reachable: those reachable from EXIT in the reversed graph."""
-    back: dict[int, list[int]] = {}
-    for node, succ in graph.items():
-        for s in succ:
-            back.setdefault(s, []).append(node)
-    return _reachable(back, EXIT)
 
 
 def _cycles(graph: dict[int, list[int]]) -> list[set[int]]:

@@ -82,6 +82,16 @@ NOINLINE void serve_forever(void)
     }
 }
 
+NOINLINE void print_table(int n)
+{
+    for (int i = 0;; i++) {
+        if (i >= n) {
+            exit(0); /* the loop's way out ends the process: an edge out all the same */
+        }
+        printf("row %d\n", i);
+    }
+}
+
 static void *worker(void *arg)
 {
     while (!stop_worker) {
@@ -137,6 +147,9 @@ int main(int argc, char **argv)
     printf("%d %d %lu %d %d %d\n", scale(compute(area(&p)), SCALE_DEFAULT), is_even(argc), fibonacci(argc),
            checked(argc), types_known, limit);
     nothing();
+    if (argc > 4) {
+        print_table(argc);
+    }
     if (argc > 2) {
         serve_forever();
     }
