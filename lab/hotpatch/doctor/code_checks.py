@@ -33,11 +33,13 @@ def locate(facts: FunctionFacts, symbols: list[tuple[int, int, str]]) -> Located
     by_name = [(a, s) for a, s, n in symbols if n == facts.name]
     clones = sorted({n for _a, _s, n in symbols if n.startswith(facts.name + ".") and
                      any(suffix in n[len(facts.name):] + "." for suffix in CLONE_SUFFIXES)})
-    if facts.entry and facts.entry > 0:
+    if facts.entry is None:  # the DWARF has no code for it: inlined everywhere (a same-named static elsewhere
+        return Located(facts, None, None, clones)  # is another function)
+    if facts.entry > 0:
         exact = [(a, s) for a, s, n in symbols if a == facts.entry and (n == facts.name or n in clones)]
         if exact:
             return Located(facts, *exact[0], clones)
-    if by_name:
+    if len(by_name) == 1 or (by_name and facts.external):  # code in several ranges: the symbol's entry
         return Located(facts, *by_name[0], clones)
     return Located(facts, None, None, clones)
 
