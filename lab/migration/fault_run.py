@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import libvirt
@@ -262,6 +262,3 @@ def settings_changed(before: dict, after: dict) -> list[str]:
                 changes.append(f"{key}: {old!r} -> {new!r}")
     return changes
 
-
-def params_record(params: MigrationParams) -> dict:
-    return asdict(params)

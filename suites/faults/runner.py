@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import libvirt
 
@@ -257,11 +257,20 @@ class FaultCase:
                                 "wall_s": round(result.wall_s, 2)}
         if not result.ok:
             out.findings.append(Finding(Kind.MIGRATION_FAILED, f"the second migration {here.name} -> {there.name} "
-                                                               f"failed: {result.error}"))
+                                                               f"failed: {result.error}; {here.name}'s QEMU log ends: "
+                                                               f"{qemu_log_tail(here, self.guest.name)}"))
             return
         self.guest.host = there
         out.findings += [Finding(f.kind, f"after the second migration: {f.text}")
                          for f in inspect(self.guest, before, self.lab.hosts, there).findings]
+
+
+def qemu_log_tail(host: Host, name: str, lines: int = 2) -> str:
+    try:
+        proc = host.run(f"tail -n {lines} /var/log/libvirt/qemu/{name}.log", check=False, timeout=20)
+    except LabError as exc:
+        return f"(unreadable: {exc})"
+    return " | ".join(line.strip() for line in proc.stdout.splitlines()) or "(empty)"
 
 
 def copy_guest_onto(case: FaultCase, host: Host) -> None:
@@ -272,7 +281,3 @@ def copy_guest_onto(case: FaultCase, host: Host) -> None:
     if start >= 0:
         xml = xml[:start] + xml[end + len("</disk>"):]
     host.connect().createXML(xml, 0)
-
-
-def plain_params(lab, dst: Host) -> FaultParams:
-    return replace(FaultParams(), migrate_uri=f"tcp://{dst.address}", unsafe=lab.needs_unsafe("shared"))
