@@ -63,7 +63,7 @@ def run_measured(lab, thresholds, repeat, host_versions, known_defects, record, 
     def run(scenario, guest):
         before = take_fingerprint(guest)
         if scenario.dirty_mibs:
-            guest.agent("dirty", scenario.dirty_mibs, 64)
+            guest.agent("dirty", scenario.dirty_mibs, scenario.dirty_region_mib)
         limits = thresholds.for_scenario(scenario.id)
         period_ms = lab.config.guest.heartbeat_us / 1000
         count = repeat * 2 if scenario.ping_pong else repeat
