@@ -16,7 +16,7 @@ from typing import Literal
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from lab.config.validation import load_file, validated
 from lab.errors import ConfigError
@@ -86,13 +86,22 @@ class KnownDefect(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: str
     title: str
-    upstream: Upstream
+    upstream: Upstream | None = None  # the fix, for a defect
+    by_design: str | None = None  # the documentation that says so, for a behaviour no fix will change
     affects: Affects
     evidence: list[Kind]  # at least one of these findings must be there: the defect's own signature
     explains: list[Kind]  # every finding must be of one of these kinds
 
+    @model_validator(mode="after")
+    def _a_fix_or_by_design(self) -> KnownDefect:
+        if (self.upstream is None) == (self.by_design is None):
+            raise ValueError("give either upstream (the fix) or by_design (where it is documented), not both or neither")
+        return self
+
     def reference(self) -> str:
         u = self.upstream
+        if u is None:
+            return f"{self.id}: {self.title}; by design ({self.by_design})"
         return f"{self.id}: {self.title}; fixed upstream by {u.commit} \"{u.subject}\" (QEMU {u.fixed_in})"
 
     def applies_to(self, stack: Stack) -> bool:
