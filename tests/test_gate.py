@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lab.errors import ReportError
-from lab.results.gate import MIN_SAMPLES, compare, load
+from lab.results.gate import MIN_SAMPLES, compare, load, markdown
 from tests.labtools import nothing_left, write_lab_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,3 +110,21 @@ def test_the_gate_runs_both_sides_on_their_stacks_then_compares(tmp_path):
         assert (out / side / "junit.xml").exists() and (out / side / "results.jsonl").exists()
     assert json.loads((out / "gate.json").read_text())["undecided"]
     assert "not judged" in proc.stdout and nothing_left("kvmgt1")
+
+
+def test_the_oracles_readings_are_compared_scenario_by_scenario(tmp_path):
+    base = write_run(tmp_path / "base", "excused", samples(80))
+    cand = write_run(tmp_path / "cand", "pass", samples(80))
+    with open(base / "results.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "oracle-migration", "scenario": "precopy-dirty",
+                            "paused_destination_check": {"wrong": 14, "checked_pages": 12304}}) + "\n")
+    with open(cand / "results.jsonl", "a") as f:
+        for _ in range(3):
+            f.write(json.dumps({"kind": "live-migration", "scenario": "precopy-dirty", "ok": True,
+                                "oracle": {"wrong": 0}}) + "\n")
+    result = compare(load(base), load(cand))
+    assert result["memory"] == [{"scenario": "precopy-dirty",
+                                 "base": {"moves": 1, "moves_with_lost_pages": 1, "lost_pages": 14},
+                                 "cand": {"moves": 3, "moves_with_lost_pages": 0, "lost_pages": 0}}]
+    text = markdown(result)
+    assert "| precopy-dirty | 14 pages lost, in 1 of 1 move(s) | 0 pages lost in 3 move(s) |" in text

@@ -36,6 +36,7 @@ class Run:
     path: Path
     verdicts: dict[str, str]  # test node id -> pass | excused | fail | skipped
     samples: dict[str, dict[str, list[float]]]  # scenario -> probe -> downtime ms of each migration
+    memory: dict[str, dict[str, int]]  # scenario -> the oracle's readings: moves, moves_with_lost_pages, lost_pages
 
 
 def load(path: Path) -> Run:
@@ -44,13 +45,30 @@ def load(path: Path) -> Run:
         raise ReportError(f"{path}: not a run folder (needs junit.xml and results.jsonl); pass reports/<run-id>")
     verdicts = {o.nodeid: o.state for o in read_junit(junit)}
     samples: dict[str, dict[str, list[float]]] = {}
+    memory: dict[str, dict[str, int]] = {}
     for rec in read_records(path):
+        wrong = _oracle_wrong(rec)
+        if wrong is not None:
+            seen = memory.setdefault(rec.get("scenario", "?"), {"moves": 0, "moves_with_lost_pages": 0, "lost_pages": 0})
+            seen["moves"] += 1
+            seen["moves_with_lost_pages"] += wrong > 0
+            seen["lost_pages"] += wrong
         if rec.get("kind") != "live-migration" or not rec.get("ok", True) or not isinstance(rec.get("downtime_ms"), dict):
             continue
         for probe, value in rec["downtime_ms"].items():
             if probe in PROBES and isinstance(value, (int, float)):
                 samples.setdefault(rec.get("scenario", "?"), {}).setdefault(probe, []).append(float(value))
-    return Run(path, verdicts, samples)
+    return Run(path, verdicts, samples, memory)
+
+
+def _oracle_wrong(rec: dict) -> int | None:
+    """Pages the dirty-page oracle found wrong after one move (read from outside a paused destination, or by
+    the agent), None when the record has no oracle reading."""
+    if rec.get("kind") == "oracle-migration" and isinstance(rec.get("paused_destination_check"), dict):
+        return int(rec["paused_destination_check"].get("wrong", 0))
+    if rec.get("kind") == "live-migration" and isinstance(rec.get("oracle"), dict):
+        return int(rec["oracle"].get("wrong", 0))
+    return None
 
 
 @dataclass(frozen=True)
@@ -101,7 +119,9 @@ def compare(base: Run, cand: Run) -> dict:
     regressions = [t["test"] for t in tests if t["regression"]] + \
         [f"{s.scenario} {s.probe}" for s in shifts if s.regression]
     undecided = [f"{s.scenario} {s.probe} (n={s.n[0]}/{s.n[1]})" for s in shifts if not s.judged]
-    return {"baseline": str(base.path), "candidate": str(cand.path), "alpha": ALPHA,
+    memory = [{"scenario": sc, "base": base.memory.get(sc), "cand": cand.memory.get(sc)}
+              for sc in sorted(set(base.memory) | set(cand.memory))]
+    return {"baseline": str(base.path), "candidate": str(cand.path), "alpha": ALPHA, "memory": memory,
             "min_shift": {"ms": MIN_SHIFT_MS, "pct": MIN_SHIFT_PCT}, "min_samples": MIN_SAMPLES, "tests": tests,
             "probes": [asdict(s) for s in shifts], "regressions": regressions, "undecided": undecided}
 
@@ -126,7 +146,19 @@ def markdown(result: dict) -> str:
         lines.append(f"| {s['scenario']} | {s['probe']} | {s['n'][0]}/{s['n'][1]} | {fmt(s['base'])} | {fmt(s['cand'])} "
                      f"| {s['median_shift_ms']:+.1f} | {p} | {effect} | "
                      f"{'yes' if s['regression'] else 'no' if s['judged'] else 'not judged'} |")
+    if result.get("memory"):
+        lines += ["", "Memory (the dirty-page oracle, after every move):", "",
+                  "| scenario | baseline | candidate |", "|---|---|---|"]
+        lines += [f"| {m['scenario']} | {_memory_cell(m['base'])} | {_memory_cell(m['cand'])} |" for m in result["memory"]]
     return "\n".join(lines) + "\n"
+
+
+def _memory_cell(seen: dict | None) -> str:
+    if not seen:
+        return "-"
+    if not seen["lost_pages"]:
+        return f"0 pages lost in {seen['moves']} move(s)"
+    return f"{seen['lost_pages']} pages lost, in {seen['moves_with_lost_pages']} of {seen['moves']} move(s)"
 
 
 def gate(base_dir: Path, cand_dir: Path, out_dir: Path) -> dict:
