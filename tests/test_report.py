@@ -160,6 +160,29 @@ def test_hot_patch_stalls_and_diagnoses_are_shown_where_records_exist(tmp_path):
     assert "buildid-mismatch" in html and "No patch(es) applicable to PID 42" in html
 
 
+def test_hot_patch_timelines_around_apply_and_unapply_and_records_missing_fields(tmp_path):
+    """The heartbeats around each apply and unapply (the suite's series sidecars) become timelines named for
+    what happened; a record lacking fields the page shows (another writer's shape) reads as absent."""
+    run = tmp_path / "run"
+    junit(run / "junit.xml", [("suites.hotpatch.test_hotpatch", "test_apply", "pass", "")])
+    start = 1_800_000_000_000_000_000
+    beats = [start - 500_000_000 + i * 1_000_000 for i in range(1500) if not 400 <= i < 440]  # a 40 ms stall
+    (run / "series").mkdir()
+    for action in ("apply", "unapply"):
+        (run / "series" / f"g-{action}-1.json").write_text(json.dumps(
+            {"action": action, "started_ns": start, "finished_ns": start + 50_000_000, "heartbeat_ns": beats}))
+    records(run / "results.jsonl", [
+        {"kind": "hotpatch-apply", "repetition": 1, "stall_ms": 41.0, "series": "series/g-apply-1.json"},
+        {"kind": "hotpatch-unapply", "repetition": 1, "stall_ms": 41.0, "series": "series/g-unapply-1.json"},
+        {"kind": "hotpatch-diagnosis", "diagnosis": "doctor-outcome"},  # no verdict, no evidence
+        {"kind": "hotpatch-build", "patch_id": "0001"}])  # no build times
+    html = build_report(run).read_text()
+    plots = sorted(p.name for p in (run / "report-assets" / "plots").glob("hotpatch-timeline-*.png"))
+    assert len(plots) == 2 and all(f"plots/{p}" in html for p in plots), plots
+    assert 'alt="hotpatch-apply: heartbeat gaps"' in html and 'alt="hotpatch-unapply: heartbeat gaps"' in html
+    assert "doctor-outcome" in html
+
+
 def test_every_gap_above_three_periods_is_listed_not_only_the_largest():
     start = 1_000_000_000_000
     beats = [start + i * 1_000_000 for i in range(100)]  # 1 ms apart ...

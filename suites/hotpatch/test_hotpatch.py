@@ -66,7 +66,7 @@ def applied(libcare, pid: int, host) -> list[tuple[str, tuple[str, ...]]]:
     return [(entry.buildid, entry.patch_ids) for entry in libcare.info(pid, host)]
 
 
-def measured(guest, action):
+def measured(guest, action, name: str):
     """Run action() between two quiet windows; returns (its result, stall GapStats, baseline GapStats, series):
     the series is the heartbeats' arrival times across both windows, for the report's timeline."""
     time.sleep(SETTLE_S)
@@ -79,7 +79,7 @@ def measured(guest, action):
     after = time.time_ns()
     baseline = guest.heartbeats.window(before, start)
     stall = guest.heartbeats.window(start, after)
-    series = {"started_ns": start, "finished_ns": end, "window_end_ns": after,
+    series = {"action": name, "started_ns": start, "finished_ns": end, "window_end_ns": after,
               "heartbeat_ns": guest.heartbeats.arrivals(before, after)}
     return result, stall, baseline, series
 
@@ -150,13 +150,13 @@ def test_apply_changes_behaviour_with_a_bounded_stall_and_unapply_restores_it(
     assert applied(libcare, pid, host) == []
     stalls, frozen, unstalls = [], [], []
     for i in range(repeat):
-        result, stall, baseline, series = measured(guest, lambda: libcare.apply(pid, path, host))
+        result, stall, baseline, series = measured(guest, lambda: libcare.apply(pid, path, host), "apply")
         assert result.frozen_time_us is not None, f"libcare-ctl printed no frozen_time: {result.raw_output[-300:]}"
         info = libcare.info(pid, host)
         assert [(e.buildid, e.patch_ids) for e in info] == [(target.buildid, ("0001",))], info
         assert package(guest) == target.package + PACKAGE_SUFFIX["0001"]
         assert stall.lost == 0 and stall.reordered == 0, f"apply {i + 1}: heartbeats lost/reordered: {stall}"
-        undo, unstall, _, unseries = measured(guest, lambda: libcare.unapply(pid, "0001", host))
+        undo, unstall, _, unseries = measured(guest, lambda: libcare.unapply(pid, "0001", host), "unapply")
         assert applied(libcare, pid, host) == []
         assert package(guest) == target.package
         assert unstall.lost == 0, f"unapply {i + 1}: heartbeats lost: {unstall}"
@@ -300,7 +300,7 @@ def test_a_function_always_on_a_threads_stack_fails_the_safety_check(
             libcare.apply(pid, path, host)
         return caught
 
-    caught, stall, _, series = measured(guest, refused)
+    caught, stall, _, series = measured(guest, refused, "refused apply")
     since = time.time_ns()
     diagnosis = caught.value.diagnosis
     # libcareplus lets the thread run (others stopped) for up to 3 s hoping it leaves the function: the guest stalls

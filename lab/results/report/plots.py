@@ -83,7 +83,7 @@ def gap_timeline(line: Timeline, title: str, out_dir: Path, name: str) -> str:
                    label="libvirt paused .. resumed")
     for key, style in (("started", ":"), ("finished", "-.")):
         if key in line.markers:
-            ax.axvline(line.markers[key], color="#333333", linestyle=style, linewidth=1, label=f"migration {key}")
+            ax.axvline(line.markers[key], color="#333333", linestyle=style, linewidth=1, label=f"{line.action} {key}")
     ax.set_yscale("log")
     ax.set_xlabel(f"seconds from {line.origin}", fontsize=8)
     ax.set_ylabel("gap (ms, log)", fontsize=8)

@@ -48,6 +48,14 @@ def evidence_dir_name(nodeid: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.[]" else "_" for c in nodeid)[-150:]
 
 
+class Record(dict):
+    """A results.jsonl line: its fields are the writer's, so one a template asks for may be absent in an
+    older or newer record; it reads as None (shown as absent) instead of failing the whole report."""
+
+    def __missing__(self, key):
+        return None
+
+
 def _read_records(path: Path, warnings: list[str]) -> list[dict]:
     records = []
     if not path.exists():
@@ -62,7 +70,7 @@ def _read_records(path: Path, warnings: list[str]) -> list[dict]:
             warnings.append(f"{RECORDS} line {number}: not JSON, left out")
             continue
         if isinstance(doc, dict):
-            records.append(doc)
+            records.append(Record(doc))
         else:
             warnings.append(f"{RECORDS} line {number}: not a JSON object, left out")
     return records

@@ -30,6 +30,7 @@ class Timeline:
     period_ms: float | None
     period_source: str
     over: list[Gap] = field(default_factory=list)
+    action: str = "migration"  # what started and finished: a migration, or a hot patch's apply / unapply
 
     @property
     def threshold_ms(self) -> float | None:
@@ -64,8 +65,9 @@ def timeline(series: dict, record: dict, facts: dict) -> Timeline:
     hb, echo = _times(series, "heartbeat_ns"), _times(series, "echo_ns")
     named = {k: series.get(f"{k}_ns") for k in ("started", "finished", "paused", "resumed")}
     named = {k: v for k, v in named.items() if isinstance(v, (int, float))}
+    action = str(series.get("action") or "migration")
     if "started" in named:
-        origin_ns, origin = int(named["started"]), "migration start"
+        origin_ns, origin = int(named["started"]), f"{action} start"
     elif hb:
         origin_ns, origin = hb[0], "first heartbeat"
     else:
@@ -73,7 +75,8 @@ def timeline(series: dict, record: dict, facts: dict) -> Timeline:
     period, source = heartbeat_period_ms(series, record, facts)
     line = Timeline(origin, origin_ns, gaps(hb, origin_ns, "heartbeat"), gaps(echo, origin_ns, "echo"),
                     {k: (v - origin_ns) / 1e9 for k, v in named.items()},
-                    [k for k in ("started", "finished", "paused", "resumed") if k not in named], period, source)
+                    [k for k in ("started", "finished", "paused", "resumed") if k not in named], period, source,
+                    action=action)
     if line.threshold_ms:
         line.over = [g for g in line.heartbeat + line.echo if g.ms > line.threshold_ms]
         line.over.sort(key=lambda g: g.at_s)
