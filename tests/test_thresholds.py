@@ -98,6 +98,14 @@ def test_invariants_catch_a_guest_gap_below_the_hypervisor_figure_and_lost_heart
     assert check_invariants(_measurement(200, 180, 220), period_ms=1, tolerance=strict) != []
 
 
+def test_heartbeats_silent_far_longer_than_the_echo_replies_fail_as_an_agent_stall():
+    findings = check_invariants(_measurement(100, 450, 120), period_ms=1, tolerance=TOLERANCE)
+    assert any("heartbeats stopped 450.0 ms while its echo replies stopped at most 120.0 ms" in str(f)
+               for f in findings), findings
+    assert not any("echo replies stopped" in str(f) for f in
+                   check_invariants(_measurement(100, 150, 90), period_ms=1, tolerance=TOLERANCE))
+
+
 def test_a_missing_libvirt_downtime_is_a_finding_that_names_the_field_never_a_zero():
     m = _measurement(None, 228, 240, stats={"time_elapsed": 900})
     findings = check_invariants(m, period_ms=1, tolerance=TOLERANCE)

@@ -26,6 +26,7 @@ class Tolerance(Model):
     max_downtime_ms: PositiveNumber = 250.0
     hypervisor_overestimate_ms: PositiveNumber = 25.0
     hypervisor_underreport_ms: PositiveNumber = 100.0
+    guest_over_network_ms: PositiveNumber = 100.0  # heartbeats may stop this much longer than echo replies
 
 
 class Limits(Model):

@@ -151,6 +151,11 @@ def check_invariants(m: Measurement, period_ms: float, tolerance: Tolerance) -> 
             findings.append(Finding(Kind.UNDERREPORTED, f"libvirt under-reports: the guest was silent {d['guest']:.1f} ms, "
                                     f"libvirt reports {d['hypervisor']:.0f} ms downtime, beyond the stated bound of "
                                     f"{tolerance.hypervisor_underreport_ms:g} ms"))
+    if d["guest"] - d["network"] > tolerance.guest_over_network_ms:
+        findings.append(Finding(Kind.INVARIANT, f"the guest's heartbeats stopped {d['guest']:.1f} ms while its echo "
+                                f"replies stopped at most {d['network']:.1f} ms (beyond the stated "
+                                f"{tolerance.guest_over_network_ms:g} ms): the stall was in the guest agent, "
+                                "not the migration"))
     if m.total_s is None:
         findings.append(Finding(Kind.TOTAL_TIME_ABSENT, "libvirt's completed-job stats have no `time_elapsed`"))
     if m.heartbeats["lost"]:
