@@ -118,6 +118,7 @@ class FaultRun:
     injected: str = ""  # what was done, in words
     events: list[dict] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)  # what the harness did after the fault, in order
+    call_returned: bool = True  # False: libvirt's migration call was still blocked at the detection timeout
 
     @property
     def detection_s(self) -> float | None:
@@ -133,7 +134,7 @@ class FaultRun:
                 "fault_ns": self.fault_ns, "detected_ns": self.detected_ns, "recovered_ns": self.recovered_ns,
                 "detection_s": self.detection_s, "recovery_s": self.recovery_s,
                 "result": self.result.as_record() if self.result else None, "source_events": self.events,
-                "steps": self.steps}
+                "steps": self.steps, "call_returned": self.call_returned}
 
 
 def _wait_point(point: str, watch: SourceWatch, done: threading.Event, timeout: float) -> dict | None:
@@ -155,14 +156,15 @@ def _wait_point(point: str, watch: SourceWatch, done: threading.Event, timeout: 
 
 def migrate_with_fault(guest: Guest, src: Host, dst: Host, params: MigrationParams, point: str,
                        inject: Callable[[], str], *, before_point: Callable[[], None] | None = None,
-                       point_timeout: float = 120.0, detect_timeout: float = 300.0) -> FaultRun:
+                       point_timeout: float = 120.0, detect_timeout: float = 150.0) -> FaultRun:
     """Migrate `guest` src -> dst, run `inject` at `point`, wait for libvirt to end the job.
 
     before_point: run once precopy is under way, ahead of a later point (e.g. what holds the switchover
-    pause open). Raises MigrationError when the job does not end within detect_timeout."""
+    pause open). A call still blocked after detect_timeout is recorded (run.call_returned False), not raised."""
     if point not in POINTS:
         raise MigrationError(f"{point!r}: not an injection point ({', '.join(POINTS)})")
     run = FaultRun(point)
+    started_ns, began = time.time_ns(), time.monotonic()
     watch = SourceWatch(src, dst, guest.name)
     done = threading.Event()
     box: dict = {}
@@ -191,16 +193,21 @@ def migrate_with_fault(guest: Guest, src: Host, dst: Host, params: MigrationPara
             if stats is not None:
                 run.fault_ns = time.time_ns()
                 run.injected, run.point_reached, run.stats_at_fault = inject(), True, stats
-        if not done.wait(detect_timeout):
-            raise MigrationError(f"{guest.name}: the migration job did not end within {detect_timeout:.0f} s "
-                                 f"of the fault ({run.injected or 'none injected'})")
-        if "error" in box:
-            raise box["error"]
-        run.result, run.detected_ns = box["result"], box["ended_ns"] if run.fault_ns else 0
+        if done.wait(detect_timeout):
+            if "error" in box:
+                raise box["error"]
+            run.result, run.detected_ns = box["result"], box["ended_ns"] if run.fault_ns else 0
+        else:  # a finding, not an error: the guest's state is still checked and recorded
+            run.call_returned = False
+            run.result = MigrationResult(src.name, dst.name, params, started_ns, time.time_ns(),
+                                         time.monotonic() - began, error=(
+                                             f"libvirt's migration call did not return within {detect_timeout:.0f} s "
+                                             f"of the fault ({run.injected or 'none injected'})"))
+            run.detected_ns = 0
         failed = [e["ns"] for e in watch.events if e["host"] == src.name and e["event"] == libvirt.VIR_DOMAIN_EVENT_SUSPENDED
                   and e["detail"] == libvirt.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY_FAILED and e["ns"] >= run.fault_ns]
         if run.fault_ns and failed:  # the source's event may come before the call returns
-            run.detected_ns = min(run.detected_ns, failed[0])
+            run.detected_ns = min(run.detected_ns or failed[0], failed[0])
     finally:
         run.events = list(watch.events)
         watch.close()

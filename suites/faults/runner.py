@@ -162,6 +162,10 @@ class FaultCase:
             out.run = run = migrate_with_fault(guest, src, dst, self.params, s.point, self.inject,
                                                before_point=self.hold_switchover if s.hold_switchover else None)
             run.steps += self.undo()
+            if not run.call_returned:
+                out.findings.append(Finding(Kind.MIGRATION_FAILED, f"{s.id}: {run.result.error}; domain states "
+                                            f"{ {h.name: state_text(domain_state(h, guest.name)) for h in (src, dst)} }"))
+                return out
             if not run.point_reached:
                 out.findings.append(Finding(Kind.MIGRATION_FAILED, f"{s.id}: the injection point ({s.point}) was never "
                                             f"reached: the migration ended first ({run.result.error or 'it completed'})"))
