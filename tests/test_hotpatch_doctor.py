@@ -78,7 +78,9 @@ KIND_CASES = [
     pytest.param("program.c", "int limit = 10;", "int limit = 11;", "not-a-function-change", "global-data",
                  "limit", id="global-data"),
     pytest.param("program.c", "    seen.hits++;\n", "    static int calls;\n    seen.hits += ++calls;\n",
-                 "not-a-function-change", "static-data", "scale", id="static-data"),
+                 "not-a-function-change", "static-data", "scale", id="static-data-new"),
+    pytest.param("program.c", "static int ticket = 100;", "static int ticket = 200;", "not-a-function-change",
+                 "static-data", "next_ticket", id="static-data-changed"),
     pytest.param("program.c", "    int last;\n", "    int last;\n    int first;\n", "not-a-function-change",
                  "struct-layout", "counter", id="struct-layout"),
     pytest.param("program.c", "int scale(int v, int k)\n{", "int scale(int v, long k)\n{", "not-a-function-change",
@@ -93,7 +95,8 @@ CLEAN = ("program.c", "    return v * k;", "    return v * k + 1;")
 # libcare-patch-make replaces it with add_one (its code changed).
 # recursive and noreturn functions are entered anew by each call (shown with libcareplus on QEMU).
 WARNINGS = {("inline", "", "add_one"), ("recursive", "", "fibonacci"), ("recursive", "", "is_even"),
-            ("never-returns", "noreturn", "die")}
+            ("never-returns", "noreturn", "die"),
+            ("not-a-function-change", "static-data", "scale")}  # a new static lives in the patch (shown loading)
 
 
 def findings(report) -> set[tuple[str, str, str]]:

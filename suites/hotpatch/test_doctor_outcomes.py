@@ -199,3 +199,33 @@ def test_a_built_kpatch_is_checked_for_its_buildid(libcare, target, doctor_binar
     record({"kind": "hotpatch-doctor-outcome", "case": "kpatch-buildid", "findings": sorted(other.kinds())})
     assert [f.kind for f in other.findings] == ["buildid"], other.text()
     assert target.buildid in other.findings[0].summary
+
+
+@pytest.mark.parametrize("patch_id, patch, detail, outcome", [
+    pytest.param("dglob", "doctor/global-data-default_fmt_size.patch", "global-data", "refused", id="global-data"),
+    pytest.param("dstch", "doctor/static-data-restore_boot_order.patch", "static-data", "refused",
+                 id="static-data-changed"),
+    pytest.param("dstat", "doctor/static-data-qmp_query_version.patch", "static-data", "loads", id="static-data-new"),
+    pytest.param("dstru", "doctor/struct-layout-rcu_drain.patch", "struct-layout", "loads", id="struct-layout"),
+])
+def test_data_change_outcome(libcare, target, doctor_binary, build_progress, qemu_process, record, patch_id, patch,
+                             detail, outcome):
+    """libcare-patch-make refuses a changed variable ("FATAL! Variables X and X don't match", "FATAL! Variable
+    first.5 was removed or changed?"); a new static and a
+    struct only ever on a patched function's stack load. The doctor fails the changed ones and the struct
+    (it cannot see where live objects of the old layout are), and only warns of the new static."""
+    report = diagnose(PATCHES / patch, doctor_binary)
+    finding = next(f for f in report.findings if f.detail == detail)
+    try:
+        result = libcare.apply(qemu_process.pid, kpatch_for(target, libcare, build_progress, patch_id, patch))
+        seen = f"loads ({result.hunks} hunk(s))"
+    except HotpatchFailed as exc:
+        seen = f"refused: {exc.diagnosis.verdict}"
+    record({"kind": "hotpatch-doctor-outcome", "case": detail, "doctor_ineffective": finding.ineffective,
+            "outcome": seen})
+    assert seen.startswith(outcome), seen
+    if outcome == "refused":
+        # "FATAL! Variables X and X don't match" / "FATAL! Variable X.5 was removed or changed?"
+        assert finding.ineffective and "FATAL! Variable" in next(target.build.dir.glob(
+            f"kpatches/{patch_id}-*/libcare-patch-make.log")).read_text()
+    assert "return" in qemu_process.ask({"execute": "qmp_capabilities"})  # QEMU still answers

@@ -107,13 +107,19 @@ def _map_lines(change: FileChange, unit: UnitFacts, found: list[Entity], view: S
             in_body = line >= entity.body
             statics = [v for v in unit.variables if v.function == function.name and v.decl_line == line]
             new_statics = [t for t in texts if in_body and _STATIC_DECL.match(t)]
-            if statics or new_statics:
-                names = (f"static variable {', '.join(v.name for v in statics)}" if statics
-                         else "a new static variable")
+            if statics:
                 view.findings.append(Finding(
-                    "not-a-function-change", function.name, f"{names} of {function.name} at {where}: it is data, "
-                    "kept by the running process (a patch cannot initialize or replace it)",
-                    [f"{where}: {t.strip()}" for t in texts], detail="static-data"))
+                    "not-a-function-change", function.name, f"static variable "
+                    f"{', '.join(v.name for v in statics)} of {function.name} changed at {where}: it is data, kept "
+                    "by the running process (a patch cannot initialize or replace it)",
+                    [f"DW_TAG_variable {v.name} at {change.path}:{v.decl_line} (static storage)" for v in statics]
+                    + [f"{where}: {t.strip()}" for t in texts], detail="static-data"))
+            elif new_statics:  # libcareplus gives a new static its own data in the patch (shown loading)
+                view.findings.append(Finding(
+                    "not-a-function-change", function.name, f"a new static variable of {function.name} at {where}: "
+                    "it lives in the patch's own data, from its initializer on when the patch loads",
+                    [f"{where}: {t.strip()}" for t in texts], detail="static-data",
+                    remedy="nothing to do if starting from the initializer at load time is right", ineffective=False))
             changed.setdefault(function.name, function)
     for function in changed.values():
         view.functions.append((function, change, unit))

@@ -52,6 +52,13 @@ NOINLINE unsigned long fibonacci(unsigned n)
     return fibonacci(n - 1) + fibonacci(n - 2);
 }
 
+NOINLINE int next_ticket(void)
+{
+    static int ticket = 100;
+
+    return ticket++;
+}
+
 NOINLINE int is_odd(unsigned n);
 
 NOINLINE int is_even(unsigned n)
@@ -147,6 +154,7 @@ int main(int argc, char **argv)
     printf("%d %d %lu %d %d %d\n", scale(compute(area(&p)), SCALE_DEFAULT), is_even(argc), fibonacci(argc),
            checked(argc), types_known, limit);
     nothing();
+    printf("ticket %d\n", next_ticket());
     if (argc > 4) {
         print_table(argc);
     }
