@@ -53,14 +53,16 @@ def inline_finding(located: Located, caller_findings: list[Finding]) -> Finding 
     changed is patched with it (shown by suites/hotpatch/test_doctor_outcomes.py); the patch then works only
     if every such caller is patchable itself. A caller that is not makes the patch ineffective."""
     facts = located.facts
-    if not facts.inlined_into:
+    # A copy inside its own out-of-line body (GCC splitting the function) is the function itself.
+    inlined = [(caller, addr) for caller, addr in facts.inlined_into if caller != facts.name]
+    if not inlined:
         return None
-    callers = sorted({caller for caller, _addr in facts.inlined_into})
+    callers = sorted({caller for caller, _addr in inlined})
     copies = [f"DW_TAG_inlined_subroutine of {facts.name} in {caller} at 0x{addr:x}"
-              for caller, addr in sorted(facts.inlined_into, key=lambda c: c[1])[:8]]
+              for caller, addr in sorted(inlined, key=lambda c: c[1])[:8]]
     outline = (f"an out-of-line copy at 0x{located.address:x} serves only calls that were not inlined"
                if located.address is not None else "it has no out-of-line copy at all")
-    count = f"{len(facts.inlined_into)} cop{'y' if len(facts.inlined_into) == 1 else 'ies'}"
+    count = f"{len(inlined)} cop{'y' if len(inlined) == 1 else 'ies'}"
     blocked = sorted({f.function for f in caller_findings})
     if blocked:
         return Finding("inline", facts.name, f"{facts.name} is inlined into {', '.join(callers)} ({count}); {outline}; "
@@ -187,7 +189,7 @@ def init_finding(located: Located, code: MachineCode, unit: UnitFacts,
             summary, evidence = reason
             return Finding("init-only", name, f"{name} {summary}", [evidence])
         return None
-    callers = sorted({caller for caller, _addr in located.facts.inlined_into})
+    callers = sorted({caller for caller, _addr in located.facts.inlined_into} - {name})
     if not callers:
         return None
     reasons = []
