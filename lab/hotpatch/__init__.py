@@ -15,4 +15,5 @@ One module per job, lower ones first:
 - qemu_build: the QEMU build guests run on, cached
 - kpatch_cache: kpatches per patch set, cached beside the build
 - target: the binary guests run on and how its kpatches are made
+- doctor/: the hot patch doctor, every FAQ failure kind found before a patch is built or loaded
 """
