@@ -165,6 +165,12 @@ class FaultCase:
             if not run.call_returned:
                 out.findings.append(Finding(Kind.MIGRATION_FAILED, f"{s.id}: {run.result.error}; domain states "
                                             f"{ {h.name: state_text(domain_state(h, guest.name)) for h in (src, dst)} }"))
+                # Both libvirtds keep the stuck migration's threads and job: restart them (libvirt recovers
+                # its jobs on start), or the guest cannot even be removed and the next test inherits it.
+                for host in (src, dst):
+                    self.faults.kill_daemon(host.name, "libvirtd")
+                    self.restart.append((host.name, "libvirtd"))
+                run.steps += self.undo()
                 return out
             if not run.point_reached:
                 out.findings.append(Finding(Kind.MIGRATION_FAILED, f"{s.id}: the injection point ({s.point}) was never "
