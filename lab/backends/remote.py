@@ -55,8 +55,8 @@ def check_stack(config: LabConfig, host: Host) -> StackRecord:
     conn = host.connect()
     mismatch = running_mismatch(stack, reported(conn.getVersion()), reported(conn.getLibVersion()))
     if mismatch:
-        raise BackendError(f"{host.name}: runs {mismatch}: install the stack on the host (ansible-playbook "
-                           f"provision/site.yml -e stack_suite={spec.archive_suite}) or name the stack it runs "
+        raise BackendError(f"{host.name}: runs {mismatch}: install the stack on the host (Debian: apt-get install -t "
+                           f"{spec.archive_suite} qemu-system-x86 libvirt-daemon-system) or name the stack it runs "
                            "in lab.yaml")
     return stack
 
