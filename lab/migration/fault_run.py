@@ -27,6 +27,7 @@ MIB = 2**20
 PRECOPY_SENT_BYTES = 8 * MIB
 PRECOPY_LEFT_BYTES = 8 * MIB
 RECOVERED_HEARTBEATS = 5  # heartbeats after detection that show the guest runs again
+SPLIT_BRAIN_WAIT_S = 10.0  # running on two hosts this long: recovery is not coming
 
 
 @dataclass(frozen=True)
@@ -219,12 +220,16 @@ def wait_recovered(run: FaultRun, guest: Guest, hosts: tuple[Host, ...], timeout
     detection; run.recovered_ns is stamped then. None if that does not happen within timeout."""
     since = run.detected_ns or time.time_ns()
     deadline = time.monotonic() + timeout
+    both_since = None  # a guest running on two hosts does not stop by itself: no use waiting long
     while time.monotonic() < deadline:
         running = [h for h in hosts if domain_state(h, guest.name)[0] == libvirt.VIR_DOMAIN_RUNNING]
         if len(running) == 1 and guest.heartbeats.count_since(since) >= RECOVERED_HEARTBEATS:
             run.recovered_ns = time.time_ns()
             guest.host = running[0]
             return running[0]
+        both_since = (both_since or time.monotonic()) if len(running) > 1 else None
+        if both_since and time.monotonic() - both_since > SPLIT_BRAIN_WAIT_S:
+            return None
         time.sleep(0.02)
     return None
 
