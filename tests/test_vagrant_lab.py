@@ -551,7 +551,9 @@ def test_vagrant_lab_end_to_end(record_property, tmp_path):
             if not (re.search(r"\bchanged=0\b", line) and re.search(r"\bfailed=0\b", line)):
                 failures.append(f"playbook not idempotent: {line.strip()}")
 
-        for name, args in (("preflight_suite", ["suites/preflight"]),
+        # -m "not timing": the suites' speed budgets are the embedded lab's (doctor within 10 s; 22 s here
+        # on TCG VMs); the Vagrant lab's speed goes to the timings file, not into verdicts.
+        for name, args in (("preflight_suite", ["suites/preflight", "-m", "not timing"]),
                            ("live_migration_precopy_idle", ["suites/live_migration", "-k", "precopy-idle",
                                                             "--repeat", "1", "--thresholds", str(thresholds)])):
             started = time.monotonic()
@@ -562,7 +564,7 @@ def test_vagrant_lab_end_to_end(record_property, tmp_path):
             summary = (run.stdout.strip().splitlines() or ["no output"])[-1]
             record_property(f"{name}_summary", summary)
             if run.returncode != 0 or " passed" not in summary:
-                errors = [line for line in run.stdout.splitlines() if line.startswith("E   ")][:3]
+                errors = [line for line in run.stdout.splitlines() if line.startswith(("E   ", "FAILED ", "ERROR "))][:4]
                 failures.append(f"{name}: {summary} {' | '.join(e.strip() for e in errors)}")
         failures += _nested_check_on(config)
         failures += _clock_check_on(config)
