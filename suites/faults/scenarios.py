@@ -59,7 +59,7 @@ SCENARIOS = [
     FaultScenario(
         "precopy-network-cut-heals", "precopy", "cut-migration-short", "destination",
         f"A {SHORT_CUT_S:g} s cut is a pause to TCP, whose retransmissions outlast it: the migration "
-        "completes and the guest runs on the destination.", smoke=True),
+        "completes and the guest runs on the destination."),
     FaultScenario(
         "precopy-libvirt-port-cut", "precopy", "cut-libvirt", "source",
         "The p2p control connection (qemu+ssh) is cut: keepalive and TCP retries close it, the source "
