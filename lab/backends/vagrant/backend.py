@@ -304,7 +304,7 @@ class VagrantBackend:
             state.fill_mibs = record.inner[accel]["fill_mibs"]
         state.save()
         progress(f"guests run under {state.accelerator}: {state.accelerator_reason}")
-        remote.preflight_gate(Lab.from_state(self.config, state), progress)
+        remote.preflight_gate(Lab.from_state(self.config, state), progress, retry_timeouts=True)
 
     # -- down ----------------------------------------------------------------------------------------
     def down(self, progress: Progress) -> None:
