@@ -37,9 +37,11 @@ hotpatch-test: setup
 	LAB_RUN_ID=$(RUN_ID) $(PY) -m pytest suites/hotpatch tests/test_hotpatch_driver.py $(PYTEST_ARGS)
 
 # The Vagrant lab end to end (slow; not part of `make test` / .ci/run): the fast Vagrant and
-# provisioning checks, then the box (built locally if missing), `lab up` with the Vagrant backend,
-# the playbook run a second time (must change nothing), the preflight suite and the precopy-idle
-# live migration on the lab, and `lab down` (checked to leave no VM, network, volume or daemon).
+# provisioning checks, then the box (built locally if missing), `lab up` with the Vagrant backend
+# (from the provisioned-VM cache when the same lab.yaml made one), the playbook run a second time
+# (must change nothing), the preflight suite and the precopy-idle live migration on the lab, and
+# `lab down` (checked to leave no VM, network, volume or daemon; the box and cache are kept:
+# `python -m lab.backends.vagrant.cache clear`). Each run's steps and load: reports/vagrant-timings.json.
 # VAGRANT_LAB=labs/vagrant-example.yaml VAGRANT_THRESHOLDS=thresholds.yaml for a machine that can
 # download boxes and has KVM.
 VAGRANT_LAB ?= labs/vagrant-tcg.yaml
