@@ -25,6 +25,7 @@ from lab.errors import ConfigError, StackError
 from lab.runtime.state import StackRecord
 from lab.stacks.archive import matches, upstream
 from lab.stacks.cache import PARTIAL, StackCache
+from lab.stacks.pins import playbook_stack
 from lab.stacks.resolve import ensure_stack
 from lab.stacks.tree import mount_lines, running_mismatch
 from tests.labtools import lab_cli, leftovers, nothing_left
@@ -56,11 +57,11 @@ BAD = {
     "static-backend-build": ("backend: static\nstacks: {b: {source: build, qemu: '7.2'}}\nhosts:\n"
                              "  - {name: hv1, address: 198.18.0.11, ssh_key: /k}\n"
                              "  - {name: hv2, address: 198.18.0.12, ssh_key: /k, stack: b}\n",
-                             "hosts[1].stack: a static host runs what is installed on it: stack 'b' (source: build)"),
-    "vagrant-backend": ("backend: vagrant\nstacks: {b: {source: archive, qemu: 10.0.2}}\nhosts:\n"
-                        "  - {name: hv1, address: 198.19.200.11}\n"
-                        "  - {name: hv2, address: 198.19.200.12, stack: b}\n",
-                        "hosts[1].stack: the vagrant backend runs each host's installed packages"),
+                             "hosts[1].stack: stack 'b' (source: build) cannot be put on a static host"),
+    "vagrant-backend-path": ("backend: vagrant\nstacks: {b: {source: path, path: /opt/tree, qemu: 10.0.2}}\n"
+                             "hosts:\n  - {name: hv1, address: 198.19.200.11}\n"
+                             "  - {name: hv2, address: 198.19.200.12, stack: b}\n",
+                             "hosts[1].stack: stack 'b' (source: path) cannot be put on a vagrant host"),
 }
 
 
@@ -279,3 +280,40 @@ def test_a_patch_that_does_not_apply_is_one_line_and_installs_nothing(tmp_path):
     assert message.startswith(f"stacks.broken.patches: {bad} does not apply to qemu 1:7.2") and "\n" not in message
     assert cache.entries("qemu-build") == [] and not list(cache.archive.iterdir())
     assert "FAILED" in Path(message.rsplit("see ", 1)[1]).read_text()  # patch's own words, in the kept log
+
+
+# -- stacks on hosts of their own: the playbook installs them (provision/roles/stack) ----------------
+
+def test_playbook_pins_every_package_at_the_exact_version_the_request_names(cache):
+    stack = playbook_stack("backports", StackSpec(**BACKPORTS), lambda _m: None, cache)
+    assert stack["qemu"] == "1:10.0.2+ds-2+deb13u1~bpo12+1" and stack["libvirt"] == "11.3.0-2~bpo12+1"
+    assert stack["suite"] == "bookworm-backports" and stack["mirror"].startswith("http")
+    pins = dict(p.split("=", 1) for p in stack["packages"])
+    assert pins["qemu-system-x86"] == pins["qemu-utils"] == stack["qemu"]
+    assert pins["libvirt-daemon-system"] == pins["libvirt-clients"] == stack["libvirt"]
+    assert {"libvirt-daemon-driver-qemu", "libvirt0", "qemu-system-common", "qemu-block-extra"} <= set(pins)
+    assert not any("backports" in p.name for p in Path("/var/lib/apt/lists").iterdir())  # nothing system-wide
+
+
+def test_the_playbook_takes_no_stack_it_cannot_install(cache):
+    with pytest.raises(StackError, match=r"^stacks.fixed: source build cannot be installed by the playbook"):
+        playbook_stack("fixed", StackSpec(source="build", qemu="7.2"), lambda _m: None, cache)
+
+
+def test_pins_command_prints_each_hosts_lab_stack_as_inventory_yaml():
+    proc = subprocess.run([sys.executable, "-m", "lab.stacks", "--lab-config", str(REPO / "labs/vagrant-stacks.yaml"),
+                           "pins"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    hosts = yaml.safe_load(proc.stdout)["all"]["hosts"]
+    assert list(hosts) == ["hv2"] and hosts["hv2"]["lab_stack"]["qemu"] == "1:10.0.2+ds-2+deb13u1~bpo12+1"
+
+
+def test_a_vagrant_lab_with_a_version_not_in_the_archive_stops_before_making_anything(tmp_path):
+    text = (REPO / "labs/vagrant-stacks.yaml").read_text().replace("name: kvmvst", "name: kvmvsb")
+    config = tmp_path / "lab.yaml"
+    config.write_text(text.replace("qemu: 10.0.2,", "qemu: 10.0.99,"))
+    proc = lab_cli(config, "up", timeout=120)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert last.startswith("lab: error: stacks.bookworm-backports.qemu: 10.0.99 is not in bookworm-backports"), last
+    assert nothing_left("kvmvsb"), leftovers("kvmvsb")

@@ -32,6 +32,7 @@ from lab.config.vagrant import DEFAULT_BOX, VagrantSpec, check_lab, nfs_server_a
 REPO = Path(__file__).resolve().parent.parent
 TCG_YAML = REPO / "labs" / "vagrant-tcg.yaml"
 EXAMPLE_YAML = REPO / "labs" / "vagrant-example.yaml"
+STACKS_YAML = REPO / "labs" / "vagrant-stacks.yaml"
 FORBIDDEN = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
 LAB_RANGE = ipaddress.ip_network("198.18.0.0/15")
 
@@ -65,7 +66,7 @@ def _vagrant_with_libvirt() -> str | None:
 # -- settings ---------------------------------------------------------------------------------------
 
 def test_shipped_vagrant_configs_load():
-    for path in (TCG_YAML, EXAMPLE_YAML):
+    for path in (TCG_YAML, EXAMPLE_YAML, STACKS_YAML):
         config = _config(path)
         assert config.backend == "vagrant"
         assert isinstance(config.vagrant, VagrantSpec)
@@ -183,6 +184,17 @@ def test_settings_document(tmp_path, source, storage):
     assert Path(doc["provision"]["playbook"]).is_file()
     assert Path(doc["provision"]["config_file"]).is_file()
     assert doc["driver"] == "qemu" and doc["cpu_model"] == "qemu64"
+
+
+def test_a_host_on_an_archive_stack_gets_its_pins_as_the_playbooks_lab_stack(tmp_path):
+    config = _config(STACKS_YAML)
+    stack = {"name": "bookworm-backports", "suite": "bookworm-backports", "packages": ["qemu-system-x86=1:10.0.2"]}
+    doc = settings_document(config, check_lab(config), driver="qemu", lab_dir=tmp_path, work_dir=tmp_path,
+                            public_key="k", stacks={"hv2": stack})
+    host_vars = doc["provision"]["host_vars"]
+    assert host_vars["hv2"]["lab_stack"] == stack and host_vars["hv1"]["lab_stack"] == {}
+    roles = yaml.safe_load((REPO / "provision/site.yml").read_text())[-1]["roles"]
+    assert [r["role"] for r in roles][:2] == ["stack", "hypervisor"]  # installed before libvirt is configured
 
 
 def test_work_dir_stub_loads_the_repo_vagrantfile(tmp_path):

@@ -55,9 +55,9 @@ def check_stack(config: LabConfig, host: Host) -> StackRecord:
     conn = host.connect()
     mismatch = running_mismatch(stack, reported(conn.getVersion()), reported(conn.getLibVersion()))
     if mismatch:
-        raise BackendError(f"{host.name}: runs {mismatch}: install the stack on the host (Debian: apt-get install -t "
-                           f"{spec.archive_suite} qemu-system-x86 libvirt-daemon-system) or name the stack it runs "
-                           "in lab.yaml")
+        raise BackendError(f"{host.name}: runs {mismatch}: install the stack with the playbook (role stack; "
+                           "`python -m lab.stacks --lab-config LAB.yaml pins` prints its lab_stack host vars) "
+                           "or name the stack the host runs in lab.yaml")
     return stack
 
 

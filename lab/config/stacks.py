@@ -107,18 +107,16 @@ def check_stacks(stacks: dict[str, StackSpec]) -> dict[str, StackSpec]:
 
 
 def check_host_stack(index: int, stack: str, stacks: dict[str, StackSpec], backend: str) -> None:
-    """A host's stack is `system` or one lab.yaml defines; only the embedded lab switches stacks per host."""
+    """A host's stack is `system` or one lab.yaml defines; hosts of their own (static, Vagrant) take archive stacks
+    only: the playbook installs them (role `stack`), the embedded lab mounts any source per host."""
     if stack != SYSTEM and stack not in stacks:
         known = ", ".join([SYSTEM, *[s for s in stacks if s != SYSTEM]])
         raise problem((index, "stack"), f"unknown stack {stack!r} (stacks: {known})")
     source = stacks[stack].source if stack != SYSTEM else SYSTEM
-    if backend == "static" and source not in (SYSTEM, "archive"):
-        raise problem((index, "stack"), f"a static host runs what is installed on it: stack {stack!r} (source: "
-                                        f"{source}) cannot be put there by the lab; name an archive stack (the "
-                                        "versions the host must run, installed with the playbook) or use backend: embedded")
-    if backend not in ("embedded", "static") and source != SYSTEM:
-        raise problem((index, "stack"), f"the {backend} backend runs each host's installed packages; "
-                                        f"stack {stack!r} needs backend: embedded (or install it with the playbook)")
+    if backend in ("static", "vagrant") and source not in (SYSTEM, "archive"):
+        raise problem((index, "stack"), f"stack {stack!r} (source: {source}) cannot be put on a {backend} host: "
+                                        "the playbook installs archive stacks only (a suite and versions); "
+                                        "name one, or use backend: embedded")
 
 
 def stack_spec(name: str, stacks: dict[str, StackSpec]) -> StackSpec:

@@ -2,6 +2,7 @@
 
     python -m lab.stacks [--lab-config PATH] fetch [NAME ...]   # default: every stack the hosts run
     python -m lab.stacks list
+    python -m lab.stacks [--lab-config PATH] pins          # the playbook's lab_stack host vars (static hosts)
 """
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import argparse
 import sys
 import time
 
+import yaml
+
 from lab.config.lab import load_lab_config
 from lab.config.stacks import stack_spec
 from lab.errors import ConfigError, LabError
 from lab.stacks.archive import COMPONENTS
 from lab.stacks.build import COMPONENT as BUILD
 from lab.stacks.cache import StackCache
+from lab.stacks.pins import playbook_stacks
 from lab.stacks.resolve import ensure_stack
 
 
@@ -31,6 +35,18 @@ def cmd_fetch(args) -> int:
                               f"(stacks: {', '.join(['system', *config.stacks])})")
         record = ensure_stack(name, stack_spec(name, config.stacks), _progress)
         print(f"{record.name}: QEMU {record.qemu}, libvirt {record.libvirt} ({record.origin})")
+    return 0
+
+
+def cmd_pins(args) -> int:
+    """Each host's `lab_stack` (provision/roles/stack) as inventory YAML, versions resolved in the archive."""
+    config = load_lab_config(args.lab_config)
+    hosts = playbook_stacks(config, _progress)
+    if not hosts:
+        print(f"# {config.source}: every host runs stack system; the playbook installs nothing extra")
+    else:
+        print(yaml.safe_dump({"all": {"hosts": {name: {"lab_stack": stack} for name, stack in hosts.items()}}},
+                             sort_keys=False, width=120), end="")
     return 0
 
 
@@ -54,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("names", nargs="*", metavar="NAME")
     fetch.set_defaults(func=cmd_fetch)
     sub.add_parser("list", help="cached trees").set_defaults(func=cmd_list)
+    sub.add_parser("pins", help="the playbook's lab_stack host vars, as inventory YAML").set_defaults(func=cmd_pins)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -47,6 +47,7 @@ from lab.runtime.hosts import Host
 from lab.runtime.lab import Lab
 from lab.runtime.layout import LabLayout
 from lab.runtime.state import HostState, ImageRecord, LabState, VagrantRecord
+from lab.stacks.pins import playbook_stacks
 from lab.util.process import run
 
 
@@ -105,8 +106,10 @@ class VagrantBackend:
             if state and state.ready and state.config_digest == digest and self._vms_running():
                 progress(f"lab {self.config.name} is already up")
                 return
-            daemons = self._daemons_to_keep(state, digest, progress)
             t0 = time.monotonic()
+            # Before anything is made: a stack version the archive lacks, or no mirror, leaves no half lab.
+            stacks = playbook_stacks(self.config, progress) if self.spec.provision else {}
+            daemons = self._daemons_to_keep(state, digest, progress)
             self.layout.dir.mkdir(parents=True, exist_ok=True)
             record = VagrantRecord(daemons=daemons, work_dir=str(self.work), prefix=self.prefix,
                                    networks=[f"{self.config.name}-mgmt", f"{self.config.name}-mig"], vms=self._names())
@@ -132,7 +135,7 @@ class VagrantBackend:
             self._make_keys()
             doc = settings_document(self.config, self.spec, driver=record.driver, lab_dir=self.layout.dir,
                                     work_dir=self.work, public_key=self.layout.public_key.read_text().strip(),
-                                    box_url=self._box_url())
+                                    box_url=self._box_url(), stacks=stacks)
             write_work_dir(self.work, doc)
             timings["prepare_s"] = round(time.monotonic() - t0, 1)
             with self._forget_cache_on_failure(warm, progress):
@@ -271,6 +274,7 @@ class VagrantBackend:
             progress(f"{host.name}: ssh and libvirt at {host.address} (migration network)")
             remote.check_host(host)
             hstate.host_uuid = host_uuid(host)
+            hstate.stack = remote.check_stack(self.config, host)
         state.save()
         for host in lab.hosts:
             offset = wait_for_clock(host, self.config.network.runner_address)

@@ -80,13 +80,14 @@ def playbook_vars(config, spec: VagrantSpec, lab_dir: Path, public_key: str) -> 
 
 
 def settings_document(config, spec: VagrantSpec, *, driver: str, lab_dir: Path, work_dir: Path,
-                      public_key: str, box_url: str | None = None) -> dict:
+                      public_key: str, box_url: str | None = None, stacks: dict[str, dict] | None = None) -> dict:
     """settings.json: everything the repo Vagrantfile reads."""
     net = ipaddress.IPv4Network(config.network.subnet)
     ms = machines(config, spec)
     nfs_names = [m.name for m in ms if m.role == "nfs"] or ([spec.nfs_server] if nfs_server_address(config, spec) else [])
     host_vars = {m.name: {"lab_address": m.address, "lab_nic_mac": vm_mac(m.address),
-                          "lab_make_bridge": m.role == "hypervisor"} for m in ms}
+                          "lab_make_bridge": m.role == "hypervisor", "lab_stack": (stacks or {}).get(m.name, {})}
+                 for m in ms}
     return {
         "lab": config.name,
         "prefix": f"{config.name}-",
