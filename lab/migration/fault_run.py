@@ -27,6 +27,11 @@ MIB = 2**20
 PRECOPY_SENT_BYTES = 8 * MIB
 PRECOPY_LEFT_BYTES = 8 * MIB
 RECOVERED_HEARTBEATS = 5  # heartbeats after detection that show the guest runs again
+# The guest runs on the destination: heartbeats sent after its resumed/post-copy event. QEMU emits its
+# RESUME event before `cont` has finished starting the devices, which touch guest pages still on the
+# source; a postcopy broken inside that window leaves the destination's main thread in a page fault
+# that nothing will serve, and libvirt's Finish waits on `cont` forever (seen on QEMU 7.2, docs/faults.md).
+POSTCOPY_RUNNING_HEARTBEATS = 3
 SPLIT_BRAIN_WAIT_S = 10.0  # running on two hosts this long: recovery is not coming
 
 
@@ -102,7 +107,8 @@ POINTS = {
     "switchover": "switchover pause: the source's lifecycle event suspended/migrated",
     # QEMU can recover a postcopy migration only once the destination runs the guest (its incoming
     # postcopy state RUNNING): a break while it still loads the device state ends the destination.
-    "postcopy": "postcopy: the destination's lifecycle event resumed/post-copy (the guest runs there), "
+    "postcopy": "postcopy: the destination's lifecycle event resumed/post-copy and then "
+                f"{POSTCOPY_RUNNING_HEARTBEATS} heartbeats of the guest running there, "
                 f"with >= {PRECOPY_LEFT_BYTES // MIB} MiB left to pull",
 }
 
@@ -138,7 +144,15 @@ class FaultRun:
                 "steps": self.steps, "call_returned": self.call_returned}
 
 
-def _wait_point(point: str, watch: SourceWatch, done: threading.Event, timeout: float) -> dict | None:
+def _postcopy_running(watch: SourceWatch, guest: Guest) -> bool:
+    """The destination's resumed/post-copy event came and the guest's heartbeats arrive after it."""
+    resumed = [e["ns"] for e in watch.events if e["host"] != watch.src_name and e["event"] == libvirt.VIR_DOMAIN_EVENT_RESUMED
+               and e["detail"] == libvirt.VIR_DOMAIN_EVENT_RESUMED_POSTCOPY]
+    return bool(resumed) and guest.heartbeats.count_since(resumed[0]) >= POSTCOPY_RUNNING_HEARTBEATS
+
+
+def _wait_point(point: str, watch: SourceWatch, done: threading.Event, timeout: float,
+                guest: Guest | None = None) -> dict | None:
     """Job stats when the point is reached; None when the migration ended (or time ran out) first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not done.is_set():
@@ -148,7 +162,7 @@ def _wait_point(point: str, watch: SourceWatch, done: threading.Event, timeout: 
             stats = watch.stats()
             if point == "precopy" and precopy_under_way(stats):
                 return stats
-            if (point == "postcopy" and watch.seen["postcopy-running"].is_set()
+            if (point == "postcopy" and watch.seen["postcopy-running"].is_set() and _postcopy_running(watch, guest)
                     and stats.get("memory_remaining", 0) >= PRECOPY_LEFT_BYTES):
                 return stats
         time.sleep(0.02 if point != "switchover" else 0.005)
@@ -190,7 +204,7 @@ def migrate_with_fault(guest: Guest, src: Host, dst: Host, params: MigrationPara
                     run.steps.append("precopy ended before the hold could be set")
                 else:
                     before_point()
-            stats = _wait_point(point, watch, done, point_timeout)
+            stats = _wait_point(point, watch, done, point_timeout, guest)
             if stats is not None:
                 run.fault_ns = time.time_ns()
                 run.injected, run.point_reached, run.stats_at_fault = inject(), True, stats
@@ -241,6 +255,21 @@ def domain_state(host: Host, name: str) -> tuple[int | None, int | None]:
         return state, reason
     except libvirt.libvirtError:
         return None, None
+
+
+POSTCOPY_FAILED = {(libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED),
+                   (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY_FAILED)}
+
+
+def wait_postcopy_failed(guest: Guest, src: Host, dst: Host, timeout: float = 30.0) -> dict[str, tuple]:
+    """Wait until libvirt on both hosts says the postcopy migration failed (source paused, post-copy failed;
+    destination running or paused, post-copy failed): only then can it be resumed. Returns the last states."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = {h.name: domain_state(h, guest.name) for h in (src, dst)}
+        if all(state in POSTCOPY_FAILED for state in states.values()) or time.monotonic() >= deadline:
+            return states
+        time.sleep(0.1)
 
 
 def resume_postcopy(guest: Guest, src: Host, dst: Host, params: MigrationParams) -> str:

@@ -12,8 +12,8 @@ import libvirt
 from lab.errors import LabError
 from lab.guest.domain import Guest
 from lab.migration.fault_run import (
-    FaultParams, FaultRun, domain_state, migrate_with_fault, migration_settings, resume_postcopy,
-    settings_changed, wait_recovered,
+    POSTCOPY_FAILED, FaultParams, FaultRun, domain_state, migrate_with_fault, migration_settings, resume_postcopy,
+    settings_changed, wait_postcopy_failed, wait_recovered,
 )
 from lab.migration.integrity import Fingerprint, inspect, take_fingerprint
 from lab.migration.live import migrate
@@ -196,8 +196,14 @@ class FaultCase:
 
     def _resume(self, run: FaultRun, out: FaultOutcome) -> None:
         """Recover a paused postcopy migration; the time to recovery runs until the guest runs again."""
-        states = {h.name: state_text(domain_state(h, self.guest.name)) for h in (self.src, self.dst)}
-        run.steps.append(f"before resume: {states}")
+        # Both libvirts must report the failed postcopy (the source's Perform and the destination's Finish
+        # have ended); a resume asked for earlier is refused ("being actively monitored by another thread").
+        states = wait_postcopy_failed(self.guest, self.src, self.dst)
+        said = {h: state_text(st) for h, st in states.items()}
+        run.steps.append(f"before resume: {said}")
+        if not all(st in POSTCOPY_FAILED for st in states.values()):
+            out.findings.append(Finding(Kind.MIGRATION_FAILED, "the postcopy failure is not reported on both hosts "
+                                                               f"(paused/running, post-copy failed): {said}"))
         error = ""
         for attempt in range(1, 4):  # the destination may still be tearing down its broken stream
             error = resume_postcopy(self.guest, self.src, self.dst, self.params)

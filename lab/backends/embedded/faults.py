@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 from lab.backends.embedded import host as hostmaker
@@ -92,6 +93,9 @@ class EmbeddedFaults:
     def restart_daemon(self, host: str, daemon: str) -> int:
         pidfile = self.layout.host_dir(host) / f"{daemon}.pid"
         old = self._read_pid(pidfile)
+        deadline = time.monotonic() + 15  # a SIGKILLed daemon with threads in the kernel takes a moment to go
+        while old and alive(old) and time.monotonic() < deadline:
+            time.sleep(0.1)
         if old and alive(old):
             raise BackendError(f"{host}: {daemon} (PID {old}) is still running; kill it first")
         pidfile.unlink(missing_ok=True)  # a SIGKILLed daemon leaves its pid file behind
