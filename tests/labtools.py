@@ -1,21 +1,40 @@
 """Helpers for tests that make labs of their own (separate names and subnets from the session lab)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from lab.backends.embedded import netns
+from lab.config.lab import load_lab_config
+from lab.config.stacks import SYSTEM
 from lab.runtime.layout import LabLayout
 
 
-def write_lab_config(tmp_path: Path, name: str, third_octet: int, **extra: str) -> Path:
-    """A two-host lab on 198.19.<third_octet>.0/24, apart from the session lab's 198.18.0.0/16."""
+def session_stack() -> tuple[str, dict] | None:
+    """The one stack every host of the session lab ($LAB_CONFIG, else lab.yaml) runs, unless `system`.
+    CI's labs/ci.yaml runs the QEMU with the TCG dirty-bitmap fix: labs the tests make run it too."""
+    config = load_lab_config(None)
+    names = {h.stack for h in config.hosts}
+    if len(names) != 1 or names == {SYSTEM}:
+        return None
+    name = names.pop()
+    return name, config.stacks[name].model_dump(mode="json", exclude_none=True)
+
+
+def write_lab_config(tmp_path: Path, name: str, third_octet: int, stack: str | None = None, **extra: str) -> Path:
+    """A two-host lab on 198.19.<third_octet>.0/24, apart from the session lab's 198.18.0.0/16, on the
+    session lab's stack (`stack="system"`: the installed packages, for a test about them)."""
     net = f"198.19.{third_octet}"
+    chosen = None if stack == SYSTEM else session_stack()
+    on = f", stack: {chosen[0]}" if chosen else ""
     lines = [f"name: {name}", "accelerator: auto",
              f"network: {{subnet: {net}.0/24, runner_address: {net}.1, guest_range: {net}.128/25}}",
-             "hosts:", f"  - {{name: hv1, address: {net}.11}}", f"  - {{name: hv2, address: {net}.12}}"]
+             "hosts:", f"  - {{name: hv1, address: {net}.11{on}}}", f"  - {{name: hv2, address: {net}.12{on}}}"]
+    if chosen:
+        lines.append("stacks: " + json.dumps({chosen[0]: chosen[1]}))  # JSON is YAML
     lines += [f"{k}: {v}" for k, v in extra.items()]
     path = tmp_path / f"{name}.yaml"
     path.write_text("\n".join(lines) + "\n")

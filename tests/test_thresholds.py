@@ -162,6 +162,23 @@ def test_no_excuse_without_the_oracle_evidence_or_outside_the_affected_stacks():
     assert judge([], QEMU_72_TCG, registry).state == "pass"
 
 
+def test_no_excuse_on_a_build_that_carries_the_defects_fix_as_a_backport():
+    """labs/fixed-qemu.yaml's QEMU says 7.2.22 but carries 03bfc2188f06: lost pages there are a new bug."""
+    fixed = Stack("7.2.22", "tcg", backports=frozenset({"03bfc2188f06"}))
+    assert judge([LOST], fixed, load_registry()).state == "fail"
+    other = Stack("7.2.22", "tcg", backports=frozenset({"db18dee7d7b0"}))
+    assert judge([LOST], other, load_registry()).defect.id == "QEMU-TCG-DIRTY-BITMAP"
+
+
+def test_a_build_stack_names_the_upstream_commits_its_patches_backport():
+    from lab.stacks.build import backported_commits
+
+    patches = sorted(str(p) for p in (ROOT / "labs" / "patches").glob("*.patch"))
+    assert backported_commits(patches) == ["03bfc2188f06"]
+    versions = {"qemu_version": "7.2.22", "backports": ["03bfc2188f06"]}  # a record's versions.<host>
+    assert Stack.of(versions, "tcg") == Stack("7.2.22", "tcg", backports=frozenset({"03bfc2188f06"}))
+
+
 def test_postcopy_downtime_absent_is_excused_only_before_qemu_8():
     seen = [Finding(Kind.DOWNTIME_ABSENT, "libvirt's downtime: absent")]
     registry = load_registry()

@@ -57,6 +57,13 @@ class Stack:
     qemu: str  # e.g. "7.2.22"
     accelerator: str  # kvm | tcg
     mode: str = "precopy"
+    backports: frozenset[str] = frozenset()  # upstream commits this QEMU carries beyond its version
+
+    @classmethod
+    def of(cls, versions: dict, accelerator: str, mode: str = "precopy") -> Stack:
+        """From a host's entry of host_versions() (what a record's `versions.<host>` holds)."""
+        return cls(versions.get("qemu_version", "unknown"), accelerator, mode,
+                   frozenset(versions.get("backports") or ()))
 
 
 class Upstream(BaseModel):
@@ -105,6 +112,9 @@ class KnownDefect(BaseModel):
         return f"{self.id}: {self.title}; fixed upstream by {u.commit} \"{u.subject}\" (QEMU {u.fixed_in})"
 
     def applies_to(self, stack: Stack) -> bool:
+        if self.upstream and any(c.startswith(self.upstream.commit) or self.upstream.commit.startswith(c)
+                                 for c in stack.backports):
+            return False  # its fix is in this build (a backport), whatever the version says
         try:
             in_range = Version(stack.qemu) in SpecifierSet(self.affects.qemu)
         except InvalidVersion:

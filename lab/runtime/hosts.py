@@ -54,6 +54,7 @@ class Host:
     ssh_config: Path | None = None  # client config with the lab's known_hosts, when the backend made one
     host_uuid: str = ""  # libvirt's host UUID, where the backend knows it
     stack: str = "system"  # the name of the QEMU + libvirt stack it runs (lab.yaml hosts[].stack)
+    backports: tuple[str, ...] = ()  # upstream commits its QEMU carries beyond its version (StackRecord.backports)
 
     @property
     def ssh_target(self) -> str:

@@ -99,7 +99,8 @@ class Lab:
             Host(name=h.name, address=h.address, ssh_user=h.ssh_user, ssh_key=Path(h.ssh_key or layout.key),
                  libvirt_uri=(f"qemu+ssh://{h.ssh_user}@{h.address}/system?keyfile={h.ssh_key or layout.key}"
                               f"&command={layout.ssh_wrapper}"),
-                 ssh_config=layout.ssh_config, host_uuid=h.host_uuid, stack=h.stack.name)
+                 ssh_config=layout.ssh_config, host_uuid=h.host_uuid, stack=h.stack.name,
+                 backports=tuple(h.stack.backports))
             for h in state.hosts
         )
         mode = state.storage or config.storage
@@ -117,7 +118,7 @@ class Lab:
         """The stack the lab gave `host`: name, source, exact package versions, where it came from."""
         stack = self.state.host(host.name).stack
         return {"name": stack.name, "source": stack.source, "qemu": stack.qemu, "libvirt": stack.libvirt,
-                "origin": stack.origin}
+                "origin": stack.origin, "backports": list(stack.backports)}
 
     def describe(self, healthy: bool = True, versions: bool = True) -> dict:
         hosts = []
@@ -149,4 +150,5 @@ def host_versions(host: Host) -> dict:
     fmt = lambda v: f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"  # noqa: E731
     build = re.search(r"\(([^)]*)\)", lines[1]) if len(lines) > 1 else None
     return {"stack": host.stack, "hostname": hostname, "libvirt_version": fmt(lib), "qemu_version": fmt(qemu),
-            "qemu_build": build[1] if build else "", "kernel": lines[0].strip() if lines else ""}
+            "qemu_build": build[1] if build else "", "backports": list(host.backports),
+            "kernel": lines[0].strip() if lines else ""}

@@ -32,6 +32,9 @@ class StackRecord(_Record):
     layers: list[str] = Field(default_factory=list)  # trees overlaid on /usr, topmost first; none for system
     binds: dict[str, str] = Field(default_factory=dict)  # tree dir -> /usr dir it replaces whole (module dirs)
     origin: str = ""  # e.g. "bookworm-backports at http://deb.debian.org/debian"
+    # Upstream commits its patches backport (a build stack's patch headers): a known defect they fix
+    # is not excused on this stack although its version is in the defect's range.
+    backports: list[str] = Field(default_factory=list)
 
     @property
     def key(self) -> str:

@@ -61,6 +61,17 @@ def recipe_digest(spec: StackSpec) -> str:
     return h.hexdigest()[:12]
 
 
+def backported_commits(patches: list[str]) -> list[str]:
+    """Upstream commits the patches say they backport: "... of upstream 03bfc2188f06 ..." in a patch's
+    header (the text before its first diff), the convention of labs/patches/."""
+    found: list[str] = []
+    for patch in patches:
+        header = re.split(r"^(?:diff |--- )", Path(patch).read_text(errors="replace"), maxsplit=1, flags=re.M)[0]
+        found += [c for c in re.findall(r"\bupstream\s+(?:commit\s+)?([0-9a-f]{12,40})\b", header, re.I)
+                  if c not in found]
+    return found
+
+
 def missing_build_deps() -> list[str]:
     missing = []
     for package in BUILD_DEPS:
@@ -95,7 +106,8 @@ def build_stack(name: str, spec: StackSpec, cache: StackCache, progress: Callabl
     version = entry.manifest["version"]
     return StackRecord(name=name, source="build", qemu=f"{version}+kvmlab.{digest}", libvirt=system_libvirt(),
                        qemu_upstream=upstream(version), layers=[str(entry.usr)],
-                       origin=f"QEMU {version} built from {suite}'s source with {len(spec.patches)} patch(es)")
+                       origin=f"QEMU {version} built from {suite}'s source with {len(spec.patches)} patch(es)",
+                       backports=backported_commits(spec.patches))
 
 
 def system_libvirt() -> str:

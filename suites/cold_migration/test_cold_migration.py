@@ -107,7 +107,7 @@ def test_live_and_cold_contrasted_on_the_same_guest(storage, lab, guest_factory,
     record({"kind": "live-migration", "scenario": f"contrast-{storage}", "oracle": after.oracle,
             "findings": [{"kind": f.kind.value, "text": f.text} for f in after.findings]})
     if after.findings:
-        settle(judge(after.findings, Stack(host_versions[src.name].get("qemu_version", "unknown"), lab.accelerator),
+        settle(judge(after.findings, Stack.of(host_versions[src.name], lab.accelerator),
                      known_defects))
     _wait_echo(prober, live.finished_ns)
     live_row = {"mode": "live", "interruption_s": _interruption_s(prober, live.started_ns),

@@ -102,8 +102,8 @@ def test_live_migration_across_stacks(direction, load, lab, stack_pair, pinned_m
             break  # the evidence is kept; the guest is left for the fixture to collect and remove
         remove_guest(lab, guest)  # one guest at a time on two cores: the next repetition's figures are its own
     threshold_findings, summaries = verdict(scenario, measurements, limits) if measurements else ([], {})
-    qemu_of_source = host_versions[src.name].get("qemu_version", "unknown")
-    outcome = judge(threshold_findings + findings, Stack(qemu_of_source, lab.accelerator, "precopy"), known_defects)
+    # The source's QEMU: lost pages are its dirty tracking.
+    outcome = judge(threshold_findings + findings, Stack.of(host_versions[src.name], lab.accelerator), known_defects)
     figures = {f"{probe}_downtime_ms_max": round(s.max, 1) for probe, s in summaries.items() if probe != "total_s"}
     if "total_s" in summaries:
         figures["total_s_max"] = round(summaries["total_s"].max, 2)

@@ -242,7 +242,7 @@ def test_patched_guest_live_migrates_and_the_destination_is_patched_after_arriva
     record({"kind": "live-migration", "scenario": "hotpatched-guest", "oracle": after.oracle,
             "findings": [{"kind": f.kind.value, "text": f.text} for f in after.findings]})
     if after.findings:
-        settle(judge(after.findings, Stack(host_versions[src.name].get("qemu_version", "unknown"), lab.accelerator),
+        settle(judge(after.findings, Stack.of(host_versions[src.name], lab.accelerator),
                      known_defects))
     assert_alive(guest, since, "the migration")
     dst_pid = qemu_pid(guest, dst, emulator=target.emulator)

@@ -69,8 +69,7 @@ def run_measured(lab, thresholds, repeat, host_versions, known_defects, record, 
         count = repeat * 2 if scenario.ping_pong else repeat
         measurements, findings = [], []
         src, dst = lab.hosts[0], lab.hosts[1]
-        stack = Stack(host_versions[src.name].get("qemu_version", "unknown"), lab.accelerator,
-                      scenario.params.mode)
+        stack = Stack.of(host_versions[src.name], lab.accelerator, scenario.params.mode)
         if scenario.dirty_mibs and scenario.params.mode == "precopy":  # postcopy runs on the destination at once
             outside = verify_from_outside(lab, guest, before, src, dst, scenario, record)
             findings += outside

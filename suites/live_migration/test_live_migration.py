@@ -65,7 +65,7 @@ def test_max_downtime_is_honoured_two_caps_far_apart(lab, guest_factory, measure
                 seen[name].append((float(downtime), int(iterations)))
             src, dst = dst, src
             if findings:
-                settle(judge(findings, Stack(host_versions[src.name].get("qemu_version", "unknown"), lab.accelerator),
+                settle(judge(findings, Stack.of(host_versions[src.name], lab.accelerator),
                              known_defects))
     low, high = (Summary.of([d for d, _ in seen[n]]) for n in ("low", "high"))
     low_it, high_it = (Summary.of([it for _, it in seen[n]]) for n in ("low", "high"))
