@@ -78,12 +78,12 @@ SCENARIOS = [
         "virDomainAbortJob while the source is paused for the switchover, before Finish: libvirt cancels, "
         "the source resumes the guest and the destination's domain is removed.",
         hold_switchover=True),
-    # Not here: a migration-network cut after the postcopy switch, recovered with POSTCOPY_RESUME. Seen on
-    # libvirt 9.0 / QEMU 7.2: the source pauses (post-copy failed) but the destination QEMU, which sets no
-    # TCP keepalive and whose only vCPU waits for a page, never notices; its libvirtd stays in Finish3
-    # holding the domain's job, so the migration call never returns and the resume is refused ("being
-    # actively monitored by another thread"). Even with the destination's socket ended by hand (ss -K),
-    # QEMU paused but libvirt kept Finish3 waiting. See docs/faults.md.
+    FaultScenario(
+        "postcopy-network-cut-resumed", "postcopy", "cut-migration", "destination",
+        "The migration connection is cut after the switch and held: TCP gives up on both sides (tcp_retries2, "
+        "~12.6 s), both QEMUs pause the postcopy migration (it cannot be cancelled: neither side has the whole "
+        "guest), libvirt reports it failed in post-copy on both hosts; once the network is back, "
+        "VIR_MIGRATE_POSTCOPY_RESUME completes it on the destination.", mode="postcopy"),
     FaultScenario(
         "postcopy-abort-job-resumed", "postcopy", "abort-postcopy", "destination",
         "virDomainAbortJob with VIR_DOMAIN_ABORT_JOB_POSTCOPY pauses a postcopy migration (it cannot be "
