@@ -29,7 +29,7 @@ def run_fault(lab, faults, host_versions, known_defects, record, test_report_dir
         outcome = case.run()
         result = outcome.run.result if outcome.run else None
         kept = collect(lab.hosts, guest.name, test_report_dir / "evidence", result)
-        stack = Stack(host_versions[lab.hosts[0].name].get("qemu_version", "unknown"), lab.accelerator, scenario.mode)
+        stack = Stack.of(host_versions[lab.hosts[0].name], lab.accelerator, scenario.mode)
         verdict = judge(outcome.findings, stack, known_defects)
         doc = outcome.record()
         doc.update(verdict=verdict.as_record(), evidence=[str(p) for p in kept],
