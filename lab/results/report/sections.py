@@ -35,6 +35,7 @@ def _hosts(run: RunData) -> list[dict]:
             names.append(host)
             stack = {k: v.get(key) for k, key in VERSION_KEYS}
             stack.update(accelerator=v.get("accelerator"), build=v.get("qemu_build") or None,
+                         backports=", ".join(v.get("backports") or []) or None,
                          stack=_stack_label(v.get("stack"), (facts_hosts.get(host) or {}).get("stack")))
             if stack not in stacks.setdefault(host, []):
                 stacks[host].append(stack)
@@ -44,7 +45,7 @@ def _hosts(run: RunData) -> list[dict]:
         detail = fact.get("stack") if isinstance(fact.get("stack"), dict) else {}
         # No record named this host's versions: what lab.json says of its stack (exact versions when pinned)
         seen = stacks.get(name) or [{"qemu": detail.get("qemu") or None, "libvirt": detail.get("libvirt") or None,
-                                     "kernel": None, "build": None, "accelerator": None,
+                                     "kernel": None, "build": None, "backports": None, "accelerator": None,
                                      "stack": _stack_label(fact.get("stack"), detail)}]
         for stack in seen:
             stack["accelerator"] = stack.get("accelerator") or fact.get("accelerator") or run.facts.get("accelerator")
