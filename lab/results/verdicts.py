@@ -9,6 +9,7 @@ next to a known defect still fails. The registry is data: known_defects.yaml.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -98,6 +99,19 @@ class KnownDefect(BaseModel):
     affects: Affects
     evidence: list[Kind]  # at least one of these findings must be there: the defect's own signature
     explains: list[Kind]  # every finding must be of one of these kinds
+    # A regular expression one evidence finding's text must match: the defect's own words (e.g. QEMU's
+    # assertion message in the log the finding quotes), where a kind alone would excuse too much.
+    signature: str | None = None
+
+    @field_validator("signature")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _a_fix_or_by_design(self) -> KnownDefect:
@@ -110,6 +124,11 @@ class KnownDefect(BaseModel):
         if u is None:
             return f"{self.id}: {self.title}; by design ({self.by_design})"
         return f"{self.id}: {self.title}; fixed upstream by {u.commit} \"{u.subject}\" (QEMU {u.fixed_in})"
+
+    def shown_by(self, findings: tuple[Finding, ...]) -> bool:
+        """Its evidence is among the findings: a finding of an evidence kind (matching the signature, if any)."""
+        return any(f.kind in self.evidence and (self.signature is None or re.search(self.signature, f.text))
+                   for f in findings)
 
     def applies_to(self, stack: Stack) -> bool:
         if self.upstream and any(c.startswith(self.upstream.commit) or self.upstream.commit.startswith(c)
@@ -159,9 +178,9 @@ def judge(findings: list[Finding], stack: Stack, registry: Registry) -> Verdict:
     for defect in registry.defects:
         if not defect.applies_to(stack):
             continue
-        if kinds & set(defect.evidence) and kinds <= set(defect.explains):
+        if defect.shown_by(found) and kinds <= set(defect.explains):
             return Verdict("excused", found, defect, f"excused by {defect.reference()}")
-    candidates = [d.id for d in registry.defects if d.applies_to(stack) and kinds & set(d.evidence)]
+    candidates = [d.id for d in registry.defects if d.applies_to(stack) and d.shown_by(found)]
     unexplained = sorted(k.value for k in kinds)
     why = f"{len(found)} finding(s) of kind {', '.join(unexplained)}"
     if candidates:

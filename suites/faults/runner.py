@@ -38,6 +38,7 @@ class FaultOutcome:
     run: FaultRun | None = None
     findings: list[Finding] = field(default_factory=list)
     ended_on: str = ""  # the host the guest runs on after recovery, or "" (lost)
+    expected: str = ""  # where it had to end: the scenario's expect, or libvirt's answer's for "answer"
     states: dict = field(default_factory=dict)  # host -> libvirt's state of the domain after the fault
     settings_changed: list[str] = field(default_factory=list)
     second_migration: dict = field(default_factory=dict)
@@ -46,7 +47,7 @@ class FaultOutcome:
     def record(self) -> dict:
         s = self.scenario
         return {"kind": "fault", "scenario": s.id, "point": s.point, "fault": s.fault, "mode": s.mode,
-                "expected": s.expect, "documented": s.documented, "ended_on": self.ended_on,
+                "expected": self.expected or s.expect, "documented": s.documented, "ended_on": self.ended_on,
                 "domain_states": self.states, "migration_settings_changed": self.settings_changed,
                 "second_migration": self.second_migration, "oracle": self.oracle,
                 "detection_s": self.run.detection_s if self.run else None,
@@ -216,12 +217,16 @@ class FaultCase:
 
     def _check_one_host(self, run: FaultRun, out: FaultOutcome, before: Fingerprint, settings_before: dict) -> None:
         s, guest, hosts = self.scenario, self.guest, self.lab.hosts
-        expected = self.src if s.expect == "source" else self.dst
         result = run.result
-        if s.expect == "source" and result.ok:
+        # "answer": libvirt's answer decides (an abort that came after QEMU completed the stream is too late:
+        # libvirt's Finish completes the migration, and the call says so).
+        expect = s.expect if s.expect != "answer" else ("destination" if result.ok else "source")
+        out.expected = expect
+        expected = self.src if expect == "source" else self.dst
+        if expect == "source" and result.ok:
             out.findings.append(Finding(Kind.INVARIANT, f"{s.id}: libvirt reported success for a migration that "
                                                         "must have failed"))
-        if s.expect == "destination" and s.mode == "precopy" and not result.ok:
+        if expect == "destination" and s.mode == "precopy" and not result.ok:
             out.findings.append(Finding(Kind.MIGRATION_FAILED, f"{s.id}: the migration failed: {result.error}"))
         where = wait_recovered(run, guest, hosts, RECOVERY_TIMEOUT_S)
         out.states = {h.name: state_text(domain_state(h, guest.name)) for h in hosts}
@@ -236,12 +241,12 @@ class FaultCase:
         else:
             out.findings += after.findings
             out.oracle = after.oracle
-        failing = self.dst if s.expect == "source" else self.src
+        failing = self.dst if expect == "source" else self.src
         state = domain_state(failing, guest.name)
         if state[0] not in (None, libvirt.VIR_DOMAIN_SHUTOFF):
             out.findings.append(Finding(Kind.SPLIT_BRAIN if state[0] == libvirt.VIR_DOMAIN_RUNNING else Kind.INVARIANT,
                                         f"{s.id}: {failing.name} still has the domain, {state_text(state)}"))
-        if s.expect == "source" and where is not None and where.name == self.src.name:
+        if expect == "source" and where is not None and where.name == self.src.name:
             out.settings_changed = settings_changed(settings_before, migration_settings(self.src, guest.name))
             if out.settings_changed:
                 out.findings.append(Finding(Kind.INVARIANT, "the source QEMU's migration settings were not put back: "

@@ -8,6 +8,8 @@ Where the guest must end:
   incoming domain is removed).
 - "destination": the migration completes (a short cut TCP rides out), or a postcopy migration is
   recovered with VIR_MIGRATE_POSTCOPY_RESUME (libvirt >= 8.5).
+- "answer": where libvirt's answer says (an abort that may come too late: the call failed, the source; it
+  succeeded, the destination).
 - "lost": QEMU documents that after the postcopy switch neither side holds the whole guest: losing
   the destination loses the guest. Both sides must say so; nothing may claim success.
 """
@@ -26,7 +28,7 @@ class FaultScenario:
     id: str
     point: str  # lab.migration.fault_run.POINTS
     fault: str  # runner.INJECT
-    expect: str  # source | destination | lost
+    expect: str  # source | destination | answer | lost
     documented: str
     mode: str = "precopy"
     hold_switchover: bool = False  # keep the source's switchover pause open (runner.hold_switchover)
@@ -74,9 +76,12 @@ SCENARIOS = [
         "virDomainAbortJob during precopy cancels the migration: 'canceled by client', the guest keeps "
         "running on the source, the destination's domain is removed.", smoke=True),
     FaultScenario(
-        "switchover-abort-job", "switchover", "abort", "source",
-        "virDomainAbortJob while the source is paused for the switchover, before Finish: libvirt cancels, "
-        "the source resumes the guest and the destination's domain is removed.",
+        "switchover-abort-job", "switchover", "abort", "answer",
+        "virDomainAbortJob while the source is paused for the switchover: libvirt aborts 'at the soonest "
+        "opportunity'. While QEMU still streams (pre-switchover, device state) it cancels: 'canceled by client', "
+        "the source resumes the guest, the destination's domain is removed. Once QEMU has completed the stream "
+        "the abort is too late: QEMU has nothing to cancel, libvirt's Finish completes the migration and the "
+        "call succeeds. Either way the guest runs on exactly the host libvirt's answer names.",
         hold_switchover=True),
     FaultScenario(
         "postcopy-network-cut-resumed", "postcopy", "cut-migration", "destination",

@@ -1,0 +1,30 @@
+"""A known defect with a signature excuses only findings that carry its own words (known_defects.yaml)."""
+import pytest
+
+from lab.results.verdicts import Finding, Kind, Stack, judge, load_registry
+
+ASSERTION = ("the second migration hv1 -> hv2 failed: End of file while reading data: : Input/output error; "
+             "hv1's QEMU log ends: qemu-system-x86_64: ../../block.c:6681: bdrv_inactivate_recurse: Assertion "
+             "`!(bs->open_flags & BDRV_O_INACTIVE)' failed. | 2026-11-30 12:35:10.195+0000: shutting down, reason=crashed")
+
+
+def test_the_block_inactivation_crash_is_excused_before_qemu_10_with_its_upstream_fix():
+    verdict = judge([Finding(Kind.MIGRATION_FAILED, ASSERTION)], Stack("7.2.22", "tcg"), load_registry())
+    assert verdict.state == "excused" and verdict.defect.id == "QEMU-CANCEL-LEAVES-DISKS-INACTIVE"
+    assert "8597af76153a" in verdict.why
+
+
+@pytest.mark.parametrize("text, qemu", [
+    ("the second migration hv1 -> hv2 failed: End of file while reading data: : Input/output error", "7.2.22"),
+    (ASSERTION, "10.0.2"),
+])
+def test_a_migration_failure_without_the_signature_or_on_a_fixed_qemu_fails(text, qemu):
+    assert judge([Finding(Kind.MIGRATION_FAILED, text)], Stack(qemu, "tcg"), load_registry()).state == "fail"
+
+
+def test_a_signature_that_is_not_a_regular_expression_is_refused(tmp_path):
+    bad = tmp_path / "defects.yaml"
+    bad.write_text("defects:\n  - {id: X, title: t, by_design: d, affects: {qemu: '>=0'}, evidence: [migration-failed],"
+                   " explains: [migration-failed], signature: 'a(b'}\n")
+    with pytest.raises(Exception, match="signature"):
+        load_registry(bad)
