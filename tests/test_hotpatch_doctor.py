@@ -85,8 +85,12 @@ KIND_CASES = [
                  "struct-layout", "counter", id="struct-layout"),
     pytest.param("program.c", "int scale(int v, int k)\n{", "int scale(int v, long k)\n{", "not-a-function-change",
                  "parameters", "scale", id="parameters"),
+    pytest.param("program.c", "static inline int add_one(int x)", "static inline int add_one(long x)",
+                 "not-a-function-change", "parameters", "add_one", id="parameters-static"),
     pytest.param("program.c", "#define PAUSE_SECONDS 1", "#define PAUSE_SECONDS 2", "not-a-function-change",
-                 "macro", "PAUSE_SECONDS", id="macro"),
+                 "macro", "PAUSE_SECONDS", id="macro-used-in-an-endless-loop"),
+    pytest.param("program.c", "#define WEIGHT 2", "#define WEIGHT 3", "not-a-function-change", "macro", "WEIGHT",
+                 id="macro"),
     pytest.param("shapes.h", "#define SCALE_DEFAULT 3", "#define SCALE_DEFAULT 4", "not-a-function-change",
                  "header", "shapes.h", id="header"),
 ]
@@ -94,8 +98,10 @@ CLEAN = ("program.c", "    return v * k;", "    return v * k + 1;")
 # Findings that do not make the patch ineffective: add_one's only caller, compute, is patchable itself, and
 # libcare-patch-make replaces it with add_one (its code changed).
 # recursive and noreturn functions are entered anew by each call (shown with libcareplus on QEMU).
+# A static function's parameters and a macro used by compute only: compute is replaced too (patchable).
 WARNINGS = {("inline", "", "add_one"), ("recursive", "", "fibonacci"), ("recursive", "", "is_even"),
-            ("never-returns", "noreturn", "die"),
+            ("never-returns", "noreturn", "die"), ("not-a-function-change", "parameters", "add_one"),
+            ("not-a-function-change", "macro", "WEIGHT"),
             ("not-a-function-change", "static-data", "scale")}  # a new static lives in the patch (shown loading)
 
 
@@ -111,6 +117,21 @@ def test_doctor_names_the_kind(program, tmp_path, file, old, new, kind, detail, 
     assert finding.evidence and finding.faq and finding.remedy
     assert finding.ineffective == ((kind, detail, subject) not in WARNINGS), report.text()
     assert report.ineffective == any(f.ineffective for f in report.findings)
+
+
+@pytest.mark.parametrize("old, new, replaced", [
+    pytest.param("return x + 1;", "return x + 2;", ["compute"], id="inline-caller"),
+    pytest.param("static inline int add_one(int x)", "static inline int add_one(long x)", ["compute"],
+                 id="static-parameters-caller"),
+    pytest.param("#define WEIGHT 2", "#define WEIGHT 3", ["compute"], id="macro-user"),
+    pytest.param("#define PAUSE_SECONDS 1", "#define PAUSE_SECONDS 2", ["serve_forever"], id="macro-user-blocked"),
+    pytest.param("    return v * k;", "    v += 1;\n    return v * k;", ["checked", "scale"], id="moved-line-user"),
+])
+def test_what_the_kpatch_replaces(program, tmp_path, old, new, replaced):
+    """The unedited functions whose code changes with the patch are named (libcare-patch-make replaces them)."""
+    report = diagnose(make_patch(program, "program.c", old, new, tmp_path / "r.patch"), program / "program")
+    assert report.replaced() == replaced, report.text()
+    assert report.as_dict()["replaced"] == replaced
 
 
 def test_a_plain_body_change_has_no_finding(program, tmp_path):

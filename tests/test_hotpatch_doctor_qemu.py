@@ -73,14 +73,29 @@ KIND_CASES = [
     pytest.param("doctor/struct-layout-rcu_drain.patch", "not-a-function-change", "struct-layout", "rcu_drain",
                  id="struct-layout"),
     pytest.param("doctor/parameters-qmp_caps_accept.patch", "not-a-function-change", "parameters",
-                 "qmp_caps_accept", id="parameters"),
+                 "qmp_caps_accept", id="parameters-const-only"),
+    pytest.param("doctor/parameters-static-qmp_caps_accept.patch", "not-a-function-change", "parameters",
+                 "qmp_caps_accept", id="parameters-static"),
     pytest.param("doctor/macro-RCU_CALL_MIN_SIZE.patch", "not-a-function-change", "macro", "RCU_CALL_MIN_SIZE",
                  id="macro"),
     pytest.param("doctor/header-rcu_reader_data.patch", "not-a-function-change", "header", "include/qemu/rcu.h",
                  id="header"),
-    pytest.param("tiny-object_property_allow_set_link.patch", "not-a-function-change", "line-macro", "qom/object.c",
+    pytest.param("doctor/line-macro-call_rcu_thread.patch", "not-a-function-change", "line-macro", "util/rcu.c",
+                 id="line-macro-moves-call_rcu_thread"),
+    pytest.param("doctor/line-macro-rcu_register_thread.patch", "not-a-function-change", "line-macro", "util/rcu.c",
                  id="line-macro"),
+    pytest.param("tiny-object_property_allow_set_link.patch", "not-a-function-change", "line-macro", "qom/object.c",
+                 id="line-macro-error_set"),
 ]
+# Warnings, each shown to load and work by suites/hotpatch/test_doctor_outcomes.py: qmp_caps_accept's one caller is
+# patched with it; to_json and expr_error are entered anew by each call; a new static lives in the patch; functions
+# whose __LINE__ moved are replaced too (none of them a thread's loop).
+WARNINGS = {("inline", ""), ("recursive", ""), ("never-returns", "noreturn")}
+WARNING_CASES = {("doctor/static-data-qmp_query_version.patch", "static-data"),
+                 ("doctor/parameters-static-qmp_caps_accept.patch", "parameters"),
+                 ("doctor/line-macro-rcu_register_thread.patch", "line-macro"),
+                 ("doctor/struct-layout-rcu_drain.patch", "line-macro"),
+                 ("tiny-object_property_allow_set_link.patch", "line-macro")}
 
 
 @pytest.mark.parametrize("patch, kind, detail, subject", KIND_CASES)
@@ -89,11 +104,29 @@ def test_doctor_names_the_kind_in_qemu(qemu, qemu_debug, patch, kind, detail, su
     found = [f for f in report.findings if (f.kind, f.detail, f.function) == (kind, detail, subject)]
     assert found, report.text()
     assert found[0].evidence and found[0].remedy and found[0].faq
-    # Warnings, each shown to load and work by suites/hotpatch/test_doctor_outcomes.py: qmp_caps_accept's one
-    # caller is patched with it; to_json and expr_error are entered anew by each call.
-    warnings = {("inline", ""), ("recursive", ""), ("never-returns", "noreturn"), ("not-a-function-change", "line-macro")}
-    new_static = patch.startswith("doctor/static-data-qmp_query_version")  # lives in the patch (shown loading)
-    assert found[0].ineffective == ((kind, detail) not in warnings and not new_static)
+    assert found[0].ineffective == ((kind, detail) not in WARNINGS and (patch, detail) not in WARNING_CASES)
+
+
+# What libcare-patch-make's kpatch replaced (its .kpatch.strtab), in suites/hotpatch/test_doctor_outcomes.py.
+RCU_LOCK_USERS = ["rcu_add_force_rcu_notifier", "rcu_init_lock", "rcu_init_unlock", "rcu_register_thread",
+                  "rcu_remove_force_rcu_notifier", "rcu_unregister_thread"]
+
+
+@pytest.mark.parametrize("patch, replaced", [
+    pytest.param("doctor/inline-qmp_caps_accept.patch", ["qmp_qmp_capabilities"], id="inline"),
+    pytest.param("doctor/parameters-static-qmp_caps_accept.patch", ["qmp_qmp_capabilities"], id="parameters-static"),
+    pytest.param("doctor/macro-RCU_CALL_MIN_SIZE.patch", ["call_rcu_thread"], id="macro"),
+    pytest.param("doctor/line-macro-call_rcu_thread.patch",
+                 sorted(["call_rcu_thread", "drain_call_rcu", *RCU_LOCK_USERS]), id="line-macro-above-the-thread"),
+    pytest.param("doctor/line-macro-rcu_register_thread.patch", RCU_LOCK_USERS, id="line-macro"),
+    pytest.param("doctor/struct-layout-rcu_drain.patch", sorted(["drain_call_rcu", *RCU_LOCK_USERS]),
+                 id="struct-layout-and-moved-lines"),
+    # qmp_query_commands' assert() and qmp_query_qmp_schema's g_assert() move too: kpatch_gensrc matches those
+    pytest.param("doctor/static-data-qmp_query_version.patch", ["qmp_query_version"], id="moved-asserts-only"),
+])
+def test_doctor_names_what_the_kpatch_replaced(qemu, qemu_debug, patch, replaced):
+    report = diagnose(PATCHES / patch, qemu, debug=qemu_debug)
+    assert report.replaced() == replaced, report.text()
 
 
 def test_a_plain_change_to_qemu_has_no_finding(qemu, qemu_debug):

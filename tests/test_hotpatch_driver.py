@@ -524,6 +524,12 @@ def test_other_build_outcomes_are_told_apart():
     assert diagnose_build(nothing).kind == "no-change"
     broken = "../monitor/qmp-cmds-control.c:104:5: error: expected ';' before 'return'\n"
     assert "the build failed" in diagnose_build(broken).verdict
+    # kpatch_gensrc refusing a unit fails its compile step: libcare's own words are the verdict
+    refused = "[17/678] Compiling C object libqemuutil.a.p/util_rcu.c.o\nFAILED: libqemuutil.a.p/util_rcu.c.o \n" \
+              "FATAL! Variables co_tls_rcu_reader (line 929) and co_tls_rcu_reader (line 929) don't match\n"
+    assert diagnose_build(refused).verdict == (
+        "libcare-patch-make refused the change: FATAL! Variables co_tls_rcu_reader (line 929) and "
+        "co_tls_rcu_reader (line 929) don't match")
 
 
 # -- protecting the host's cc -------------------------------------------------

@@ -2,8 +2,8 @@
 of evidence behind it and the remedy (`Diagnosis`), for the FAQ's two classic failures,
 a patch that cannot be loaded (buildID mismatch) and one that cannot take effect (the
 function is always on a thread's stack, or shorter than the 5-byte jump), and for the
-plainer ones (a patch that does not apply, a failed compile, no change). `HotpatchFailed`
-carries the diagnosis to the caller.
+plainer ones (a patch that does not apply, a change kpatch_gensrc refuses with FATAL!, a
+failed compile, no change). `HotpatchFailed` carries the diagnosis to the caller.
 """
 from __future__ import annotations
 
@@ -136,6 +136,10 @@ def diagnose_build(log_text: str, symbolize: Symbolizer | None = None,
     if rejected:
         return Diagnosis("failed", f"the patch does not apply to this source: {rejected[0].strip()}",
                          tuple(applied + rejected))
+    fatal = [ln.strip() for ln in lines if ln.startswith("FATAL!")]  # kpatch_gensrc refusing a unit
+    if fatal:
+        return Diagnosis("failed", f"libcare-patch-make refused the change: {fatal[0]}",
+                         tuple(dict.fromkeys(fatal)))
     compile_err = [ln for ln in lines if re.search(r"error:|\*\*\* \[|FAILED: ", ln)]
     if compile_err:
         return Diagnosis("failed", f"the build failed: {compile_err[0].strip()}", tuple(compile_err[:5]))

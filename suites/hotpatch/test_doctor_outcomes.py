@@ -5,8 +5,13 @@ kpatch made by libcare-patch-make and loaded with libcare-ctl into a QEMU of tha
 running on this machine (no guest, no lab: `-machine none -S -qmp stdio`), and what
 happened. Shown so far: inline (its caller is patched with it: works), recursive and noreturn
 (entered anew by each call: work), a thread's endless loop (refused by the safety check),
-initialization (loads, never runs again). Without libcareplus every test skips, saying how to get it; the doctor's own
-tests (tests/test_hotpatch_doctor*.py) still run.
+initialization (loads, never runs again), data (changed variables refused at build time),
+and the changes that are not function changes: a static function's parameters (its caller is
+patched with it: works; a const alone changes no code: no kpatch), a header (refused at build
+time), a macro and moved __LINE__ constants (the functions using them are replaced: exactly those
+the doctor names, read from the kpatch; refused when one is a thread's endless loop). Without
+libcareplus every test skips, saying how to get it; the doctor's own tests
+(tests/test_hotpatch_doctor*.py) still run.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from lab.errors import HotpatchError
 from lab.hotpatch.diagnosis import HotpatchFailed
 from lab.hotpatch.doctor.command import qemu_binary
 from lab.hotpatch.doctor.doctor import diagnose
+from lab.hotpatch.kpatch import replaced_functions
 from lab.hotpatch.kpatch_cache import ensure_kpatch
 from lab.hotpatch.qemu_build import ensure_qemu_build
 from lab.util.process import terminate
@@ -77,6 +83,30 @@ def kpatch_for(target, libcare, build_progress, patch_id: str, patch: str) -> st
                          progress=build_progress).kpatch_paths[0]
 
 
+def build_and_load(libcare, target, build_progress, qemu: StdioQemu, patch_id: str,
+                   patch: str) -> tuple[str, list[str]]:
+    """What libcareplus does with the patch ("no kpatch: KIND: why", "refused on load: KIND: why" or
+    "loads (N hunk(s))") and the functions its kpatch replaces."""
+    try:
+        path = kpatch_for(target, libcare, build_progress, patch_id, patch)
+    except HotpatchFailed as exc:
+        return f"no kpatch: {exc.diagnosis.kind}: {exc.diagnosis.verdict}", []
+    replaced = replaced_functions(path)
+    try:
+        result = libcare.apply(qemu.pid, path)
+    except HotpatchFailed as exc:
+        return f"refused on load: {exc.diagnosis.kind}: {exc.diagnosis.verdict}", replaced
+    return f"loads ({result.hunks} hunk(s))", replaced
+
+
+def unpatched_oob_answer(target) -> str:
+    unpatched = StdioQemu(target.emulator)
+    try:
+        return oob_answer(unpatched)
+    finally:
+        unpatched.close()
+
+
 def oob_answer(qemu: StdioQemu) -> str:
     """Negotiate with oob enabled, then run a command out of band: what QEMU says to it."""
     assert "return" in qemu.ask(OOB)
@@ -88,13 +118,11 @@ def test_inline_change_outcome(libcare, target, doctor_binary, build_progress, q
     patch = "doctor/inline-qmp_caps_accept.patch"
     report = diagnose(PATCHES / patch, doctor_binary)
     assert "inline" in report.kinds(), report.text()
-    unpatched = StdioQemu(target.emulator)
-    try:
-        before = oob_answer(unpatched)
-    finally:
-        unpatched.close()
+    before = unpatched_oob_answer(target)
     assert before.startswith("migrate-pause is currently only supported")  # oob on: the command itself ran
-    result = libcare.apply(qemu_process.pid, kpatch_for(target, libcare, build_progress, "dinl", patch))
+    path = kpatch_for(target, libcare, build_progress, "dinl", patch)
+    assert replaced_functions(path) == report.replaced() == ["qmp_qmp_capabilities"], report.replaced()
+    result = libcare.apply(qemu_process.pid, path)
     after = oob_answer(qemu_process)
     record({"kind": "hotpatch-doctor-outcome", "case": "inline", "doctor": sorted(report.kinds()),
             "applied_hunks": result.hunks, "before": before, "after": after})
@@ -202,8 +230,8 @@ def test_a_built_kpatch_is_checked_for_its_buildid(libcare, target, doctor_binar
 
 
 @pytest.mark.parametrize("patch_id, patch, detail, outcome", [
-    pytest.param("dglob", "doctor/global-data-default_fmt_size.patch", "global-data", "refused", id="global-data"),
-    pytest.param("dstch", "doctor/static-data-restore_boot_order.patch", "static-data", "refused",
+    pytest.param("dglob", "doctor/global-data-default_fmt_size.patch", "global-data", "no kpatch", id="global-data"),
+    pytest.param("dstch", "doctor/static-data-restore_boot_order.patch", "static-data", "no kpatch",
                  id="static-data-changed"),
     pytest.param("dstat", "doctor/static-data-qmp_query_version.patch", "static-data", "loads", id="static-data-new"),
     pytest.param("dstru", "doctor/struct-layout-rcu_drain.patch", "struct-layout", "loads", id="struct-layout"),
@@ -216,16 +244,79 @@ def test_data_change_outcome(libcare, target, doctor_binary, build_progress, qem
     (it cannot see where live objects of the old layout are), and only warns of the new static."""
     report = diagnose(PATCHES / patch, doctor_binary)
     finding = next(f for f in report.findings if f.detail == detail)
-    try:
-        result = libcare.apply(qemu_process.pid, kpatch_for(target, libcare, build_progress, patch_id, patch))
-        seen = f"loads ({result.hunks} hunk(s))"
-    except HotpatchFailed as exc:
-        seen = f"refused: {exc.diagnosis.verdict}"
+    seen, replaced = build_and_load(libcare, target, build_progress, qemu_process, patch_id, patch)
     record({"kind": "hotpatch-doctor-outcome", "case": detail, "doctor_ineffective": finding.ineffective,
-            "outcome": seen})
+            "outcome": seen, "replaced": replaced, "doctor_replaced": report.replaced()})
     assert seen.startswith(outcome), seen
-    if outcome == "refused":
-        # "FATAL! Variables X and X don't match" / "FATAL! Variable X.5 was removed or changed?"
-        assert finding.ineffective and "FATAL! Variable" in next(target.build.dir.glob(
-            f"kpatches/{patch_id}-*/libcare-patch-make.log")).read_text()
+    if replaced:  # the struct's user and the functions whose __LINE__ moved; assert() users are not among them
+        assert sorted(replaced) == report.replaced(), (replaced, report.text())
+    if outcome == "no kpatch":
+        assert finding.ineffective and "FATAL! Variable" in seen, seen
     assert "return" in qemu_process.ask({"execute": "qmp_capabilities"})  # QEMU still answers
+
+
+def test_static_parameters_change_outcome(libcare, target, doctor_binary, build_progress, qemu_process, record):
+    """qmp_caps_accept gains a parameter; its one caller, in the same file, carries its inlined copy and passes
+    the new argument: libcare-patch-make replaces that caller, and the change takes effect, as the doctor's
+    warning says."""
+    patch = "doctor/parameters-static-qmp_caps_accept.patch"
+    report = diagnose(PATCHES / patch, doctor_binary, pid=qemu_process.pid)
+    finding = next(f for f in report.findings if f.detail == "parameters")
+    before = unpatched_oob_answer(target)
+    seen, replaced = build_and_load(libcare, target, build_progress, qemu_process, "dpsta", patch)
+    after = oob_answer(qemu_process)
+    record({"kind": "hotpatch-doctor-outcome", "case": "parameters-static", "doctor_ineffective": finding.ineffective,
+            "doctor_replaced": report.replaced(), "outcome": seen, "replaced": replaced, "before": before,
+            "after": after})
+    assert seen.startswith("loads") and not finding.ineffective, (seen, report.text())
+    assert replaced == report.replaced() == ["qmp_qmp_capabilities"], (replaced, report.text())
+    assert before.startswith("migrate-pause is currently only supported")
+    assert after == "QMP input member 'exec-oob' is unexpected", after
+
+
+# test id: (kpatch id, patch, the doctor's finding, what libcareplus does: the start of build_and_load's answer)
+NOT_A_FUNCTION_CHANGE = {
+    "parameters-const-only": ("dpar", "doctor/parameters-qmp_caps_accept.patch", "parameters",
+                              "no kpatch: no-change"),
+    "header-struct-in-thread-local": (
+        "dhdr", "doctor/header-rcu_reader_data.patch", "header",
+        "no kpatch: failed: libcare-patch-make refused the change: FATAL! Variables co_tls_rcu_reader"),
+    "macro-used-by-call_rcu_thread": ("dmac", "doctor/macro-RCU_CALL_MIN_SIZE.patch", "macro",
+                                      "refused on load: unsafe-on-stack"),
+    "line-macro-moves-call_rcu_thread": ("dlnt", "doctor/line-macro-call_rcu_thread.patch", "line-macro",
+                                         "refused on load: unsafe-on-stack"),
+    "line-macro-moves-rcu_register_thread": ("dlnr", "doctor/line-macro-rcu_register_thread.patch", "line-macro",
+                                             "loads"),
+}
+
+
+@pytest.mark.parametrize("patch_id, patch, detail, outcome", list(NOT_A_FUNCTION_CHANGE.values()),
+                         ids=list(NOT_A_FUNCTION_CHANGE))
+def test_not_a_function_change_outcome(libcare, target, doctor_binary, build_progress, qemu_process, record,
+                                       patch_id, patch, detail, outcome):
+    """A const added to a parameter changes no code (no kpatch); a member added to the struct of the thread-local
+    rcu_reader changes a variable (kpatch_gensrc refuses it); RCU_CALL_MIN_SIZE is used only by call_rcu_thread,
+    and a comment line above call_rcu_thread moves the __LINE__ its qemu_mutex_lock_iothread() passes: both
+    replace it, and the safety check finds the call_rcu thread in it; the same line further down moves only
+    functions no thread lives in: it loads, and nothing changes (an iothread added afterwards registers with RCU
+    through the replaced rcu_register_thread). The doctor names exactly what the kpatch replaces."""
+    report = diagnose(PATCHES / patch, doctor_binary, pid=qemu_process.pid)
+    finding = next(f for f in report.findings if f.detail == detail)
+    seen, replaced = build_and_load(libcare, target, build_progress, qemu_process, patch_id, patch)
+    record({"kind": "hotpatch-doctor-outcome", "case": detail, "patch": patch,
+            "doctor_ineffective": finding.ineffective,
+            "doctor_replaced": report.replaced(), "outcome": seen, "replaced": replaced})
+    assert seen.startswith(outcome), seen
+    assert finding.ineffective == (not outcome.startswith("loads")), report.text()
+    if replaced:
+        assert sorted(replaced) == report.replaced(), (replaced, report.text())
+    assert "return" in qemu_process.ask({"execute": "qmp_capabilities"})  # QEMU still answers
+    if "unsafe-on-stack" in outcome:
+        assert "call_rcu_thread" in seen and libcare.info(qemu_process.pid) == []
+        assert ("on-stack", "call_rcu_thread") in {(f.detail, f.function) for f in report.findings}, report.text()
+    if outcome.startswith("loads"):
+        assert [a.patch_ids for a in libcare.info(qemu_process.pid)] == [(patch_id,)]
+        iothread = {"qom-type": "iothread", "id": "doctor-io"}
+        assert "return" in qemu_process.ask({"execute": "object-add", "arguments": iothread})
+        assert [t["id"] for t in qemu_process.ask({"execute": "query-iothreads"})["return"]] == ["doctor-io"]
+        assert "return" in qemu_process.ask({"execute": "object-del", "arguments": {"id": "doctor-io"}})

@@ -71,28 +71,49 @@ def inline_finding(located: Located, caller_findings: list[Finding]) -> Finding 
                         *[f"caller {f.function}: {f.kind}{'/' + f.detail if f.detail else ''}: {f.summary}"
                           for f in caller_findings]],
                        remedy=f"change the code {', '.join(blocked)} calls instead, or mark {facts.name} noinline "
-                              "in the original build")
+                              "in the original build", replaced_too=callers)
     return Finding("inline", facts.name, f"{facts.name} is inlined into {', '.join(callers)} ({count}); {outline}; "
                    "libcare-patch-make patches those callers with it (their code changes), and none of them is "
                    "flagged", [f"DW_AT_inline {facts.inline_attr} on DW_TAG_subprogram <0x{facts.die_offset:x}>",
                                *copies],
                    remedy=f"nothing to do if {', '.join(callers)} may be replaced too; check them with --pid on the "
-                          "running QEMU", ineffective=False)
+                          "running QEMU", ineffective=False, replaced_too=callers)
 
 
 def caller_findings(located: Located, unit: UnitFacts, code: MachineCode,
                     symbols: list[tuple[int, int, str]]) -> list[Finding]:
     """What makes the callers carrying an inlined copy of the function unpatchable themselves."""
+    callers = sorted({c for c, _addr in located.facts.inlined_into} - {located.facts.name})
+    return blocking_findings(callers, unit, code, symbols)
+
+
+def blocking_findings(names: list[str], unit: UnitFacts, code: MachineCode, symbols: list[tuple[int, int, str]], *,
+                      behaviour: bool = True) -> list[Finding]:
+    """What makes functions replaced along with a change unpatchable (ineffective findings only). `behaviour`
+    False: their code changes but not what they do (a line constant), so running only at start-up is harmless."""
     out = []
-    for caller in sorted({c for c, _addr in located.facts.inlined_into} - {located.facts.name}):
-        facts = unit.function(caller)
+    for name in names:
+        facts = unit.function(name)
         if facts is None:
             continue
         where = locate(facts, symbols)
-        out += [f for f in (too_small_finding(where), recursion_finding(where, code, symbols),
-                            *never_returns_findings(where, code, unit, symbols),
-                            init_finding(where, code, unit, symbols)) if f is not None and f.ineffective]
+        checks = [too_small_finding(where), recursion_finding(where, code, symbols),
+                  *never_returns_findings(where, code, unit, symbols)]
+        if behaviour:
+            checks.append(init_finding(where, code, unit, symbols))
+        out += [f for f in checks if f is not None and f.ineffective]
     return out
+
+
+def callers_in_unit(name: str, unit: UnitFacts, code: MachineCode, symbols: list[tuple[int, int, str]]) -> list[str]:
+    """The functions of the unit with a direct call to `name`'s out-of-line copy."""
+    facts = unit.function(name)
+    target = locate(facts, symbols).address if facts else None
+    if target is None:
+        return []
+    sizes = {a: s for a, s, _n in symbols}
+    return sorted({f.name for f in unit.functions if f.entry and f.entry > 0 and f.name != name
+                   and any(t == target for _site, t in code.calls(f.entry, sizes.get(f.entry, 0)))})
 
 
 def too_small_finding(located: Located) -> Finding | None:

@@ -9,8 +9,9 @@ import os
 from elftools.elf.elffile import ELFFile
 
 from lab.errors import HotpatchError
-from lab.hotpatch.doctor.code_checks import (caller_findings, changed_function, inline_finding, init_finding, locate,
-                                             never_returns_findings, recursion_finding, too_small_finding)
+from lab.hotpatch.doctor.code_checks import (blocking_findings, caller_findings, callers_in_unit, changed_function,
+                                             inline_finding, init_finding, locate, never_returns_findings,
+                                             recursion_finding, too_small_finding)
 from lab.hotpatch.doctor.dwarf_facts import DebugInfo
 from lab.hotpatch.doctor.findings import DoctorReport
 from lab.hotpatch.doctor.machine_code import MachineCode
@@ -51,7 +52,8 @@ def diagnose(patch: str | os.PathLike, binary: str | os.PathLike, *, target: str
         report.notes += view.notes
         symbols = function_symbols(debug.path, error=HotpatchError) or function_symbols(binary, error=HotpatchError)
         with open(binary, "rb") as fh:
-            noreturn = {f.name for _fn, _c, unit in view.functions for f in unit.functions if f.noreturn}
+            units = [unit for _fn, _c, unit in view.functions] + [dep.unit for dep in view.dependents]
+            noreturn = {f.name for unit in units for f in unit.functions if f.noreturn}
             code = MachineCode(ELFFile(fh), symbols, noreturn)
             for facts, change, unit in sorted(view.functions, key=lambda item: item[0].decl_line):
                 located = locate(facts, symbols)
@@ -63,9 +65,17 @@ def diagnose(patch: str | os.PathLike, binary: str | os.PathLike, *, target: str
                                 init_finding(located, code, unit, symbols)):
                     if finding is not None:
                         report.findings.append(finding)
-        if pid is not None:  # the callers carrying an inlined copy are replaced too
-            names = [c.name for c in report.changed] + sorted({caller for facts, _c, _u in view.functions
-                                                               for caller, _a in facts.inlined_into})
+            for dep in view.dependents:  # replaced along with the change: macro users, moved __LINE__ users, callers
+                names = dep.names + [c for c in (callers_in_unit(dep.callers_of, dep.unit, code, symbols)
+                                                 if dep.callers_of else []) if c not in dep.names]
+                facts = [dep.unit.function(name) for name in names]  # one with no out-of-line copy is not replaced
+                dep.finding.replaced_too = [n for n, f in zip(names, facts) if f and locate(f, symbols).address]
+                blocking = blocking_findings(names, dep.unit, code, symbols, behaviour=dep.behaviour)
+                if blocking:
+                    dep.finding.blocked_by(blocking)
+        if pid is not None:  # the callers carrying an inlined copy, and the other dependents, are replaced too
+            names = [c.name for c in report.changed] + [n for n in report.replaced()
+                                                        if n not in {c.name for c in report.changed}]
             report.findings += on_stack_findings(names, pid, thread_stacks(pid))
         report.findings += buildid_findings(report.buildid, binary, target=target, pid=pid)
         if not report.changed and not report.findings:

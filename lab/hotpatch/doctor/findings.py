@@ -38,8 +38,6 @@ KINDS: dict[str, tuple[str, str, bool]] = {
         "build the patch against the exact binary that runs (libcare-patch-make --buildid of it), or run that build",
         True),
 }
-# Finding sub-kinds that enlarge a patch without making it fail.
-WARNING_ONLY = {"line-macro"}
 
 
 @dataclass
@@ -52,15 +50,21 @@ class Finding:
     faq: str = ""
     remedy: str = ""
     ineffective: bool = True
+    replaced_too: list[str] = field(default_factory=list)  # unedited functions whose code changes with it
 
     def __post_init__(self):
         faq, remedy, ineffective = KINDS[self.kind]
         self.faq = self.faq or faq
         self.remedy = self.remedy or remedy
-        if self.detail in WARNING_ONLY:
-            self.ineffective = False
-        else:
-            self.ineffective = self.ineffective and ineffective
+        self.ineffective = self.ineffective and ineffective
+
+    def blocked_by(self, blocking: list[Finding]) -> None:
+        """The functions this finding changes too include unpatchable ones: it makes the patch ineffective."""
+        names = sorted({f.function for f in blocking})
+        self.ineffective = True
+        self.summary += f"; {', '.join(names)} cannot be replaced"
+        self.evidence += [f"{f.function}: {f.kind}{'/' + f.detail if f.detail else ''}: {f.summary}" for f in blocking]
+        self.remedy = f"leave {', '.join(names)} unchanged, or patch the code they call instead"
 
 
 @dataclass
@@ -88,9 +92,16 @@ class DoctorReport:
     def kinds(self) -> set[str]:
         return {f.kind for f in self.findings}
 
+    def replaced(self) -> list[str]:
+        """What libcare-patch-make will replace, as far as the doctor sees: the changed functions that have an
+        out-of-line copy, and the functions the findings say change with them."""
+        names = {c.name for c in self.changed if c.address is not None}
+        return sorted(names.union(*(f.replaced_too for f in self.findings)))
+
     def as_dict(self) -> dict:
         data = asdict(self)
         data["ineffective"] = self.ineffective
+        data["replaced"] = self.replaced()
         return data
 
     def text(self) -> str:
@@ -102,6 +113,8 @@ class DoctorReport:
             label = "FAIL" if finding.ineffective else "WARN"
             out.append(f"{label} {finding.kind}{'/' + finding.detail if finding.detail else ''}: {finding.summary}")
             out.extend(f"       evidence: {line}" for line in finding.evidence)
+            if finding.replaced_too:
+                out.append(f"       replaced too: {', '.join(finding.replaced_too)}")
             out.append(f"       FAQ: {finding.faq}")
             out.append(f"       -> {finding.remedy}")
         out.extend(f"note: {note}" for note in self.notes)

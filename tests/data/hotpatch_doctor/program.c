@@ -13,6 +13,7 @@
 
 #define NOINLINE __attribute__((noinline, noipa))
 #define PAUSE_SECONDS 1
+#define WEIGHT 2
 
 struct counter {
     long hits;
@@ -34,7 +35,7 @@ static inline int add_one(int x)
 
 NOINLINE int compute(int v)
 {
-    return add_one(v) * 2 + add_one(v * 3);
+    return add_one(v) * WEIGHT + add_one(v * 3);
 }
 
 NOINLINE int scale(int v, int k)
