@@ -12,7 +12,8 @@ import libvirt
 from lab.errors import LabError
 from lab.guest.domain import Guest
 from lab.migration.fault_run import (
-    POSTCOPY_FAILED, FaultParams, FaultRun, domain_state, migrate_with_fault, migration_settings, resume_postcopy,
+    POSTCOPY_FAILED, FaultParams, FaultRun, domain_state, migrate_with_fault, migration_settings,
+    pause_incoming_postcopy, resume_postcopy,
     settings_changed, wait_postcopy_failed, wait_recovered,
 )
 from lab.migration.integrity import Fingerprint, inspect, take_fingerprint
@@ -22,6 +23,7 @@ from lab.runtime.faults import FAST_TCP, LIBVIRT_PORTS, MIGRATION_PORTS, FaultIn
 from lab.runtime.hosts import Host
 from suites.faults.scenarios import FILL_MIB, LINK_MIBS, POSTCOPY_LINK_MIBS, SHORT_CUT_S, FaultScenario
 
+UNNOTICED_S = 10.0  # a postcopy cut: how long the destination may lag behind the source in noticing it
 RECOVERY_TIMEOUT_S = 180  # TCG on a shared two-core runner: a restarted libvirtd re-probes, guests crawl
 OOM_HEADROOM = 64 * 2**20  # the destination libvirtd itself may grow this much under the limit
 STATE_NAMES = {None: "no domain", libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused",
@@ -78,6 +80,7 @@ class FaultCase:
         self.restart: list[tuple[str, str]] = []
         self.lifted: list[str] = []
         self.undo_failures: list[str] = []
+        self.side_steps: list[str] = []  # what a helper thread did while the migration call was blocked
         self.abort_conn = self.src.connect(fresh=True)  # migrateToURI3's connection is blocked meanwhile
 
     # -- the faults ------------------------------------------------------------
@@ -96,6 +99,8 @@ class FaultCase:
             if f == "cut-migration-short":
                 threading.Timer(SHORT_CUT_S, self.faults.heal, (cut,)).start()
                 done += f", healed after {SHORT_CUT_S:g} s"
+            elif self.scenario.mode == "postcopy":
+                threading.Thread(target=self._unstick_destination, args=(cut,), daemon=True).start()
         elif f == "dst-oom":
             # What the same QEMU needs on the source, less half the guest's RAM: everything else fits
             # (the TCG buffer is mapped first), the RAM does not.
@@ -120,6 +125,28 @@ class FaultCase:
             self.faults.thaw_daemon(host, daemon)
         self.thaw.clear()
         return done
+
+    def _unstick_destination(self, cut) -> None:
+        """A postcopy cut: the source's TCP gives up and its QEMU pauses, but a destination with nothing unacked
+        to send (no page request outstanding; QEMU <= 10.0 sets no keepalive on the migration socket) may never
+        notice, and its libvirt's Finish waits for it. What an operator does then: once the source reports the
+        failure and the destination has not for UNNOTICED_S, heal the network and pause the destination's side."""
+        name, deadline = self.guest.name, time.monotonic() + 120
+        failed_at = None
+        while time.monotonic() < deadline:
+            src_state, dst_state = domain_state(self.src, name), domain_state(self.dst, name)
+            if dst_state in POSTCOPY_FAILED or dst_state[0] is None:
+                self.side_steps.append(f"{self.dst.name} reported the postcopy failure by itself ({state_text(dst_state)})")
+                return
+            if src_state in POSTCOPY_FAILED:
+                failed_at = failed_at or time.monotonic()
+                if time.monotonic() - failed_at >= UNNOTICED_S:
+                    self.faults.heal(cut)
+                    self.side_steps.append(f"{self.src.name} failed, {self.dst.name} still {state_text(dst_state)} "
+                                           f"after {UNNOTICED_S:g} s: network healed")
+                    self.side_steps += pause_incoming_postcopy(self.dst, name)
+                    return
+            time.sleep(0.2)
 
     def hold_switchover(self) -> None:
         """Stop the destination libvirtd (SIGSTOP by PID) while precopy runs: the source then stays paused
@@ -162,7 +189,7 @@ class FaultCase:
         try:
             out.run = run = migrate_with_fault(guest, src, dst, self.params, s.point, self.inject,
                                                before_point=self.hold_switchover if s.hold_switchover else None)
-            run.steps += self.undo()
+            run.steps += self.side_steps + self.undo()
             if not run.call_returned:
                 out.findings.append(Finding(Kind.MIGRATION_FAILED, f"{s.id}: {run.result.error}; domain states "
                                             f"{ {h.name: state_text(domain_state(h, guest.name)) for h in (src, dst)} }"))

@@ -85,10 +85,13 @@ SCENARIOS = [
         hold_switchover=True),
     FaultScenario(
         "postcopy-network-cut-resumed", "postcopy", "cut-migration", "destination",
-        "The migration connection is cut after the switch and held: TCP gives up on both sides (tcp_retries2, "
-        "~12.6 s), both QEMUs pause the postcopy migration (it cannot be cancelled: neither side has the whole "
-        "guest), libvirt reports it failed in post-copy on both hosts; once the network is back, "
-        "VIR_MIGRATE_POSTCOPY_RESUME completes it on the destination.", mode="postcopy"),
+        "The migration connection is cut after the switch and held: the source's TCP gives up (tcp_retries2, "
+        "~12.6 s) and its QEMU pauses the postcopy migration (it cannot be cancelled: neither side has the whole "
+        "guest). The destination notices by itself only if it had something unacknowledged to send (a page "
+        "request): QEMU up to 10.0 sets no keepalive on the migration socket. If it has not within 10 s, the "
+        "operator heals the network and pauses the destination's side (libvirt 9.0 refuses abortJob(POSTCOPY) "
+        "there; QEMU's migrate-pause through the monitor). libvirt then reports the postcopy failed on both "
+        "hosts, and VIR_MIGRATE_POSTCOPY_RESUME completes it on the destination.", mode="postcopy"),
     FaultScenario(
         "postcopy-abort-job-resumed", "postcopy", "abort-postcopy", "destination",
         "virDomainAbortJob with VIR_DOMAIN_ABORT_JOB_POSTCOPY pauses a postcopy migration (it cannot be "
