@@ -11,6 +11,7 @@ DEBIAN_PACKAGES=(
   gcc libc6-dev pkg-config python3-dev python3-venv
   nfs-ganesha nfs-ganesha-vfs rpcbind
   vagrant vagrant-libvirt ansible-core ansible ansible-lint debootstrap dnsmasq-base
+  ansible-mitogen  # the Vagrant lab's playbook runs with strategy mitogen_linear where it is installed
   chrony
   chromium  # headless, for the HTML report's browser test (tests/test_report.py)
   elfutils  # eu-stack: the hot patch doctor's --pid (thread stacks of a running QEMU)

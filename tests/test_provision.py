@@ -82,7 +82,8 @@ def test_vagrant_variables_are_the_roles_variables():
     assert set(passed) - set(declared) == set()
     doc = settings_document(config, spec, driver="qemu", lab_dir=Path("/x"), work_dir=Path("/y"), public_key="k")
     for host_vars in doc["provision"]["host_vars"].values():
-        assert set(host_vars) - set(declared) == set()
+        # Ansible's own behavioural variables (ansible_python_interpreter for the Debian boxes) are not roles'.
+        assert {name for name in set(host_vars) - set(declared) if not name.startswith("ansible_")} == set()
 
 
 def test_every_used_variable_has_a_default():

@@ -377,23 +377,102 @@ def test_inner_accelerator_chosen_by_the_measured_cycle():
 
 def test_agent_timeouts_follow_the_measured_fill_speed():
     """The 60 s callers pass (lab.migration.integrity) stands where nothing was measured (embedded labs);
-    with a measured speed, fill/verify/oracle wait 3x what that speed needs plus 10 s."""
-    from lab.guest.domain import Guest, GuestConfig
+    with a measured speed, fill/verify/oracle wait 4x what that speed needs plus 10 s."""
+    from lab.guest.domain import Guest, GuestConfig, paced_wait_s
 
     class Control:
         def command(self, cmd, *args, timeout):
             return timeout
 
+    assert paced_wait_s(32, 0) == 0 and paced_wait_s(0, 1.0) == 0
+    assert paced_wait_s(32, 1.33) == pytest.approx(10 + 4 * 32 / 1.33)  # 106 s, where 82 s ran out (run 4)
     cfg = GuestConfig(name="g", memory_mib=256, vcpus=1, address="198.18.0.200", prefixlen=16, runner="198.18.0.1",
                       heartbeat_port=1, heartbeat_us=1000, kernel="k", initrd="i", agent_timeout_s=10)
     embedded = Guest(cfg, None, None, Control())
     assert [embedded.agent("fill", 1, 32, timeout=60), embedded.agent("verify", timeout=60), embedded.agent("info")] \
         == [60, 60, 10]
     slow = Guest(dataclasses.replace(cfg, fill_mibs=0.5), None, None, Control())
-    assert slow.agent("fill", 1, 32, timeout=60) == 10 + 3 * 32 / 0.5
-    assert slow.agent("verify", timeout=60) == 10 + 3 * 32 / 0.5 and slow.agent("info") == 10
+    assert slow.agent("fill", 1, 32, timeout=60) == 10 + 4 * 32 / 0.5
+    assert slow.agent("verify", timeout=60) == 10 + 4 * 32 / 0.5 and slow.agent("info") == 10
+    assert slow.agent("fill", 99, 64, timeout=60) == 10 + 4 * 64 / 0.5  # the size of this fill, not the measured one
     fast = Guest(dataclasses.replace(cfg, fill_mibs=40), None, None, Control())
     assert fast.agent("fill", 1, 32, timeout=60) == 60  # never shorter than the caller's wait
+
+
+class _FillGuest:
+    """What inner's fill measurement touches of a Guest: wait_ready and the agent's control channel."""
+
+    def __init__(self, fill_s: float, boots: bool = True):
+        self.fill_s, self.boots, self.asked = fill_s, boots, []
+        self.control = self
+
+    def wait_ready(self, timeout):
+        if not self.boots:
+            raise BackendError(f"no heartbeat within {timeout:.0f} s")
+
+    def command(self, cmd, *args, timeout):
+        from lab.errors import AgentTimeout
+
+        self.asked.append((cmd, args, timeout))
+        if self.fill_s > timeout:
+            raise AgentTimeout(f"guest agent did not answer `{cmd}` within {timeout:.0f} s")
+        time.sleep(self.fill_s)
+        return {"mib": str(args[1])}
+
+
+@pytest.fixture
+def fill_lab(monkeypatch):
+    """inner's guest plumbing replaced: guests made by create_guest are _FillGuest objects."""
+    from types import SimpleNamespace
+    from lab.backends.vagrant import inner
+
+    made = []
+
+    def create_guest(lab, host, **kw):
+        made.append((host, kw["domain_type"]))
+        return lab.next_guest
+
+    monkeypatch.setattr(inner, "create_guest", create_guest)
+    monkeypatch.setattr(inner, "remove_guest", lambda lab, guest: made.append("removed"))
+    hv1, hv2 = SimpleNamespace(name="hv1"), SimpleNamespace(name="hv2")
+    return SimpleNamespace(pairs=[(hv1, hv2)], next_guest=None, made=made)
+
+
+def test_fill_speed_is_measured_at_the_suites_size_in_this_boot(fill_lab):
+    from lab.backends.vagrant import inner
+
+    fill_lab.next_guest = guest = _FillGuest(fill_s=0.2)
+    said = []
+    got = inner.check_fill(fill_lab, "kvm", said.append)
+    assert guest.asked == [("fill", (7, inner.SUITE_FILL_MIB), inner.FILL_BUDGET_S)]  # 32 MiB, not 4
+    assert got["mib"] == 32 and got["fill_s"] >= 0.2 and got["fill_mibs"] == pytest.approx(32 / got["fill_s"], rel=0.05)
+    assert fill_lab.made == [(fill_lab.pairs[0][0], "kvm"), "removed"]
+    assert inner.fill_line(got).startswith("kvm on hv1: boot ") and "the agent waits up to" in inner.fill_line(got)
+    fill_lab.next_guest = _FillGuest(fill_s=1e9)
+    with pytest.raises(BackendError, match=r"^hv1: a 32 MiB fill did not end within 300 s under kvm$"):
+        inner.check_fill(fill_lab, "kvm", said.append)
+    assert fill_lab.made[-1] == "removed"  # the guest goes either way
+
+
+def test_a_warm_up_measures_the_fill_again_and_falls_back_to_measuring_all(fill_lab, monkeypatch):
+    from lab.backends.vagrant import inner
+
+    cached = {"inner": {"kvm": _figures("kvm", 6, 1.33, 20)}, "accelerator": "kvm", "accelerator_reason": "measured"}
+    fill_lab.next_guest = _FillGuest(fill_s=0.1)
+    accel, why, figures, fill = inner.for_this_boot(fill_lab, "auto", cached, lambda _: None, where="TCG VMs")
+    assert (accel, why, figures) == ("kvm", "measured", cached["inner"])  # the cache's choice and figures kept
+    assert fill["mib"] == 32 and fill["fill_mibs"] > 100  # this boot's speed, not the cache's 1.33 MiB/s
+    measured = {"kvm": _figures("kvm", 6, 2.0, 20), "tcg": _figures("tcg", 70, 30, 15)}
+    for f in measured.values():
+        f.update(host="hv1", fill_s=32 / f["fill_mibs"])
+    monkeypatch.setattr(inner, "measure_and_choose", lambda lab, wanted, progress: ("kvm", "shorter", measured))
+    fill_lab.next_guest = _FillGuest(fill_s=0, boots=False)  # the cached accelerator fails in this boot
+    said = []
+    accel, why, figures, fill = inner.for_this_boot(fill_lab, "auto", cached, said.append, where="TCG VMs")
+    assert (accel, why, figures) == ("kvm", "shorter (TCG VMs)", measured)
+    assert fill == {"accel": "kvm", "host": "hv1", "boot_s": 6, "fill_s": 16.0, "fill_mibs": 2.0, "mib": 32}
+    assert any("measuring the accelerators again" in line for line in said)
+    assert inner.for_this_boot(fill_lab, "auto", None, said.append)[3] == fill  # fresh: the cycle's own fill
 
 
 # -- end to end (make vagrant-test) -----------------------------------------------------------------
@@ -544,10 +623,12 @@ def test_vagrant_lab_end_to_end(record_property, tmp_path):
         entry["up_mode"] = "warm" if status["vagrant"]["resumed_from"] else "fresh"
         entry["accelerator"], entry["inner_figures"] = status["accelerator"], status["vagrant"]["inner"]
         write_report()
-        # The guests' accelerator was measured inside the VMs (now or when the cached VMs were made),
-        # and the agent's timeouts follow the chosen one's fill speed.
-        chosen = status["vagrant"]["inner"].get(status["accelerator"], {})
-        assert chosen.get("fill_mibs", 0) > 0 and status["vagrant"]["fill_mibs"] == chosen["fill_mibs"], status
+        # The guests' accelerator was measured inside the VMs (now or when the cached VMs were made).
+        # The fill speed the agent's waits follow was measured in this boot, at the suites' size.
+        fill = entry["fill_check"] = status["vagrant"]["fill_check"]
+        write_report()
+        assert fill.get("mib") == 32 and fill.get("accel") == status["accelerator"], status
+        assert fill["fill_mibs"] > 0 and status["vagrant"]["fill_mibs"] == fill["fill_mibs"], status
 
         # The playbook again: a second run changes nothing.
         from lab.backends.vagrant.driver import VagrantLab

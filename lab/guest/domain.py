@@ -100,6 +100,19 @@ def domain_xml(cfg: GuestConfig) -> str:
 """
 
 
+PACE_FACTOR, PACE_EXTRA_S = 4, 10  # the margin on a measured fill speed: 4x the time it needs, plus 10 s
+
+
+def paced_wait_s(mib: float, fill_mibs: float) -> float:
+    """How long an agent command touching `mib` of the guest's memory may take at the lab's measured fill
+    speed (MiB/s; the Vagrant lab measures it in each boot, at the suites' 32 MiB): four times the time that
+    speed needs, as the shared runner's load swings about that much within a run, plus 10 s for the
+    round trip. 0 where nothing was measured (the embedded lab): the caller's timeout stands."""
+    if fill_mibs <= 0 or mib <= 0:
+        return 0.0
+    return PACE_EXTRA_S + PACE_FACTOR * mib / fill_mibs
+
+
 @dataclass
 class Guest:
     """A running lab guest and the runner-side probes attached to it."""
@@ -134,14 +147,12 @@ class Guest:
         return self.control.command(cmd, *args, timeout=wait)
 
     def _paced_s(self, cmd: str, args: tuple) -> float:
-        # fill writes MIB, verify and oracle read what was filled: three times the measured time, plus 10 s.
-        if self.config.fill_mibs <= 0:
-            return 0.0
+        # fill writes MIB, verify and oracle read what was filled.
         if cmd == "fill" and len(args) >= 2:
             self.filled_mib = int(args[1])
         elif cmd not in ("verify", "oracle"):
             return 0.0
-        return 10 + 3 * self.filled_mib / self.config.fill_mibs
+        return paced_wait_s(self.filled_mib, self.config.fill_mibs)
 
     def info(self) -> dict[str, str]:
         return self.agent("info")

@@ -75,6 +75,7 @@ class VagrantRecord(_Record):
     driver_reason: str = ""
     provision_recap: list[str] = Field(default_factory=list)
     inner: dict[str, dict] = Field(default_factory=dict)  # accelerator -> what a guest cycle measured inside the VMs
+    fill_check: dict = Field(default_factory=dict)  # this boot's fill speed (the suites' size), which state.fill_mibs is
     resumed_from: str = ""  # the provisioned-VM cache this `up` started from; empty: made and provisioned afresh
 
 

@@ -12,7 +12,8 @@
 8. SSH + libvirt over the migration network, clocks, the guest image copied, the guests'
    accelerator measured inside the VMs (inner.py), preflight as a gate (lab.backends.remote);
 9. the provisioned VMs cached (cache.py). When the cache fits (same lab.yaml, box, playbook),
-   steps 6-8 start its VMs instead: no provisioning, no measuring (its figures are kept).
+   steps 6-8 start its VMs instead: no provisioning, and of the measuring only this boot's fill
+   speed (the accelerator chosen when the cache was made is kept).
 
 `down`: `vagrant destroy`, then whatever of the lab is still in libvirt (domains with
 the lab's prefix, its two networks, its pool and volumes), then the daemons it started.
@@ -34,7 +35,7 @@ from lab.backends.base import Progress, config_digest
 from lab.backends.ssh_client import make_key, write_ssh_client_config, write_ssh_wrapper
 from lab.backends.vagrant import box as boxmod
 from lab.backends.vagrant import cache, inner, root_daemons
-from lab.backends.vagrant.driver import VagrantLab, require_vagrant
+from lab.backends.vagrant.driver import VagrantLab, ansible_strategy, require_vagrant
 from lab.backends.vagrant.libvirt_objects import Virsh, ensure_pool, remove_leftovers
 from lab.backends.vagrant.render import machines, settings_document, shared_mount, write_work_dir
 from lab.backends.vagrant.timeserver import wait_for_clock
@@ -150,7 +151,8 @@ class VagrantBackend:
             if self.spec.provision and not warm:
                 t = time.monotonic()
                 last = self._names()[-1]
-                progress(f"provisioning every VM with provision/site.yml (from {last})")
+                progress(f"provisioning every VM with provision/site.yml (from {last}; Ansible strategy "
+                         f"{ansible_strategy()})")
                 for line in vg.provision_lines(last):
                     show(line, progress, ansible=True)
                     if " : ok=" in line:
@@ -296,18 +298,14 @@ class VagrantBackend:
         state.image = ImageRecord(kernel=f"{remote_dir}/vmlinuz", initrd=f"{remote_dir}/initrd.img", key=image.key)
         state.save()
         record = state.vagrant
-        if warm and warm.get("inner") and warm.get("accelerator"):
-            record.inner, state.fill_mibs = warm["inner"], warm["fill_mibs"]
-            state.accelerator, state.accelerator_reason = warm["accelerator"], warm["accelerator_reason"]
-            progress(f"guests' accelerator: {state.accelerator}, as measured when the cached VMs were made")
-        else:
-            accel, reason, record.inner = inner.measure_and_choose(Lab.from_state(self.config, state),
-                                                                   self.config.accelerator, progress)
-            where = "nested KVM" if record.driver == "kvm" else f"the VMs under TCG: {record.driver_reason}"
-            state.accelerator, state.accelerator_reason = accel, f"{reason} ({where})"
-            state.fill_mibs = record.inner[accel]["fill_mibs"]
+        lab = Lab.from_state(self.config, state)
+        where = "nested KVM" if record.driver == "kvm" else f"the VMs under TCG: {record.driver_reason}"
+        state.accelerator, state.accelerator_reason, record.inner, record.fill_check = inner.for_this_boot(
+            lab, self.config.accelerator, warm, progress, where=where)
+        state.fill_mibs = record.fill_check["fill_mibs"]
         state.save()
         progress(f"guests run under {state.accelerator}: {state.accelerator_reason}")
+        progress(f"this boot's fill: {inner.fill_line(record.fill_check)}")
         remote.preflight_gate(Lab.from_state(self.config, state), progress, retry_timeouts=True)
 
     # -- down ----------------------------------------------------------------------------------------
@@ -365,6 +363,8 @@ class VagrantBackend:
         out["vagrant"] = {"work_dir": str(self.work), "driver": record.driver, "driver_reason": record.driver_reason,
                           "vms": vms, "timings": record.timings, "inner": record.inner,
                           "inner_lines": inner.describe(record.inner), "fill_mibs": state.fill_mibs,
+                          "fill_check": record.fill_check,
+                          "fill_line": inner.fill_line(record.fill_check) if record.fill_check else "",
                           "resumed_from": record.resumed_from,
                           "cache": str(cache.cache_dir(self.config.name)) if self.spec.keep_provisioned else ""}
         return out
