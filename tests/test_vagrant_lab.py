@@ -611,6 +611,9 @@ def test_vagrant_lab_end_to_end(record_property, tmp_path):
     failures: list[str] = []  # collected, so that `down` and its checks always run and every failure shows
     try:
         proc, took = _lab("up", config=config_path)
+        logs = report.parent / "vagrant-last-run"  # the last run's `lab up` and playbook output, to read steps from
+        logs.mkdir(parents=True, exist_ok=True)
+        (logs / "lab-up.log").write_text(proc.stdout + proc.stderr)
         assert proc.returncode == 0, f"lab up failed:\n{proc.stderr[-4000:]}"
         done("lab_up", took)
         proc, _ = _lab("status", "--json", config=config_path)
@@ -636,7 +639,9 @@ def test_vagrant_lab_end_to_end(record_property, tmp_path):
         work = Path(status["vagrant"]["work_dir"])
         started = time.monotonic()
         last = machines(config, spec)[-1].name  # the machine that carries the ansible provisioner
-        recap = [line for line in VagrantLab(work, work / "settings.json").provision_lines(last) if " : ok=" in line]
+        lines = list(VagrantLab(work, work / "settings.json").provision_lines(last))
+        (logs / "playbook-again.log").write_text("\n".join(lines) + "\n")
+        recap = [line for line in lines if " : ok=" in line]
         done("provision_again", time.monotonic() - started)
         if not recap:
             failures.append("no PLAY RECAP from the second provisioning run")
