@@ -272,30 +272,6 @@ def wait_postcopy_failed(guest: Guest, src: Host, dst: Host, timeout: float = 30
         time.sleep(0.1)
 
 
-def pause_incoming_postcopy(dst: Host, name: str) -> list[str]:
-    """Pause the destination's side of a postcopy migration whose connection is gone but which has not
-    noticed: libvirt first (abortJob with the postcopy flag; libvirt 9.0 refuses it on the incoming side),
-    then QEMU's own `migrate-pause` (QMP, "Pause a migration. Currently it only supports postcopy"), sent
-    through libvirt's monitor passthrough. Returns what each answered."""
-    conn = dst.connect(fresh=True)
-    said = []
-    try:
-        dom = conn.lookupByName(name)
-        try:
-            dom.abortJobFlags(libvirt.VIR_DOMAIN_ABORT_JOB_POSTCOPY)
-            return [f"{dst.name}: virDomainAbortJobFlags(POSTCOPY) accepted"]
-        except libvirt.libvirtError as exc:
-            said.append(f"{dst.name}: virDomainAbortJobFlags(POSTCOPY) refused: {exc.get_error_message()}")
-        try:
-            reply = libvirt_qemu.qemuMonitorCommand(dom, json.dumps({"execute": "migrate-pause"}), 0)
-            said.append(f"{dst.name}: QMP migrate-pause: {reply}")
-        except libvirt.libvirtError as exc:
-            said.append(f"{dst.name}: QMP migrate-pause refused: {exc.get_error_message()}")
-    finally:
-        conn.close()
-    return said
-
-
 def resume_postcopy(guest: Guest, src: Host, dst: Host, params: MigrationParams) -> str:
     """Recover a paused postcopy migration (VIR_MIGRATE_POSTCOPY_RESUME, libvirt >= 8.5): "" or libvirt's error."""
     flags = replace(params, mode="postcopy").flags() | libvirt.VIR_MIGRATE_POSTCOPY_RESUME

@@ -59,6 +59,10 @@ class FaultInjector(Protocol):
     def cut(self, host: str, peer_address: str, ports: tuple[int, int]) -> Cut:
         """Drop TCP traffic between `host` and `peer_address` on `host`'s ports, both ways."""
 
+    def end_connections(self, host: str, peer_address: str, ports: tuple[int, int]) -> int:
+        """End (as the kernel does when TCP keepalive gives up) host's TCP connections with peer_address whose
+        local port is in ports; returns how many."""
+
     def heal(self, cut: Cut) -> None:
         """Take a cut's rules away (idempotent)."""
 

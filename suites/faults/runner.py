@@ -13,7 +13,7 @@ from lab.errors import LabError
 from lab.guest.domain import Guest
 from lab.migration.fault_run import (
     POSTCOPY_FAILED, FaultParams, FaultRun, domain_state, migrate_with_fault, migration_settings,
-    pause_incoming_postcopy, resume_postcopy,
+    resume_postcopy,
     settings_changed, wait_postcopy_failed, wait_recovered,
 )
 from lab.migration.integrity import Fingerprint, inspect, take_fingerprint
@@ -129,8 +129,10 @@ class FaultCase:
     def _unstick_destination(self, cut) -> None:
         """A postcopy cut: the source's TCP gives up and its QEMU pauses, but a destination with nothing unacked
         to send (no page request outstanding; QEMU <= 10.0 sets no keepalive on the migration socket) may never
-        notice, and its libvirt's Finish waits for it. What an operator does then: once the source reports the
-        failure and the destination has not for UNNOTICED_S, heal the network and pause the destination's side."""
+        notice, and its libvirt's Finish waits for it. libvirt 9.0 offers nothing there meanwhile: abortJob and
+        monitor commands on the destination wait for the incoming job (docs/faults.md). So once the source reports
+        the failure and the destination has not for UNNOTICED_S, the network is healed and the destination's
+        kernel ends the dead connection, as TCP keepalive would have (ss -K in its namespace)."""
         name, deadline = self.guest.name, time.monotonic() + 120
         failed_at = None
         while time.monotonic() < deadline:
@@ -144,7 +146,9 @@ class FaultCase:
                     self.faults.heal(cut)
                     self.side_steps.append(f"{self.src.name} failed, {self.dst.name} still {state_text(dst_state)} "
                                            f"after {UNNOTICED_S:g} s: network healed")
-                    self.side_steps += pause_incoming_postcopy(self.dst, name)
+                    ended = self.faults.end_connections(self.dst.name, self.src.address, MIGRATION_PORTS)
+                    self.side_steps.append(f"{self.dst.name}: {ended} migration connection(s) from {self.src.address} "
+                                           "ended by its kernel (ss -K)")
                     return
             time.sleep(0.2)
 

@@ -89,8 +89,9 @@ SCENARIOS = [
         "~12.6 s) and its QEMU pauses the postcopy migration (it cannot be cancelled: neither side has the whole "
         "guest). The destination notices by itself only if it had something unacknowledged to send (a page "
         "request): QEMU up to 10.0 sets no keepalive on the migration socket. If it has not within 10 s, the "
-        "operator heals the network and pauses the destination's side (libvirt 9.0 refuses abortJob(POSTCOPY) "
-        "there; QEMU's migrate-pause through the monitor). libvirt then reports the postcopy failed on both "
+        "network is healed and the destination's kernel ends the dead connection, as keepalive would (libvirt 9.0 "
+        "offers nothing there: abortJob and monitor commands wait for the incoming job). libvirt then reports "
+        "the postcopy failed on both "
         "hosts, and VIR_MIGRATE_POSTCOPY_RESUME completes it on the destination.", mode="postcopy"),
     FaultScenario(
         "postcopy-abort-job-resumed", "postcopy", "abort-postcopy", "destination",

@@ -129,6 +129,12 @@ class EmbeddedFaults:
         run(hostmaker.nsenter(self._host(host), "nft", "-f", "-"), input=rules, error=BackendError)
         return Cut(host, peer_address, ports, table)
 
+    def end_connections(self, host: str, peer_address: str, ports: tuple[int, int]) -> int:
+        # ss -K: SOCK_DESTROY (CONFIG_INET_DIAG_DESTROY) in the host's network namespace; ss lists what it ended.
+        out = run(hostmaker.nsenter(self._host(host), "ss", "-K", "-tnH", "dst", peer_address,
+                                    f"( sport >= :{ports[0]} and sport <= :{ports[1]} )"), error=BackendError).stdout
+        return len([line for line in out.splitlines() if line.strip()])
+
     def heal(self, cut: Cut) -> None:
         run(hostmaker.nsenter(self._host(cut.host), "nft", "delete", "table", "inet", cut.table),
             check=False, error=BackendError)
