@@ -299,6 +299,24 @@ def test_wrapper_ssh_config_per_machine_and_snapshots_per_machine(tmp_path, fake
         vg.run("fail")
 
 
+def test_a_rebuilt_box_file_replaces_the_copy_vagrant_added(tmp_path, fake_vagrant, monkeypatch):
+    from lab.backends.vagrant import driver
+
+    monkeypatch.setattr(driver, "VAGRANT_HOME", tmp_path / "home")
+    box_file = tmp_path / "kvmlab-bookworm.box"
+    box_file.write_text("box")
+    said = []
+    assert not driver.drop_stale_box("kvmlab/bookworm", box_file, said.append)  # never added: nothing to drop
+    added = tmp_path / "home/boxes/kvmlab-VAGRANTSLASH-bookworm"
+    added.mkdir(parents=True)
+    os.utime(box_file, (time.time() - 60, time.time() - 60))
+    assert not driver.drop_stale_box("kvmlab/bookworm", box_file, said.append)  # added after it was built
+    os.utime(box_file, (time.time() + 60, time.time() + 60))
+    assert driver.drop_stale_box("kvmlab/bookworm", box_file, said.append)
+    assert fake_vagrant.read_text().splitlines()[-1] == "box remove --force --all kvmlab/bookworm"
+    assert said and "is newer than the copy Vagrant added" in said[0]
+
+
 # -- provision once: the box, the provisioned-VM cache, the inner accelerator ----------------------
 
 def test_box_holds_every_package_the_playbook_installs():

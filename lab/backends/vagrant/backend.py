@@ -35,7 +35,7 @@ from lab.backends.base import Progress, config_digest
 from lab.backends.ssh_client import make_key, write_ssh_client_config, write_ssh_wrapper
 from lab.backends.vagrant import box as boxmod
 from lab.backends.vagrant import cache, inner, root_daemons
-from lab.backends.vagrant.driver import VagrantLab, ansible_strategy, require_vagrant
+from lab.backends.vagrant.driver import VagrantLab, ansible_strategy, drop_stale_box, require_vagrant
 from lab.backends.vagrant.libvirt_objects import Virsh, ensure_pool, remove_leftovers
 from lab.backends.vagrant.render import machines, settings_document, shared_mount, write_work_dir
 from lab.backends.vagrant.timeserver import wait_for_clock
@@ -136,7 +136,7 @@ class VagrantBackend:
             self._make_keys()
             doc = settings_document(self.config, self.spec, driver=record.driver, lab_dir=self.layout.dir,
                                     work_dir=self.work, public_key=self.layout.public_key.read_text().strip(),
-                                    box_url=self._box_url(), stacks=stacks)
+                                    box_url=self._box_url(progress), stacks=stacks)
             write_work_dir(self.work, doc)
             timings["prepare_s"] = round(time.monotonic() - t0, 1)
             with self._forget_cache_on_failure(warm, progress):
@@ -227,12 +227,14 @@ class VagrantBackend:
             progress(f"provisioned VMs not cached: {exc}")
             return 0.0
 
-    def _box_url(self) -> str | None:
+    def _box_url(self, progress: Progress) -> str | None:
         """A locally built box is added from its file; a missing one is built only when asked (see docs)."""
         url = self.spec.box_url
         if url and url.startswith("/") and not Path(url).exists():
             raise BackendError(f"vagrant.box_url: {url} does not exist; build it with "
                                f"`python -m lab.backends.vagrant.box build --name {self.spec.box}`")
+        if url and url.startswith("/"):
+            drop_stale_box(self.spec.box, Path(url), progress)
         return url
 
     def _make_keys(self) -> None:

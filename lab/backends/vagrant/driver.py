@@ -70,6 +70,18 @@ def require_vagrant() -> None:
         raise MissingToolError("the vagrant-libvirt plugin is missing: apt-get install vagrant-libvirt")
 
 
+def drop_stale_box(box: str, box_file: Path, progress) -> bool:
+    """Vagrant adds a box once and keeps using it: with box_check_update off it never notices that the
+    file it came from was rebuilt (`box build --force`, or a fresh machine's build after an old one).
+    Remove the added copy when the file is newer, so `vagrant up` adds it again; True if removed."""
+    added = VAGRANT_HOME / "boxes" / box.replace("/", "-VAGRANTSLASH-")
+    if not (added.exists() and box_file.exists()) or box_file.stat().st_mtime <= added.stat().st_mtime:
+        return False
+    progress(f"box {box}: {box_file} is newer than the copy Vagrant added; removing that copy")
+    run(["vagrant", "box", "remove", "--force", "--all", box], env=vagrant_env(), timeout=300, error=BackendError)
+    return True
+
+
 class VagrantLab:
     """One Vagrant work dir (multi-machine)."""
 
