@@ -20,7 +20,7 @@ from lab.backends.vagrant.render import playbook_vars, settings_document
 REPO = Path(__file__).resolve().parent.parent
 PROVISION = REPO / "provision"
 PLAYBOOK = PROVISION / "site.yml"
-ROLES = ("common", "hypervisor", "nfs_server", "libcareplus")
+ROLES = ("common", "stack", "hypervisor", "nfs_server", "libcareplus")
 INVENTORIES = sorted((PROVISION / "inventory").glob("*.yml"))
 
 
