@@ -23,6 +23,7 @@ from lab.runtime.faults import FAST_TCP, LIBVIRT_PORTS, MIGRATION_PORTS, FaultIn
 from lab.runtime.hosts import Host
 from suites.faults.scenarios import FILL_MIB, LINK_MIBS, POSTCOPY_LINK_MIBS, SHORT_CUT_S, FaultScenario
 
+RESUME_TIMEOUT_S = 300  # the rest of the guest's memory at 4 MiB/s under TCG, with room
 UNNOTICED_S = 10.0  # a postcopy cut: how long the destination may lag behind the source in noticing it
 RECOVERY_TIMEOUT_S = 180  # TCG on a shared two-core runner: a restarted libvirtd re-probes, guests crawl
 OOM_HEADROOM = 64 * 2**20  # the destination libvirtd itself may grow this much under the limit
@@ -40,6 +41,7 @@ class FaultOutcome:
     run: FaultRun | None = None
     findings: list[Finding] = field(default_factory=list)
     ended_on: str = ""  # the host the guest runs on after recovery, or "" (lost)
+    resume_stuck: bool = False  # the postcopy resume never returned (the daemons were restarted)
     expected: str = ""  # where it had to end: the scenario's expect, or libvirt's answer's for "answer"
     states: dict = field(default_factory=dict)  # host -> libvirt's state of the domain after the fault
     settings_changed: list[str] = field(default_factory=list)
@@ -210,6 +212,8 @@ class FaultCase:
                 return out
             if s.mode == "postcopy" and s.expect == "destination":
                 self._resume(run, out)
+                if out.resume_stuck:
+                    return out
             if self.sabotage:
                 self.sabotage(self)
             if s.expect == "lost":
@@ -238,7 +242,22 @@ class FaultCase:
                                                                f"(paused/running, post-copy failed): {said}"))
         error = ""
         for attempt in range(1, 4):  # the destination may still be tearing down its broken stream
-            error = resume_postcopy(self.guest, self.src, self.dst, self.params)
+            box: dict = {}
+            worker = threading.Thread(target=lambda: box.update(error=resume_postcopy(
+                self.guest, self.src, self.dst, self.params)), daemon=True)
+            worker.start()
+            worker.join(RESUME_TIMEOUT_S)
+            if worker.is_alive():  # e.g. the destination QEMU's main thread in a page fault: its monitor is dead
+                error = (f"the resume did not return within {RESUME_TIMEOUT_S} s; domain states "
+                         f"{ {h.name: state_text(domain_state(h, self.guest.name)) for h in (self.src, self.dst)} }")
+                run.steps.append(f"postcopy resume {attempt}: {error}")
+                for host in (self.src, self.dst):  # libvirt recovers its jobs on start; the guest can then go
+                    self.faults.kill_daemon(host.name, "libvirtd")
+                    self.restart.append((host.name, "libvirtd"))
+                run.steps += self.undo()
+                out.resume_stuck = True
+                break
+            error = box.get("error", "")
             run.steps.append(f"postcopy resume {attempt}: {error or 'completed'}")
             if not error:
                 break
