@@ -52,7 +52,7 @@ class SourceWatch:
     the domain, each on a connection of its own."""
 
     def __init__(self, src: Host, dst: Host, name: str):
-        self.name = name
+        self.name, self.src_name = name, src.name  # set before any callback can run
         self.conn = src.connect(fresh=True)
         self.dom = self.conn.lookupByName(name)
         self.events: list[dict] = []
@@ -64,7 +64,6 @@ class SourceWatch:
         self.dst_conn = dst.connect(fresh=True)
         self._ids.append((self.dst_conn, self.dst_conn.domainEventRegisterAny(
             None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._event, dst.name)))
-        self.src_name = src.name
 
     def _event(self, _conn, dom, event: int, detail: int, host: str) -> None:
         if dom.name() != self.name:
