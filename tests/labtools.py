@@ -24,15 +24,17 @@ def session_stack() -> tuple[str, dict] | None:
     return name, config.stacks[name].model_dump(mode="json", exclude_none=True)
 
 
-def write_lab_config(tmp_path: Path, name: str, third_octet: int, stack: str | None = None, **extra: str) -> Path:
-    """A two-host lab on 198.19.<third_octet>.0/24, apart from the session lab's 198.18.0.0/16, on the
-    session lab's stack (`stack="system"`: the installed packages, for a test about them)."""
+def write_lab_config(tmp_path: Path, name: str, third_octet: int, stack: str | None = None, count: int = 2,
+                     **extra: str) -> Path:
+    """A lab of `count` hosts (hv1 at .11, hv2 at .12, ...) on 198.19.<third_octet>.0/24, apart from the session
+    lab's 198.18.0.0/16. An embedded one runs the session lab's stack (`stack="system"`: the installed
+    packages, for a test about them or a feature a build stack lacks); other backends run what is installed."""
     net = f"198.19.{third_octet}"
-    chosen = None if stack == SYSTEM else session_stack()
+    chosen = None if stack == SYSTEM or extra.get("backend", "embedded") != "embedded" else session_stack()
     on = f", stack: {chosen[0]}" if chosen else ""
     lines = [f"name: {name}", "accelerator: auto",
              f"network: {{subnet: {net}.0/24, runner_address: {net}.1, guest_range: {net}.128/25}}",
-             "hosts:", f"  - {{name: hv1, address: {net}.11{on}}}", f"  - {{name: hv2, address: {net}.12{on}}}"]
+             "hosts:", *(f"  - {{name: hv{i}, address: {net}.1{i}{on}}}" for i in range(1, count + 1))]
     if chosen:
         lines.append("stacks: " + json.dumps({chosen[0]: chosen[1]}))  # JSON is YAML
     lines += [f"{k}: {v}" for k, v in extra.items()]

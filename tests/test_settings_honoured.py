@@ -19,7 +19,10 @@ pytestmark = pytest.mark.lab
 
 def test_settings_a_plain_migration_did_not_use_are_findings(lab, guest, src_host, dst_host):
     guest.agent("dirty", 2, 16)  # a quarter of the 8 MiB/s judged below
-    plain = MigrationParams(unsafe=lab.needs_unsafe("shared"), migrate_uri=f"tcp://{dst_host.address}")
+    # 8 MiB/s: the migration lasts seconds, so the counter's polls (an SSH command each, slower on a loaded
+    # runner) see its connection; uncapped, a mostly-zero guest moved within one poll and counted 0 (CI, once).
+    plain = MigrationParams(unsafe=lab.needs_unsafe("shared"), migrate_uri=f"tcp://{dst_host.address}",
+                            bandwidth_mibs=8)
     with ConnectionCounter(dst_host, guest.name) as counter:
         result = migrate(guest.name, src_host, dst_host, plain)
     assert result.ok, result.error

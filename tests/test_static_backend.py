@@ -138,10 +138,7 @@ POOL_PROBE = textwrap.dedent('''
 def four_hosts(tmp_path_factory):
     """An embedded lab of four hosts: two pairs of existing machines."""
     folder = tmp_path_factory.mktemp("real4")
-    path = write_lab_config(folder, "kvmreal4", 42)
-    more = "".join(f"  - {{name: hv{i}, address: 198.19.42.1{i}}}\n" for i in (3, 4))
-    path.write_text(path.read_text().replace("address: 198.19.42.12}\n", "address: 198.19.42.12}\n" + more))
-    config = load_lab_config(path)
+    config = load_lab_config(write_lab_config(folder, "kvmreal4", 42, count=4))
     assert [h.name for h in config.hosts] == ["hv1", "hv2", "hv3", "hv4"]
     backend = get_backend(config)
     backend.up(lambda _m: None)
