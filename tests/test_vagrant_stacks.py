@@ -33,7 +33,8 @@ def test_a_vagrant_host_runs_the_archive_stack_the_playbook_installed(record_pro
     try:
         proc, took = _lab("up", config=STACKS_YAML)
         record_property("lab_up_s", round(took, 1))
-        assert proc.returncode == 0, proc.stderr[-4000:]
+        failed = [line for line in proc.stderr.splitlines() if "fatal:" in line or "lab: error" in line]
+        assert proc.returncode == 0, "\n".join(failed)[:3000] + "\n" + proc.stderr[-2500:]
         status = json.loads(_lab("status", "--json", config=STACKS_YAML)[0].stdout)
         hv1, hv2 = status["hosts"]
         assert hv2["stack"]["name"] == "bookworm-backports", hv2

@@ -153,10 +153,19 @@ class VagrantBackend:
                 last = self._names()[-1]
                 progress(f"provisioning every VM with provision/site.yml (from {last}; Ansible strategy "
                          f"{ansible_strategy()})")
-                for line in vg.provision_lines(last):
-                    show(line, progress, ansible=True)
-                    if " : ok=" in line:
-                        record.provision_recap.append(line.strip())
+                failed_tasks: list[str] = []  # "fatal: [hv2]: FAILED! => {...}": what the error line must name
+                try:
+                    for line in vg.provision_lines(last):
+                        show(line, progress, ansible=True)
+                        if " : ok=" in line:
+                            record.provision_recap.append(line.strip())
+                        elif line.lstrip().startswith("fatal:"):
+                            failed_tasks.append(line.strip())
+                except BackendError:
+                    if not failed_tasks:
+                        raise
+                    raise BackendError(f"provisioning failed: {failed_tasks[0][:800]} (the whole output is above; "
+                                       "`python -m lab up` again resumes)") from None
                 timings["provision_s"] = round(time.monotonic() - t, 1)
                 state.save()
             t = time.monotonic()
