@@ -181,8 +181,13 @@ def _fetch_and_stop(tmp_path: Path, sig: int) -> tuple[subprocess.CompletedProce
     config = tmp_path / "lab.yaml"
     config.write_text(yaml.safe_dump({"stacks": {"candidate": BACKPORTS}}))
     cache = StackCache(tmp_path / "stacks")
+    # apt's own rate limit (1 MiB/s): the 17 MB fetch lasts seconds past the first package, so the signal
+    # lands in it; unthrottled, a warm mirror once let the fetch finish between seeing a package and the kill.
+    apt_conf = tmp_path / "apt.conf"
+    apt_conf.write_text('Acquire::http::Dl-Limit "1024";\n')
     proc = subprocess.Popen([sys.executable, "-m", "lab.stacks", "--lab-config", str(config), "fetch", "candidate"],
-                            env={**os.environ, "LAB_STACK_CACHE": str(cache.root)}, cwd=REPO,
+                            env={**os.environ, "LAB_STACK_CACHE": str(cache.root), "APT_CONFIG": str(apt_conf)},
+                            cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     phase, deadline = "", time.monotonic() + 120
     while not phase and time.monotonic() < deadline and proc.poll() is None:
