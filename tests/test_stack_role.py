@@ -27,8 +27,8 @@ R={root}
 mount -t proc proc $R/proc
 mount --rbind /dev $R/dev
 mount -t sysfs sys $R/sys
-ansible-playbook -i {inv} {play}
-ansible-playbook -i {inv} {play}
+ansible-playbook -i {inv} -e @{extra} {play}
+ansible-playbook -i {inv} -e @{extra} {play}
 chroot $R /usr/bin/qemu-system-x86_64 --version
 chroot $R /usr/sbin/libvirtd --version
 """
@@ -63,9 +63,11 @@ def test_role_stack_installs_the_pinned_stack_on_the_box_and_changes_nothing_the
     inventory = tmp_path / "inv.yaml"
     inventory.write_text(json.dumps({"all": {"hosts": {"box": {
         "ansible_connection": "community.general.chroot", "ansible_host": str(root),
-        "ansible_python_interpreter": "/usr/bin/python3", "lab_stack": stack}}}}))
+        "ansible_python_interpreter": "/usr/bin/python3"}}}}))
+    # As the Vagrant backend passes it: one extra var naming every host's stack (render.py).
+    (tmp_path / "extra.json").write_text(json.dumps({"lab_stacks": {"box": stack}}))
     (tmp_path / "play.yml").write_text(PLAY)
-    script = RUN.format(root=root, inv=inventory, play=tmp_path / "play.yml")
+    script = RUN.format(root=root, inv=inventory, extra=tmp_path / "extra.json", play=tmp_path / "play.yml")
     proc = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", script], cwd=tmp_path,
                           capture_output=True, text=True, timeout=1200,
                           env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "ANSIBLE_NOCOLOR": "1",

@@ -87,8 +87,7 @@ def settings_document(config, spec: VagrantSpec, *, driver: str, lab_dir: Path, 
     nfs_names = [m.name for m in ms if m.role == "nfs"] or ([spec.nfs_server] if nfs_server_address(config, spec) else [])
     # The boxes are Debian: no interpreter discovery (a round of commands per VM, seconds each under TCG).
     host_vars = {m.name: {"lab_address": m.address, "lab_nic_mac": vm_mac(m.address),
-                          "lab_make_bridge": m.role == "hypervisor", "lab_stack": (stacks or {}).get(m.name, {}),
-                          "ansible_python_interpreter": "/usr/bin/python3"}
+                          "lab_make_bridge": m.role == "hypervisor", "ansible_python_interpreter": "/usr/bin/python3"}
                  for m in ms}
     return {
         "lab": config.name,
@@ -117,7 +116,10 @@ def settings_document(config, spec: VagrantSpec, *, driver: str, lab_dir: Path, 
             "config_file": str(ANSIBLE_CFG),
             "groups": {"hypervisors": [h.name for h in config.hosts], "nfs_servers": nfs_names},
             "host_vars": host_vars,
-            "extra_vars": playbook_vars(config, spec, lab_dir, public_key),
+            # Structured values go in extra_vars (JSON on the command line): Vagrant writes host_vars into an
+            # INI inventory as key=value text, where a dict arrives as a string (seen: 'str object' has no
+            # attribute 'name'). Role stack reads lab_stacks[inventory_hostname].
+            "extra_vars": {**playbook_vars(config, spec, lab_dir, public_key), "lab_stacks": stacks or {}},
             "verbose": spec.ansible_verbose,
             "raw_arguments": ["--diff"] if spec.ansible_verbose else [],
         },
