@@ -181,12 +181,16 @@ def _fetch_and_stop(tmp_path: Path, sig: int) -> tuple[subprocess.CompletedProce
     config = tmp_path / "lab.yaml"
     config.write_text(yaml.safe_dump({"stacks": {"candidate": BACKPORTS}}))
     cache = StackCache(tmp_path / "stacks")
-    # apt's own rate limit (1 MiB/s): the 17 MB fetch lasts seconds past the first package, so the signal
-    # lands in it; unthrottled, a warm mirror once let the fetch finish between seeing a package and the kill.
-    apt_conf = tmp_path / "apt.conf"
-    apt_conf.write_text('Acquire::http::Dl-Limit "1024";\n')
+    # A stand-in that waits 5 s, then runs the real dpkg-deb: it holds the fetch between "packages on disk"
+    # and "unpacked", so the signal lands inside the fetch. Without it the whole 17 MB fetch twice ended
+    # (exit 0) between the test seeing a package and its signal (CI on this machine).
+    slow = tmp_path / "bin"
+    slow.mkdir()
+    (slow / "dpkg-deb").write_text('#!/bin/sh\nsleep 5\nexec /usr/bin/dpkg-deb "$@"\n')
+    (slow / "dpkg-deb").chmod(0o755)
     proc = subprocess.Popen([sys.executable, "-m", "lab.stacks", "--lab-config", str(config), "fetch", "candidate"],
-                            env={**os.environ, "LAB_STACK_CACHE": str(cache.root), "APT_CONFIG": str(apt_conf)},
+                            env={**os.environ, "LAB_STACK_CACHE": str(cache.root),
+                                 "PATH": f"{slow}:{os.environ['PATH']}"},
                             cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     phase, deadline = "", time.monotonic() + 120
