@@ -113,6 +113,17 @@ class PrivateApt:
         return sorted(into.glob("*.deb"))
 
 
+def read_suite(cache: StackCache, name: str, suite: str, mirror: str | None,
+               progress: Callable[[str], None]) -> PrivateApt:
+    """The stack's suite read into the cache's private index; one line naming the stack when it cannot be."""
+    try:
+        apt = PrivateApt(cache, suite, mirror or default_mirror(suite))
+        apt.update(progress)
+    except StackError as exc:
+        raise StackError(f"stacks.{name}: {exc}") from None
+    return apt
+
+
 def resolve(apt: PrivateApt, component: Component, requested: str, field: str) -> str:
     """The exact version of the component's packages that `requested` names, or one line saying what is there."""
     versions = apt.versions(component.packages[0])

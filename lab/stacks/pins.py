@@ -15,7 +15,7 @@ from typing import Callable
 
 from lab.config.stacks import SYSTEM, StackSpec
 from lab.errors import StackError
-from lab.stacks.archive import COMPONENTS, PrivateApt, default_mirror, resolve
+from lab.stacks.archive import COMPONENTS, read_suite, resolve
 from lab.stacks.cache import StackCache
 
 # What a host needs of each component beyond what the embedded tree takes: the tools and the
@@ -31,14 +31,9 @@ def playbook_stack(name: str, spec: StackSpec, progress: Callable[[str], None],
                          "name an archive stack (suite and versions) or use backend: embedded")
     cache = cache or StackCache()
     suite = spec.archive_suite
-    mirror = (spec.mirror or default_mirror(suite)).rstrip("/")
-    apt = PrivateApt(cache, suite, mirror)
     with cache.locked(progress):
-        try:
-            apt.update(progress)
-        except StackError as exc:
-            raise StackError(f"stacks.{name}: {exc}") from None
-        stack: dict = {"name": name, "suite": suite, "mirror": mirror}
+        apt = read_suite(cache, name, suite, spec.mirror, progress)
+        stack: dict = {"name": name, "suite": suite, "mirror": apt.mirror}
         packages = []
         for component in COMPONENTS.values():
             requested = getattr(spec, component.name)

@@ -13,7 +13,8 @@ from lab.config.lab import LabConfig
 from lab.config.stacks import SYSTEM, StackSpec, stack_spec
 from lab.errors import StackError
 from lab.runtime.state import StackRecord
-from lab.stacks.archive import COMPONENTS, QEMU, LIBVIRT, PrivateApt, cached, default_mirror, fetch, resolve, upstream
+from lab.stacks.archive import (COMPONENTS, LIBVIRT, QEMU, PrivateApt, cached, fetch, read_suite, resolve,
+                                upstream)
 from lab.stacks.build import build_stack
 from lab.stacks.cache import Entry, StackCache
 from lab.util.process import run
@@ -69,11 +70,7 @@ def archive_stack(name: str, spec: StackSpec, cache: StackCache, progress: Progr
             entry = cached(cache, component, requested, suite)
             if entry is None:
                 if apt is None:
-                    try:
-                        apt = PrivateApt(cache, suite, spec.mirror or default_mirror(suite))
-                        apt.update(progress)
-                    except StackError as exc:
-                        raise StackError(f"stacks.{name}: {exc}") from None
+                    apt = read_suite(cache, name, suite, spec.mirror, progress)
                 version = resolve(apt, component, requested, f"stacks.{name}.{component.name}")
                 progress(f"stack {name}: fetching {component.name} {version} from {apt.where}")
                 try:
