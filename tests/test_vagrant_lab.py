@@ -396,7 +396,8 @@ def test_inner_accelerator_chosen_by_the_measured_cycle():
 
 def test_agent_timeouts_follow_the_measured_fill_speed():
     """The 60 s callers pass (lab.migration.integrity) stands where nothing was measured (embedded labs);
-    with a measured speed, fill/verify/oracle wait 4x what that speed needs plus 10 s."""
+    with a measured speed, fill/verify wait 4x what the fill's size needs at that speed plus 10 s, and
+    dirty/oracle the same for the dirty writer's sweep region (what the oracle scans)."""
     from lab.guest.domain import Guest, GuestConfig, paced_wait_s
 
     class Control:
@@ -413,6 +414,9 @@ def test_agent_timeouts_follow_the_measured_fill_speed():
     slow = Guest(dataclasses.replace(cfg, fill_mibs=0.5), None, None, Control())
     assert slow.agent("fill", 1, 32, timeout=60) == 10 + 4 * 32 / 0.5
     assert slow.agent("verify", timeout=60) == 10 + 4 * 32 / 0.5 and slow.agent("info") == 10
+    assert slow.agent("oracle", timeout=60) == 60  # no dirty region yet: the caller's wait
+    assert slow.agent("dirty", 8, 64) == 10 + 4 * 64 / 0.5
+    assert slow.agent("oracle", timeout=60) == 10 + 4 * 64 / 0.5  # the 64 MiB sweep region, not the 32 MiB fill
     assert slow.agent("fill", 99, 64, timeout=60) == 10 + 4 * 64 / 0.5  # the size of this fill, not the measured one
     fast = Guest(dataclasses.replace(cfg, fill_mibs=40), None, None, Control())
     assert fast.agent("fill", 1, 32, timeout=60) == 60  # never shorter than the caller's wait

@@ -123,7 +123,8 @@ class Guest:
     boot_id: str = ""
     probes: list = field(default_factory=list)
     storage: str = "shared"
-    filled_mib: int = 0  # the last `fill`'s size (paces verify and oracle)
+    filled_mib: int = 0  # the last `fill`'s size (paces verify)
+    dirty_region_mib: int = 0  # the last `dirty`'s sweep region (paces oracle, which scans it)
 
     @property
     def name(self) -> str:
@@ -147,12 +148,16 @@ class Guest:
         return self.control.command(cmd, *args, timeout=wait)
 
     def _paced_s(self, cmd: str, args: tuple) -> float:
-        # fill writes MIB, verify and oracle read what was filled.
+        # fill writes MIB and verify reads it back; dirty maps its region and oracle scans it.
         if cmd == "fill" and len(args) >= 2:
             self.filled_mib = int(args[1])
-        elif cmd not in ("verify", "oracle"):
-            return 0.0
-        return paced_wait_s(self.filled_mib, self.config.fill_mibs)
+        elif cmd == "dirty" and len(args) >= 2:
+            self.dirty_region_mib = int(args[1])
+        if cmd in ("fill", "verify"):
+            return paced_wait_s(self.filled_mib, self.config.fill_mibs)
+        if cmd in ("dirty", "oracle"):
+            return paced_wait_s(self.dirty_region_mib, self.config.fill_mibs)
+        return 0.0
 
     def info(self) -> dict[str, str]:
         return self.agent("info")
