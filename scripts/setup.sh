@@ -16,7 +16,7 @@ DEBIAN_PACKAGES=(
   chromium  # headless, for the HTML report's browser test (tests/test_report.py)
   elfutils  # eu-stack: the hot patch doctor's --pid (thread stacks of a running QEMU)
   # QEMU source builds (build stacks such as CI's labs/ci.yaml, the hot patch suite): lab/stacks/build.py BUILD_DEPS
-  make ninja-build meson libglib2.0-dev libpixman-1-dev libfdt-dev flex bison dpkg-dev patch
+  make ninja-build meson libglib2.0-dev libpixman-1-dev libfdt-dev libnfs-dev flex bison dpkg-dev patch
 )
 # openEuler names (dnf); libcareplus is packaged there.
 OPENEULER_PACKAGES=(

@@ -27,9 +27,8 @@ pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("nfs-lab")]
 
 @pytest.fixture(scope="module")
 def nfs_lab(tmp_path_factory):
-    # The installed QEMU: its disks use QEMU's own NFS client (libnfs, qemu-block-extra), which a build
-    # stack such as CI's (labs/ci.yaml, configured without modules) does not have.
-    path = write_lab_config(tmp_path_factory.mktemp("nfs"), "kvmnfst", 31, stack="system", storage="nfs")
+    # The session lab's stack: disks use QEMU's own NFS client (libnfs), which build stacks compile in.
+    path = write_lab_config(tmp_path_factory.mktemp("nfs"), "kvmnfst", 31, storage="nfs")
     config = load_lab_config(path)
     backend = get_backend(config)
     backend.up(lambda _m: None)
