@@ -1,4 +1,5 @@
-"""The guest agent's dirty-page oracle catches a page that missed a write, for real.
+"""The guest agent's dirty-page oracle catches a page that missed a write, and `verify` a damaged
+fill pattern, for real.
 
 The agent (lab/guest/agent.c, built as for the guest image) runs here as an ordinary process in
 private network and mount namespaces; its memory is changed behind its back through
@@ -36,10 +37,14 @@ def cmd(text):
     raise SystemExit("agent did not answer")
 try:
     cmd("dirty 1 4")  # 1 MiB/s over 4 MiB: the writer needs 4 s per round
+    fill = int(cmd("fill 5 2")["base"], 16)
     time.sleep(0.5)
     clean = cmd("oracle")
+    verified = cmd("verify")
     sweep, hot, small = (int(clean[k], 16) for k in ("sweep_base", "hot_base", "hot_small_base"))
     with open(f"/proc/{agent.pid}/mem", "r+b", buffering=0) as mem:
+        mem.seek(fill + 3 * 4096 + 8)  # one word of the fill pattern
+        mem.write(struct.pack("<Q", 12345))
         mem.seek(sweep + 900 * 4096)  # far ahead of the writer: a page that should still hold round 0
         mem.write(struct.pack("<Q", 77777))
         mem.seek(hot + 3 * 4096)  # a hot page: rewritten every millisecond after a check
@@ -48,7 +53,7 @@ try:
         mem.write(struct.pack("<Q", 44444))
     time.sleep(0.1)
     print(json.dumps({"clean": clean, "dirty": cmd("oracle"), "after": cmd("oracle"), "sweep": sweep, "hot": hot,
-                      "small": small}))
+                      "small": small, "verified": verified, "verify": cmd("verify")}))
 finally:
     agent.kill()
 '''
@@ -62,13 +67,18 @@ def agent(tmp_path_factory) -> Path:
     return out
 
 
-def test_the_oracle_names_pages_that_missed_a_write(agent, tmp_path):
+def _drive(agent: Path, tmp_path: Path, driver: str) -> tuple[dict, Path]:
+    """Run `driver` against the agent in private namespaces: what it printed, and the console file."""
     console = tmp_path / "console.log"
     console.write_text("")
-    proc = subprocess.run(["unshare", "--net", "--mount", sys.executable, "-c", DRIVER, str(agent), str(console)],
+    proc = subprocess.run(["unshare", "--net", "--mount", sys.executable, "-c", driver, str(agent), str(console)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1]), console
+
+
+def test_the_oracle_names_pages_that_missed_a_write(agent, tmp_path):
+    seen, console = _drive(agent, tmp_path, DRIVER)
     assert seen["clean"]["scan_wrong"] == "0" and seen["clean"]["hot_wrong"] == "0", seen["clean"]
     dirty = seen["dirty"]
     assert dirty["scan_wrong"] == "1" and dirty["hot_wrong"] == "2", dirty
@@ -84,15 +94,17 @@ def test_the_oracle_names_pages_that_missed_a_write(agent, tmp_path):
     assert f"LAB-ORACLE-WRONG writer=hot addr={hex(seen['small'] + 5 * 4096)} found=44444" in told
 
 
+def test_verify_names_the_first_damaged_word_of_the_fill_pattern(agent, tmp_path):
+    seen, console = _drive(agent, tmp_path, DRIVER)
+    assert seen["verified"]["bad_words"] == "0", seen["verified"]
+    assert seen["verify"] == {"bad_words": "1", "first_bad_offset": str(3 * 4096 + 8)}, seen["verify"]
+
+
 def test_an_untouched_agent_reports_no_wrong_page(agent, tmp_path):
     """The check can pass: with nothing changed behind its back, a dirtying agent is clean."""
-    console = tmp_path / "console.log"
-    console.write_text("")
     quiet = DRIVER.replace('with open(f"/proc/{agent.pid}/mem", "r+b", buffering=0) as mem:', "if False:")
-    proc = subprocess.run(["unshare", "--net", "--mount", sys.executable, "-c", quiet, str(agent), str(console)],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    seen, console = _drive(agent, tmp_path, quiet)
     for reading in ("dirty", "after"):
         assert (seen[reading]["scan_wrong"], seen[reading]["sweep_wrong"], seen[reading]["hot_wrong"]) == ("0", "0", "0")
+    assert seen["verify"]["bad_words"] == "0", seen["verify"]
     assert "LAB-ORACLE-WRONG" not in console.read_text()

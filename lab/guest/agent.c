@@ -640,7 +640,8 @@ static int cmd_fill(char **av, int ac, char *out, size_t outsz)
         fill.base[i] = splitmix64(seed ^ i);
     fill.seed = seed;
     fill.valid = 1;
-    return snprintf(out, outsz, "ok mib=%zu", fill.mib);
+    /* base: where the pattern is, for a test that damages it behind the agent's back */
+    return snprintf(out, outsz, "ok mib=%zu base=0x%lx", fill.mib, (unsigned long)(uintptr_t)fill.base);
 }
 
 static int cmd_verify(char *out, size_t outsz)

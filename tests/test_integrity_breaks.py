@@ -1,0 +1,70 @@
+"""Every check of lab.migration.integrity.inspect (the verdict each migration ends with) sees its own
+failure, made for real on a running guest: the guest on the wrong host, its disk rewritten behind the
+fingerprint's back, a hard reset, its network link down. The memory checks (the fill pattern and
+the dirty-page oracle) are broken for real in tests/test_agent_oracle.py.
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import libvirt
+import pytest
+
+from lab.migration.integrity import echo_silence, inspect, take_fingerprint
+from lab.results.verdicts import Kind
+
+pytestmark = pytest.mark.lab
+
+
+def _kinds(findings) -> set[Kind]:
+    return {f.kind for f in findings}
+
+
+def test_an_untouched_guest_passes_every_check(lab, guest, src_host):
+    """The checks can pass: inspected where it runs, with nothing changed, there is no finding."""
+    before = take_fingerprint(guest)
+    assert inspect(guest, before, lab.hosts, src_host).findings == []
+
+
+def test_a_guest_on_another_host_than_expected_is_a_failed_migration(lab, guest, dst_host):
+    before = take_fingerprint(guest)
+    found = inspect(guest, before, lab.hosts, dst_host).findings
+    assert [f.kind for f in found if f.kind == Kind.MIGRATION_FAILED] == [Kind.MIGRATION_FAILED], found
+    assert f"expected only {dst_host.name}" in found[0].text
+
+
+def test_a_disk_rewritten_after_the_fingerprint_is_a_changed_disk(lab, guest, src_host):
+    before = take_fingerprint(guest)
+    guest.agent("diskwrite", 4321, 4, timeout=60)  # other data over the same 4 MiB
+    found = inspect(guest, before, lab.hosts, src_host).findings
+    assert _kinds(found) == {Kind.DISK_CHANGED}, found
+
+
+def test_a_hard_reset_is_a_reboot(lab, guest, src_host):
+    before = take_fingerprint(guest)
+    guest.domain().reset(0)  # the guest's power button, as a crash with panic=-1 would
+    found = inspect(guest, before, lab.hosts, src_host).findings
+    assert Kind.GUEST_REBOOTED in _kinds(found), found
+    # The new boot has no fill pattern: the memory check says so too rather than passing.
+    assert Kind.MEMORY_PATTERN in _kinds(found), found
+
+
+def _set_link(guest, state: str) -> None:
+    dom = guest.domain()
+    nic = ET.fromstring(dom.XMLDesc(0)).find("./devices/interface")
+    for old in nic.findall("link"):
+        nic.remove(old)
+    ET.SubElement(nic, "link", state=state)
+    dom.updateDeviceFlags(ET.tostring(nic, encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+
+def test_a_guest_whose_link_is_down_is_echo_silent(guest, src_host):
+    assert echo_silence(guest, src_host) is None
+    _set_link(guest, "down")
+    try:
+        found = echo_silence(guest, src_host)
+    finally:
+        _set_link(guest, "up")
+    assert found is not None and found.kind == Kind.ECHO_SILENT, found
+    assert "of 10 echo probes in" in found.text and found.text.endswith(f"on {src_host.name}"), found.text
+    assert echo_silence(guest, src_host) is None  # the link back up: it answers again
