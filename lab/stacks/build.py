@@ -30,7 +30,7 @@ COMPONENT = "qemu-build"
 SOURCE_PACKAGE = "qemu"
 BINARY = "qemu-system-x86_64"
 FIRMWARE_PATH = ("/usr/share/qemu", "/usr/share/seabios", "/usr/lib/ipxe/qemu")
-# libnfs: QEMU's own NFS client, which guests' disks use in an `storage: nfs` lab (the distro has it as a
+# libnfs: QEMU's own NFS client, which guests' disks use in a `storage: nfs` lab (the distro has it as a
 # module of qemu-block-extra; a build without modules compiles it in).
 CONFIGURE = ("--target-list=x86_64-softmmu", "--without-default-features", "--enable-kvm", "--enable-tcg",
              "--enable-libnfs", "--enable-fdt=system", "--disable-docs", "--disable-install-blobs", "--prefix=/usr",
