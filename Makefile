@@ -49,7 +49,7 @@ VAGRANT_THRESHOLDS ?= labs/vagrant-tcg.thresholds.yaml
 
 vagrant-test: setup
 	LAB_RUN_ID=$(RUN_ID) LAB_VAGRANT_CONFIG=$(VAGRANT_LAB) LAB_VAGRANT_THRESHOLDS=$(VAGRANT_THRESHOLDS) LAB_VAGRANT_TIMINGS=reports/vagrant-timings.json \
-	  $(PY) -m pytest tests/test_vagrant_lab.py tests/test_provision.py tests/test_stack_role.py -p no:randomly -rs $(PYTEST_ARGS)
+	  $(PY) -m pytest tests/test_vagrant_settings.py tests/test_vagrant_box.py tests/test_vagrant_lab.py tests/test_provision.py tests/test_stack_role.py -p no:randomly -rs $(PYTEST_ARGS)
 
 up: setup
 	$(PY) -m lab up

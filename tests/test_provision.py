@@ -72,10 +72,10 @@ def _role_defaults() -> dict:
 
 def test_vagrant_variables_are_the_roles_variables():
     """A variable the lab passes that no role declares is a typo the playbook would silently ignore."""
-    from tests.test_vagrant_lab import _config
+    from tests.vagrant_tools import vagrant_config
     from lab.config.vagrant import check_lab
 
-    config = _config()
+    config = vagrant_config()
     spec = check_lab(config)
     declared = _role_defaults()
     passed = playbook_vars(config, spec, Path("/var/lib/kvm-acceptance-lab/kvmvag"), "ssh-ed25519 K")
