@@ -25,9 +25,7 @@ from lab.hotpatch.qemu_source import deb_src_stanzas, has_deb_src
 from lab.hotpatch.source_tree import patched_files, restore_lpmakeorig
 from lab.util.elf import build_id
 from lab.util.process import run
-from tests.libcare_captured import (
-    CAPTURED_APPLY_MISMATCH, LIB_BUILDID, PATCHES, REPO, fake_tools, kpatch_bytes,
-)
+from tests.libcare_captured import CAPTURED_APPLY_MISMATCH, LIB_BUILDID, PATCHES, REPO, fake_tools, kpatch_bytes
 
 
 # -- protecting the host's cc -------------------------------------------------

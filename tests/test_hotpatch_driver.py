@@ -18,8 +18,17 @@ from lab.util.elf import build_id, text_digest
 from lab.util.process import run
 from suites.hotpatch.conftest import load_hotpatch_thresholds
 from tests.libcare_captured import (
-    CAPTURED_APPLY_MISMATCH, CAPTURED_APPLY_OK, CAPTURED_APPLY_UNSAFE, CAPTURED_BUILD_TOO_SMALL, CAPTURED_DUMP,
-    CAPTURED_INFO_TWO, CAPTURED_UNAPPLY_OK, DISTRO_BUILDID, LIB_BUILDID, fake_tools, kpatch_bytes,
+    CAPTURED_APPLY_MISMATCH,
+    CAPTURED_APPLY_OK,
+    CAPTURED_APPLY_UNSAFE,
+    CAPTURED_BUILD_TOO_SMALL,
+    CAPTURED_DUMP,
+    CAPTURED_INFO_TWO,
+    CAPTURED_UNAPPLY_OK,
+    DISTRO_BUILDID,
+    LIB_BUILDID,
+    fake_tools,
+    kpatch_bytes,
 )
 
 

@@ -16,11 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.errors import BackendError
 from lab.backends.vagrant import box as boxmod
-from tests.vagrant_tools import (
-    REPO,
-)
+from lab.errors import BackendError
+from tests.vagrant_tools import REPO
 
 
 # -- box builder pieces and the python-vagrant wrapper ---------------------------------------------
@@ -63,8 +61,8 @@ def fake_vagrant(tmp_path, monkeypatch):
 
 
 def test_wrapper_ssh_config_per_machine_and_snapshots_per_machine(tmp_path, fake_vagrant):
-    from lab.errors import BackendError
     from lab.backends.vagrant.driver import VagrantLab
+    from lab.errors import BackendError
 
     vg = VagrantLab(tmp_path)
     confs = vg.ssh_configs(["hv1", "hv2"])
@@ -225,6 +223,7 @@ class _FillGuest:
 def fill_lab(monkeypatch):
     """inner's guest plumbing replaced: guests made by create_guest are _FillGuest objects."""
     from types import SimpleNamespace
+
     from lab.backends.vagrant import inner
 
     made = []

@@ -17,13 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.config.lab import parse_lab_config
 from lab.backends.vagrant import box as boxmod
 from lab.backends.vagrant.render import machines
+from lab.config.lab import parse_lab_config
 from lab.config.vagrant import check_lab
-from tests.vagrant_tools import (
-    REPO, TCG_YAML, vagrant_with_libvirt, run_lab, read_or_empty, virsh,
-)
+from tests.vagrant_tools import REPO, TCG_YAML, read_or_empty, run_lab, vagrant_with_libvirt, virsh
 
 
 # -- end to end (make vagrant-test) -----------------------------------------------------------------
@@ -68,9 +66,9 @@ def _nested_check_on(config) -> list[str]:
 def _clock_check_on(config) -> list[str]:
     """clock-sync passes on the lab as provisioned, fails once hv2's chrony is stopped and its clock stepped
     5 s ahead, and passes again once chrony has brought it back."""
+    from lab.backends.vagrant.timeserver import wait_for_clock
     from lab.preflight import FAIL, PASS, context_for, run_preflight
     from lab.runtime.lab import Lab
-    from lab.backends.vagrant.timeserver import wait_for_clock
 
     lab = Lab.load(config)
     dst = lab.hosts[1]

@@ -10,12 +10,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.config.lab import parse_lab_config
-from lab.errors import BackendError, ConfigError
 from lab.backends.vagrant.render import REPO_VAGRANTFILE, machines, settings_document, vm_mac, write_work_dir
+from lab.config.lab import parse_lab_config
 from lab.config.vagrant import DEFAULT_BOX, VagrantSpec, check_lab, nfs_server_address, parse_vagrant_settings
+from lab.errors import BackendError, ConfigError
 from tests.vagrant_tools import (
-    REPO, TCG_YAML, EXAMPLE_YAML, STACKS_YAML, FORBIDDEN, LAB_RANGE, vagrant_doc, vagrant_config, vagrant_with_libvirt,
+    EXAMPLE_YAML,
+    FORBIDDEN,
+    LAB_RANGE,
+    REPO,
+    STACKS_YAML,
+    TCG_YAML,
+    vagrant_config,
+    vagrant_doc,
+    vagrant_with_libvirt,
 )
 
 
