@@ -34,7 +34,7 @@ gate: setup
 
 # Hot patches end to end (slow: QEMU source build + libcare-patch-make); needs libcareplus on PATH.
 hotpatch-test: setup
-	LAB_RUN_ID=$(RUN_ID) $(PY) -m pytest suites/hotpatch tests/test_hotpatch_driver.py $(PYTEST_ARGS)
+	LAB_RUN_ID=$(RUN_ID) $(PY) -m pytest suites/hotpatch tests/test_hotpatch_driver.py tests/test_hotpatch_build_steps.py $(PYTEST_ARGS)
 
 # The Vagrant lab end to end (slow; not part of `make test` / .ci/run): the fast Vagrant and
 # provisioning checks, then the box (built locally if missing), `lab up` with the Vagrant backend
