@@ -309,15 +309,18 @@ def test_the_playbook_takes_no_stack_it_cannot_install(cache):
         playbook_stack("fixed", StackSpec(source="build", qemu="7.2"), lambda _m: None, cache)
 
 
-def test_pins_command_prints_each_hosts_lab_stack_as_inventory_yaml():
+def test_pins_command_prints_each_hosts_lab_stack_as_inventory_yaml(cache):
+    # The module's scratch cache: the machine's is locked for minutes while the session lab builds its stack.
     proc = subprocess.run([sys.executable, "-m", "lab.stacks", "--lab-config", str(REPO / "labs/vagrant-stacks.yaml"),
-                           "pins"], capture_output=True, text=True, timeout=120, cwd=REPO)
+                           "pins"], capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env={**os.environ, "LAB_STACK_CACHE": str(cache.root)})
     assert proc.returncode == 0, proc.stderr
     hosts = yaml.safe_load(proc.stdout)["all"]["hosts"]
     assert list(hosts) == ["hv2"] and hosts["hv2"]["lab_stack"]["qemu"] == "1:10.0.2+ds-2+deb13u1~bpo12+1"
 
 
-def test_a_vagrant_lab_with_a_version_not_in_the_archive_stops_before_making_anything(tmp_path):
+def test_a_vagrant_lab_with_a_version_not_in_the_archive_stops_before_making_anything(tmp_path, cache, monkeypatch):
+    monkeypatch.setenv("LAB_STACK_CACHE", str(cache.root))  # as above: not the machine's cache and its lock
     text = (REPO / "labs/vagrant-stacks.yaml").read_text().replace("name: kvmvst", "name: kvmvsb")
     config = tmp_path / "lab.yaml"
     config.write_text(text.replace("qemu: 10.0.2,", "qemu: 10.0.99,"))

@@ -114,10 +114,11 @@ class PrivateApt:
 
 
 def read_suite(cache: StackCache, name: str, suite: str, mirror: str | None,
-               progress: Callable[[str], None]) -> PrivateApt:
-    """The stack's suite read into the cache's private index; one line naming the stack when it cannot be."""
+               progress: Callable[[str], None], kind: str = "deb") -> PrivateApt:
+    """The stack's suite (binary, or deb-src for a build) read into the cache's private index; one line
+    naming the stack when it cannot be."""
     try:
-        apt = PrivateApt(cache, suite, mirror or default_mirror(suite))
+        apt = PrivateApt(cache, suite, mirror or default_mirror(suite), kind=kind)
         apt.update(progress)
     except StackError as exc:
         raise StackError(f"stacks.{name}: {exc}") from None

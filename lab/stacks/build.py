@@ -22,7 +22,7 @@ from typing import Callable
 from lab.config.stacks import StackSpec
 from lab.errors import StackError
 from lab.runtime.state import StackRecord
-from lab.stacks.archive import PrivateApt, default_mirror, matches, upstream
+from lab.stacks.archive import PrivateApt, matches, read_suite, upstream
 from lab.stacks.cache import Entry, StackCache, write_manifest
 from lab.util.process import run
 
@@ -94,11 +94,7 @@ def build_stack(name: str, spec: StackSpec, cache: StackCache, progress: Callabl
             if missing:
                 raise StackError(f"stacks.{name}: building QEMU needs {', '.join(missing)}: "
                                  f"apt-get install {' '.join(missing)}")
-            try:
-                apt = PrivateApt(cache, suite, spec.mirror or default_mirror(suite), kind="deb-src")
-                apt.update(progress)
-            except StackError as exc:
-                raise StackError(f"stacks.{name}: {exc}") from None
+            apt = read_suite(cache, name, suite, spec.mirror, progress, kind="deb-src")
             versions = apt.versions(SOURCE_PACKAGE)
             version = next((v for v in versions if matches(spec.qemu, v)), None)
             if version is None:
