@@ -121,7 +121,7 @@ POOL_PROBE = textwrap.dedent('''
             guest.host = dst
             same_boot = result.ok and guest.info()["boot_id"] == guest.boot_id
             if not same_boot:  # both hosts' libvirtd log tails into the failure message: CI keeps nothing else
-                kept = collect(lab.hosts, guest.name, Path(os.environ["POOL_OUT"]) / "evidence", result)
+                kept = collect(lab, guest.name, Path(os.environ["POOL_OUT"]) / "evidence", result)
                 evidence = "\\n".join(f"--- {p.name}\\n" + "\\n".join(p.read_text().splitlines()[-15:])
                                       for p in kept if p.name.endswith("libvirtd.log"))
         finally:

@@ -53,7 +53,9 @@ class GuestConfig:
 
     @property
     def cmdline(self) -> str:
-        return (f"console=ttyS0 quiet panic=-1 lab.name={self.name} lab.ip={self.address}/{self.prefixlen} "
+        # loglevel=5, not quiet: a soft lockup's registers and call trace (printed at the default level)
+        # reach the serial log, so a stalled guest is diagnosed from its evidence; boot adds two lines.
+        return (f"console=ttyS0 loglevel=5 panic=-1 lab.name={self.name} lab.ip={self.address}/{self.prefixlen} "
                 f"lab.runner={self.runner} lab.hb_port={self.heartbeat_port} lab.hb_us={self.heartbeat_us} "
                 f"lab.ctl_port={CTL_PORT}")
 

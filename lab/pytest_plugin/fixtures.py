@@ -174,7 +174,7 @@ def guest_factory(request, lab, test_report_dir):
     keep = failed(request.node)
     for guest in made:
         if keep:
-            collect(lab.hosts, guest.name, test_report_dir)
+            collect(lab, guest.name, test_report_dir)
         remove_guest(lab, guest)
 
 

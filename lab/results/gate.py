@@ -8,7 +8,6 @@ insignificant rather than a regression: the table says n on each side.
 """
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path

@@ -54,6 +54,13 @@ class Lab:
         return self.state.nfs.address if self.state.nfs else None
 
     @property
+    def server_logs(self) -> dict[str, Path]:
+        """Logs of the servers the lab runs beside its hosts, kept as evidence: the embedded NFS server's."""
+        if self.state.nfs is None:
+            return {}
+        return {"nfs-ganesha.log": self.layout.host_dir("nfs") / "ganesha" / "ganesha.log"}
+
+    @property
     def nested_kvm_reason(self) -> str:
         """Why the lab made its hosts as VMs that need KVM inside them, or "" (only Vagrant's driver kvm does)."""
         if self.state.vagrant is not None and self.state.vagrant.driver == "kvm":

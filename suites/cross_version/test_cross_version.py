@@ -85,12 +85,12 @@ def test_live_migration_across_stacks(direction, load, lab, stack_pair, pinned_m
         if refused:
             doc["refused_by_design"] = refused
             record(doc)
-            collect(lab.hosts, guest.name, test_report_dir / f"migration-{i + 1}", m.result)
+            collect(lab, guest.name, test_report_dir / f"migration-{i + 1}", m.result)
             pytest.skip(f"{direction} ({DIRECTIONS[direction]}) {src.name} [{src.stack}] -> {dst.name} "
                         f"[{dst.stack}] is refused by design: {refused}")
         record(doc)
         if not m.result.ok:
-            kept = collect(lab.hosts, guest.name, test_report_dir / f"migration-{i + 1}", m.result)
+            kept = collect(lab, guest.name, test_report_dir / f"migration-{i + 1}", m.result)
             findings.append(Finding(Kind.MIGRATION_FAILED, f"{scenario}: migration {i + 1} {src.name} -> {dst.name} "
                                     f"failed: {m.result.error} (evidence from both hosts: {len(kept)} files in "
                                     f"{test_report_dir})"))
@@ -98,7 +98,7 @@ def test_live_migration_across_stacks(direction, load, lab, stack_pair, pinned_m
         findings += [Finding(f.kind, f"after migration {i + 1} to {dst.name}: {f.text}") for f in after.findings]
         measurements.append(m)
         if after.findings:
-            collect(lab.hosts, guest.name, test_report_dir / f"migration-{i + 1}", m.result)
+            collect(lab, guest.name, test_report_dir / f"migration-{i + 1}", m.result)
             break  # the evidence is kept; the guest is left for the fixture to collect and remove
         remove_guest(lab, guest)  # one guest at a time on two cores: the next repetition's figures are its own
     threshold_findings, summaries = verdict(scenario, measurements, limits) if measurements else ([], {})

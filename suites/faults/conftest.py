@@ -28,7 +28,7 @@ def run_fault(lab, faults, host_versions, known_defects, record, test_report_dir
         case = FaultCase(lab, faults, scenario, guest, sabotage)
         outcome = case.run()
         result = outcome.run.result if outcome.run else None
-        kept = collect(lab.hosts, guest.name, test_report_dir / "evidence", result)
+        kept = collect(lab, guest.name, test_report_dir / "evidence", result)
         stack = Stack.of(host_versions[lab.hosts[0].name], lab.accelerator, scenario.mode)
         verdict = judge(outcome.findings, stack, known_defects)
         doc = outcome.record()

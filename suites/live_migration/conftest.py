@@ -100,7 +100,7 @@ def run_measured(lab, thresholds, repeat, host_versions, known_defects, record, 
                            integrity=[{"kind": f.kind.value, "text": f.text} for f in after.findings])
             record(doc)
             if not m.result.ok:
-                kept = collect(lab.hosts, guest.name, test_report_dir / f"migration-{i + 1}", m.result)
+                kept = collect(lab, guest.name, test_report_dir / f"migration-{i + 1}", m.result)
                 findings.append(Finding(Kind.MIGRATION_FAILED, f"{scenario.id}: migration {i + 1} {src.name} -> "
                                         f"{dst.name} failed: {m.result.error} (evidence: {len(kept)} files in "
                                         f"{test_report_dir})"))
@@ -108,7 +108,7 @@ def run_measured(lab, thresholds, repeat, host_versions, known_defects, record, 
             findings += [Finding(f.kind, f"after migration {i + 1} to {dst.name}: {f.text}") for f in after.findings]
             measurements.append(m)
             if any(f.kind in (Kind.GUEST_REBOOTED, Kind.SPLIT_BRAIN) for f in after.findings):
-                collect(lab.hosts, guest.name, test_report_dir / f"migration-{i + 1}", m.result)
+                collect(lab, guest.name, test_report_dir / f"migration-{i + 1}", m.result)
                 break  # another boot (or two guests) from here on: later figures would not be this guest's
             src, dst = dst, src
         threshold_findings, summaries = verdict(scenario.id, measurements, limits) if measurements else ([], {})

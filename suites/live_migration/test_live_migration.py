@@ -128,7 +128,7 @@ def test_precopy_that_cannot_converge_times_out_and_the_guest_keeps_running_on_t
             "error": result.error, "aborted": result.aborted, "libvirt_stats": result.stats})
     assert not result.ok and result.aborted, f"expected the watchdog to abort, got: {result.error or 'success'}"
     assert "budget 8 s exceeded: aborted" in result.error
-    kept = collect(lab.hosts, guest.name, test_report_dir / "aborted", result)
+    kept = collect(lab, guest.name, test_report_dir / "aborted", result)
     names = {p.name for p in kept}
     assert {f"{src_host.name}-{guest.name}.qemu.log", f"{src_host.name}-{guest.name}.serial",
             f"{src_host.name}-libvirtd.log", "migration-result.json"} <= names, names
