@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sched.h>
@@ -56,6 +57,7 @@ static struct config cfg = {.name = "guest", .hb_us = 1000, .ctl_port = 7777};
 static char boot_id_text[37];
 static uint8_t boot_id_bin[16];
 static atomic_uint_least64_t hb_sent;
+static atomic_int powering_off; /* set once: the heartbeat stops sending */
 
 /* ---------- small helpers ---------- */
 
@@ -248,6 +250,8 @@ static void *heartbeat_main(void *unused)
     for (;;) {
         next += period;
         sleep_until(next);
+        if (atomic_load(&powering_off))
+            break;
         uint64_t now = clock_ns(CLOCK_MONOTONIC);
         /* After a stall (e.g. migration downtime) restart the schedule from
          * now: a burst of catch-up beats would hide the gap's true shape. */
@@ -967,6 +971,28 @@ static void remember_reply(const char *line, const char *reply)
     snprintf(replies[i].reply, sizeof replies[i].reply, "%s", reply);
 }
 
+/* Stop sending and take eth0 down before reboot(), as an init system's shutdown does. The guest
+ * kernel (Debian 6.1.192) resets virtio devices in device_shutdown(); a heartbeat sent after that
+ * spins for good in virtio-net's start_xmit (virtqueue_enable_cb_delayed on the broken queue), and
+ * at SCHED_FIFO it starves the poweroff itself: a soft lockup, seen in CI (the hang reported in
+ * github.com/ejc3/fcvm/issues/990). */
+static void quiesce_network(void)
+{
+    atomic_store(&powering_off, 1);
+    usleep(20000); /* the heartbeat thread sees the flag at its next beat */
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    struct ifreq ifr = {0};
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "eth0");
+    if (ioctl(fd, SIOCGIFFLAGS, &ifr) == 0) {
+        ifr.ifr_flags &= ~IFF_UP;
+        if (ioctl(fd, SIOCSIFFLAGS, &ifr))
+            console("LAB-AGENT-ERROR eth0 down: %s", strerror(errno));
+    }
+    close(fd);
+}
+
 static void serve(int fd)
 {
     char buf[2048], line[2048], reply[1024];
@@ -996,6 +1022,7 @@ static void serve(int fd)
             /* Cold migration wants a clean stop: flush, then power off. Wait a moment first,
              * so the reply above leaves the virtio NIC before the machine goes away. */
             usleep(200000);
+            quiesce_network();
             sync();
             reboot(RB_POWER_OFF);
             console("LAB-AGENT-ERROR poweroff: %s", strerror(errno));
