@@ -4,7 +4,8 @@ Every check the hosts can answer runs without a guest, for the lab's planned gue
 (lab.yaml `guest:`), as `python -m lab doctor` does; only the checks that need an
 existing guest (VM state, devices, disk cache) get one, made for them and removed.
 A failing check fails its test with the check's own line: what was seen and the remedy.
-The break tests in tests/test_preflight_breaks.py prove each check can fail.
+The break tests (tests/test_preflight_breaks_hosts.py, tests/test_preflight_breaks_guests.py) prove
+each check can fail.
 """
 import pytest
 
