@@ -1,7 +1,7 @@
 """The guest agent's dirty-page oracle catches a page that missed a write, and `verify` a damaged
 fill pattern, for real.
 
-The agent (lab/guest/agent.c, built as for the guest image) runs here as an ordinary process in
+The agent (lab/guest/agent/, built as for the guest image) runs here as an ordinary process in
 private network and mount namespaces; its memory is changed behind its back through
 /proc/PID/mem, which is what a lost write looks like from inside: a page holding a value the
 writer did not leave there. The oracle must name the page, the value found and the one expected,
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-AGENT_SRC = Path(__file__).resolve().parent.parent / "lab" / "guest" / "agent.c"
+from lab.guest.image import agent_gcc_argv
 
 # Runs inside `unshare --net --mount`: loopback only, and /dev/console bound to a file.
 DRIVER = r'''
@@ -62,8 +62,7 @@ finally:
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("agent") / "agent"
-    subprocess.run(["gcc", "-O2", "-static", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", str(out), str(AGENT_SRC)],
-                   check=True, capture_output=True, text=True)
+    subprocess.run([*agent_gcc_argv(out), "-Werror"], check=True, capture_output=True, text=True)
     return out
 
 

@@ -5,7 +5,7 @@ The guest kernel (Debian 6.1.192) resets virtio devices in device_shutdown(); a 
 that spins for good in virtio-net's start_xmit, and the SCHED_FIFO heartbeat thread then starves
 the poweroff: CI saw it once as "did not shut off within 60 s" with a soft lockup in the agent. With
 a heartbeat every 20 µs, 4 of 11 poweroffs hung before the agent learned to stop its heartbeat and
-take eth0 down first (lab/guest/agent.c, quiesce_network).
+take eth0 down first (lab/guest/agent/main.c, quiesce_network).
 """
 from __future__ import annotations
 

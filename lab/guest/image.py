@@ -30,7 +30,7 @@ DEFAULT_CACHE = Path("/var/cache/kvm-acceptance-lab/guest")
 KERNEL_META = {"amd64": "linux-image-cloud-amd64"}
 BUSYBOX = Path("/bin/busybox")
 HERE = Path(__file__).resolve().parent
-AGENT_SRC = HERE / "agent.c"
+AGENT_DIR = HERE / "agent"  # main.c, util.c, memory.c, disk.c and agent.h: one static binary
 INIT_SRC = HERE / "init.sh"
 # Modules the guest needs (8250 serial is built in); their dependencies come along.
 MODULES = ("virtio_pci", "virtio_net", "virtio_blk", "virtio_console")
@@ -110,7 +110,7 @@ def _gather_inputs() -> _Inputs:
     pkg, version = _resolve_kernel(meta)
     return _Inputs(kernel_pkg=pkg, kernel_pkg_version=version, arch=arch,
                    busybox_version=_busybox_version(),
-                   agent_src=_read(AGENT_SRC), init_src=_read(INIT_SRC))
+                   agent_src=_agent_source(), init_src=_read(INIT_SRC))
 
 
 @functools.lru_cache(maxsize=8)  # apt-cache takes ~0.7 s when apt keeps no pkgcache
@@ -228,11 +228,22 @@ def _find_moddir(pkgroot: Path, kver: str) -> Path:
     raise ImageError(f"kernel package has no modules for {kver}: set {KERNEL_ENV} to a linux-image package")
 
 
+def agent_gcc_argv(out: Path) -> list[str]:
+    """The one way the agent is compiled (the image build, and the tests that run it as a process)."""
+    return ["gcc", "-O2", "-static", "-Wall", "-Wextra", "-pthread", "-o", str(out),
+            *(str(src) for src in sorted(AGENT_DIR.glob("*.c")))]
+
+
+def _agent_source() -> bytes:
+    """Every agent source file, named, in one byte string: a change to any of them changes the image key."""
+    return b"".join(path.name.encode() + b"\0" + _read(path) + b"\0"
+                    for path in sorted([*AGENT_DIR.glob("*.c"), *AGENT_DIR.glob("*.h")]))
+
+
 def _compile_agent(out: Path) -> None:
     if not shutil.which("gcc"):
         raise ImageError(f"gcc not found: install build-essential ({SETUP_HINT})")
-    _run(["gcc", "-O2", "-static", "-Wall", "-Wextra", "-pthread", "-o", str(out), str(AGENT_SRC)],
-         "compiling the guest agent", fix=f"install build-essential and libc6-dev ({SETUP_HINT})")
+    _run(agent_gcc_argv(out), "compiling the guest agent", fix=f"install build-essential and libc6-dev ({SETUP_HINT})")
 
 
 def _stage(stage: Path, agent: Path, moddir: Path, order: list[str]) -> None:
