@@ -13,18 +13,8 @@ import pytest
 
 from lab.guest.domain import create_guest, remove_guest
 from lab.preflight import FAIL
-from tests.preflight_tools import (
-    GUEST_CHECKS,
-    MARKS,
-    NEWER_MACHINE,
-    UNBREAKABLE_HERE,
-    assert_all_proven,
-    broken,
-    check_one,
-    passes,
-    planned,
-    proves,
-)
+from tests.preflight_tools import (GUEST_CHECKS, MARKS, NEWER_MACHINE, UNBREAKABLE_HERE, assert_all_proven, broken,
+                                   check_one, passes, planned, proves)
 
 pytestmark = MARKS
 

@@ -12,17 +12,8 @@ import xml.etree.ElementTree as ET
 import libvirt
 
 from lab.preflight import PASS
-from tests.preflight_tools import (
-    HOST_CHECKS,
-    MARKS,
-    UNBREAKABLE_HERE,
-    assert_all_proven,
-    broken,
-    check_one,
-    passes,
-    planned,
-    proves,
-)
+from tests.preflight_tools import (HOST_CHECKS, MARKS, UNBREAKABLE_HERE, assert_all_proven, broken, check_one, passes,
+                                   planned, proves)
 
 pytestmark = MARKS
 
