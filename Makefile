@@ -2,12 +2,17 @@
 # Both run `make setup` first, which is quick when everything is installed.
 PY := .venv/bin/python
 RUN_ID := $(shell date +%Y%m%d-%H%M%S)-$$PPID
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -rfEs
 
-.PHONY: setup test acceptance gate hotpatch-test vagrant-test up down status bench clean
+.PHONY: setup check test acceptance gate hotpatch-test vagrant-test up down status bench clean
 
 setup:
 	@bash scripts/setup.sh
+
+# The harness's tests that need no lab, no guest and no QEMU build (under a minute): the loop for people
+# changing the harness. A test that makes a lab or a build is marked `lab` (tests/conftest.py).
+check: setup
+	$(PY) -m pytest -n auto tests/ -m "not lab and not slow and not vagrant" $(PYTEST_ARGS)
 
 # Harness tests plus the smoke selection of the suites; .ci/run runs exactly this.
 test: setup

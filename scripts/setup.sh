@@ -15,8 +15,8 @@ DEBIAN_PACKAGES=(
   chrony
   chromium  # headless, for the HTML report's browser test (tests/test_report.py)
   elfutils  # eu-stack: the hot patch doctor's --pid (thread stacks of a running QEMU)
-  # QEMU source builds (build stacks such as CI's labs/ci.yaml, the hot patch suite): lab/stacks/build.py BUILD_DEPS
-  make ninja-build meson libglib2.0-dev libpixman-1-dev libfdt-dev libnfs-dev flex bison dpkg-dev patch
+  # QEMU source builds through ccache (build stacks such as labs/fixed-qemu.yaml, which the harness's tests pin; the hot patch doctor's build): lab/stacks/build.py BUILD_DEPS
+  make ccache ninja-build meson libglib2.0-dev libpixman-1-dev libfdt-dev libnfs-dev flex bison dpkg-dev patch
 )
 # openEuler names (dnf); libcareplus is packaged there.
 OPENEULER_PACKAGES=(

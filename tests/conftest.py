@@ -1,10 +1,38 @@
-"""Fixtures of the preflight break tests: the labs of tests/preflight_tools.py, up for one module."""
+"""Fixtures of the harness's tests: a lab of a module's own on the pinned stack (tests/labtools.py), and the
+preflight break tests' labs (tests/preflight_tools.py), each up for one module."""
 from __future__ import annotations
 
 import pytest
 
 from lab.guest.domain import create_guest, remove_guest
+from lab.pytest_plugin.lifecycle import failed
+from lab.results.evidence import collect
+from tests.labtools import own_lab
 from tests.preflight_tools import pf_lab, two_stacks_lab
+
+
+@pytest.fixture(scope="module")
+def pinned_lab(request, tmp_path_factory):
+    """Two hosts on the pinned stack for the tests of one module that migrate (the module's PINNED_LAB gives
+    its name and subnet octet: xdist runs modules side by side)."""
+    name, octet = request.module.PINNED_LAB
+    with own_lab(tmp_path_factory.mktemp(name), name, octet) as made:
+        yield made
+
+
+@pytest.fixture
+def pinned_guest(request, pinned_lab, shared_lab, test_report_dir):
+    """A fresh running guest on the pinned lab's first host; its logs are kept when the test failed."""
+    guest = create_guest(pinned_lab, pinned_lab.hosts[0], wait=False)
+    ready = False
+    try:
+        guest.wait_ready()
+        ready = True
+        yield guest
+    finally:
+        if not ready or failed(request.node):
+            collect(pinned_lab, guest.name, test_report_dir)
+        remove_guest(pinned_lab, guest)
 
 
 @pytest.fixture(scope="module")
@@ -32,3 +60,15 @@ def make_guest(pf):
     yield make
     for guest in made:
         remove_guest(lab, guest)
+
+
+# Fixtures that need a lab up: a test using one is marked `lab` (make check runs the tests without that mark).
+LAB_FIXTURES = {"lab", "hosts", "src_host", "dst_host", "guest", "guest_factory", "pinned_lab", "pinned_guest", "pf",
+                "two_stacks", "make_guest", "shared_lab", "measurement_lock"}
+TESTS_DIR = __file__.rsplit("/", 1)[0]
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if str(item.path).startswith(TESTS_DIR) and LAB_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.lab)

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from lab.backends import get_backend
-from lab.config.lab import load_lab_config
 from lab.preflight import CHECKS, FAIL, PASS, WARN, context_for, plan_for, run_preflight
 from lab.runtime.lab import Lab
+from tests.labtools import lab_up
 
 MARKS = [pytest.mark.lab, pytest.mark.xdist_group("preflight-breaks"), pytest.mark.usefixtures("shared_lab")]
 NET = "198.19.20"
@@ -44,13 +44,8 @@ def pf_lab(directory: Path) -> Iterator[tuple[Lab, object]]:
     path.write_text(f"name: kvmpf\naccelerator: auto\n"
                     f"network: {{subnet: {NET}.0/24, runner_address: {NET}.1, guest_range: {NET}.128/25}}\n"
                     "hosts:\n" + "".join(f"  - {{name: hv{i}, address: {NET}.1{i}}}\n" for i in range(1, 5)))
-    config = load_lab_config(path)
-    backend = get_backend(config)
-    try:
-        backend.up(lambda _m: None)
-        yield Lab.load(config), backend
-    finally:
-        backend.down(lambda _m: None)
+    with lab_up(path) as lab:
+        yield lab, get_backend(lab.config)
 
 
 @contextlib.contextmanager
@@ -63,13 +58,8 @@ def two_stacks_lab(directory: Path) -> Iterator[Lab]:
                     "stacks:\n  backports: {source: archive, suite: bookworm-backports, qemu: 10.0.2, libvirt: 11.3.0}\n"
                     f"hosts:\n  - {{name: hv1, address: {STACKS_NET}.11}}\n"
                     f"  - {{name: hv2, address: {STACKS_NET}.12, stack: backports}}\n")
-    config = load_lab_config(path)
-    backend = get_backend(config)
-    try:
-        backend.up(lambda _m: None)
-        yield Lab.load(config)
-    finally:
-        backend.down(lambda _m: None)
+    with lab_up(path) as lab:
+        yield lab
 
 
 def planned(lab, **changes):

@@ -7,6 +7,7 @@ import pytest
 from lab.migration.live import MigrationParams, migrate
 
 pytestmark = pytest.mark.lab
+PINNED_LAB = ("kvmemb", 71)  # the migration runs on the stack the harness's tests pin (tests/labtools.py)
 
 
 def test_every_host_answers_over_ssh_with_its_own_view(hosts):
@@ -66,7 +67,9 @@ def test_guest_memory_pattern_and_disk_round_trip(guest):
     assert guest.agent("disksum", 4)["sum"] == written["sum"]
 
 
-def test_live_p2p_migration_hv1_to_hv2_keeps_the_guest_answering(lab, guest, src_host, dst_host):
+def test_live_p2p_migration_hv1_to_hv2_keeps_the_guest_answering(pinned_lab, pinned_guest):
+    lab, guest = pinned_lab, pinned_guest
+    src_host, dst_host = lab.hosts
     guest.agent("fill", 11, 32)
     boot_id = guest.boot_id
     prober = guest.echo_prober()

@@ -1,5 +1,7 @@
-"""The release gate's decisions on two run folders: a verdict that gets worse, a probe that shifts up
-with significance, a shift too small or too noisy to count, too few samples, and bad input."""
+"""The release gate's decisions on two run folders: a verdict that gets worse, evidence that gets worse under
+the same verdict (more pages lost, a new finding kind), a probe that shifts the wrong way with significance
+(downtime, total time, throughput), a shift too small or too noisy to count, too few samples, data the
+candidate lacks, and bad input. The run folders are synthetic: the cases are fed to the real code."""
 from __future__ import annotations
 
 import json
@@ -17,20 +19,33 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST = "suites/live_migration/test_live_migration.py::test_measured_migration[precopy-idle]"
 
 
-def write_run(folder: Path, state: str, downtimes: dict[str, list[float]]) -> Path:
+def write_run(folder: Path, state: str, downtimes: dict[str, list[float]], *, total_s: float = 2.0,
+              mibs: float = 100.0, lost: int | None = None, findings: tuple[str, ...] = ()) -> Path:
+    """A run folder of one test (TEST) and one migration record per sample: `total_s` and `mibs` (throughput)
+    per migration, the oracle's `lost` pages per move, and the findings of every migration (kinds)."""
     folder.mkdir(parents=True)
-    body = {"pass": "", "fail": '<failure message="boom">boom</failure>',
+    body = {"pass": "", "fail": '<failure message="boom">boom</failure>', "skipped": '<skipped message="no" />',
             "excused": '<skipped type="pytest.xfail" message="excused by QEMU-TCG-DIRTY-BITMAP" />'}[state]
     (folder / "junit.xml").write_text(
         '<?xml version="1.0"?><testsuites><testsuite name="pytest">'
         f'<testcase classname="suites.live_migration.test_live_migration" name="{TEST.split("::")[1]}" '
         f'time="1.0">{body}</testcase></testsuite></testsuites>')
     lines = []
-    for probe_values in zip(*downtimes.values()):
-        lines.append(json.dumps({"kind": "live-migration", "scenario": "precopy-idle", "ok": True,
-                                 "downtime_ms": dict(zip(downtimes, probe_values))}))
+    for i, probe_values in enumerate(zip(*downtimes.values())):
+        doc = {"test": TEST, "kind": "live-migration", "scenario": "precopy-idle", "ok": True,
+               "downtime_ms": dict(zip(downtimes, probe_values)), "total_s": total_s + i * 0.01,
+               "libvirt_stats": {"data_processed": int((mibs + i % 3) * total_s * 2**20), "time_elapsed": total_s * 1000},
+               "findings": [{"kind": k, "text": k} for k in findings]}
+        if lost is not None:
+            doc["oracle"] = {"wrong": lost}
+        lines.append(json.dumps(doc))
     (folder / "results.jsonl").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def gate_cli(base: Path, cand: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lab", "compare", str(base), str(cand), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True)
 
 
 def samples(center: float, n: int = 8) -> dict[str, list[float]]:
@@ -43,7 +58,7 @@ def test_a_probe_shifted_up_with_significance_is_a_regression(tmp_path):
                      load(write_run(tmp_path / "cand", "pass", samples(200))))
     assert result["regressions"] == ["precopy-idle hypervisor", "precopy-idle guest", "precopy-idle network"]
     hyp = result["probes"][0]
-    assert hyp["p_value"] < 0.05 and hyp["effect"] == 1.0 and hyp["median_shift_ms"] == pytest.approx(120)
+    assert hyp["p_value"] < 0.05 and hyp["effect"] == 1.0 and hyp["median_shift"] == pytest.approx(120)
 
 
 def test_the_same_distribution_and_a_shift_below_the_limit_are_no_regression(tmp_path):
@@ -70,7 +85,7 @@ def test_too_few_samples_are_not_judged_and_the_cli_says_so_with_its_own_exit_st
     proc = subprocess.run([sys.executable, "-m", "lab", "compare", str(base), str(cand), "--out", str(tmp_path / "o")],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 3, proc.stderr
-    assert "3 probe(s) not judged" in proc.stdout and (tmp_path / "o" / "gate.json").exists()
+    assert "3 item(s) undecided" in proc.stdout and (tmp_path / "o" / "gate.json").exists()
     regress = subprocess.run([sys.executable, "-m", "lab", "compare", str(write_run(tmp_path / "b2", "pass", samples(80))),
                               str(write_run(tmp_path / "c2", "pass", samples(200))), "--out", str(tmp_path / "o2")],
                              cwd=ROOT, capture_output=True, text=True)
@@ -128,8 +143,57 @@ def test_the_oracles_readings_are_compared_scenario_by_scenario(tmp_path):
             f.write(json.dumps({"kind": "live-migration", "scenario": "precopy-dirty", "ok": True,
                                 "oracle": {"wrong": 0}}) + "\n")
     result = compare(load(base), load(cand))
-    assert result["memory"] == [{"scenario": "precopy-dirty",
+    assert result["memory"] == [{"scenario": "precopy-dirty", "regression": False,
                                  "base": {"moves": 1, "moves_with_lost_pages": 1, "lost_pages": 14},
                                  "cand": {"moves": 3, "moves_with_lost_pages": 0, "lost_pages": 0}}]
     text = markdown(result)
     assert "| precopy-dirty | 14 pages lost, in 1 of 1 move(s) | 0 pages lost in 3 move(s) |" in text
+
+
+def test_a_candidate_worse_only_in_evidence_is_a_regression(tmp_path):
+    """fail -> fail and excused -> excused are no "same" when the candidate loses ten times the pages, or has a
+    finding kind the baseline did not: exit 1, with six samples a side (issue 24: it exited 0 before)."""
+    base = write_run(tmp_path / "base", "fail", samples(80, 6), lost=24, findings=("lost-pages",))
+    cand = write_run(tmp_path / "cand", "fail", samples(80, 6), lost=245, findings=("lost-pages",))
+    result = compare(load(base), load(cand))
+    assert result["tests"][0]["change"] == "same" and result["undecided"] == []
+    assert result["regressions"] == ["precopy-idle memory: 144 pages lost, in 6 of 6 move(s) -> "
+                                     "1470 pages lost, in 6 of 6 move(s)"]
+    proc = gate_cli(base, cand, tmp_path / "o")
+    assert proc.returncode == 1 and "1 regression(s)" in proc.stdout, proc.stdout
+    newkind = write_run(tmp_path / "new", "fail", samples(80, 6), lost=24, findings=("lost-pages", "guest-rebooted"))
+    worse = compare(load(base), load(newkind))
+    assert worse["tests"][0]["change"] == "worse evidence" and worse["tests"][0]["new_findings"] == ["guest-rebooted"]
+    assert worse["regressions"] == [f"{TEST} (new findings: guest-rebooted)"]
+    # More moves at the baseline's rate per move are no regression.
+    same_rate = write_run(tmp_path / "rate", "fail", samples(80, 8), lost=24, findings=("lost-pages",))
+    assert compare(load(base), load(same_rate))["regressions"] == []
+
+
+def test_a_slower_migration_or_a_lower_throughput_is_a_regression(tmp_path):
+    base = write_run(tmp_path / "base", "pass", samples(80), total_s=2.0, mibs=100)
+    slower = compare(load(base), load(write_run(tmp_path / "slow", "pass", samples(80), total_s=12.0, mibs=100)))
+    assert slower["regressions"] == ["precopy-idle total"]
+    thinner = compare(load(base), load(write_run(tmp_path / "thin", "pass", samples(80), total_s=2.0, mibs=40)))
+    assert thinner["regressions"] == ["precopy-idle throughput"]
+    faster = compare(load(base), load(write_run(tmp_path / "fast", "pass", samples(80), total_s=1.0, mibs=200)))
+    assert faster["regressions"] == [] and faster["undecided"] == []
+
+
+def test_data_the_candidate_lacks_is_undecided_never_a_pass(tmp_path):
+    """A test that passed on the baseline and was skipped (or not run) on the candidate, a scenario with samples
+    on one side only, moves the oracle checked on one side only: exit 3, naming what is missing."""
+    base = write_run(tmp_path / "base", "pass", samples(80), lost=0)
+    skipped = write_run(tmp_path / "skip", "skipped", {"hypervisor": [], "guest": [], "network": []})
+    result = compare(load(base), load(skipped))
+    assert result["regressions"] == []
+    assert any(TEST in m and "skipped on the candidate" in m for m in result["missing"])
+    assert any(m.startswith("precopy-idle guest: 8 sample(s) on the baseline, none") for m in result["missing"])
+    assert any(m.startswith("precopy-idle: 8 move(s) checked by the oracle") for m in result["missing"])
+    proc = gate_cli(base, skipped, tmp_path / "o")
+    assert proc.returncode == 3 and "missing:" in proc.stdout, proc.stdout
+    not_run = tmp_path / "none"
+    not_run.mkdir()
+    (not_run / "junit.xml").write_text('<?xml version="1.0"?><testsuites><testsuite name="pytest"/></testsuites>')
+    (not_run / "results.jsonl").write_text("")
+    assert gate_cli(base, not_run, tmp_path / "o2").returncode == 3

@@ -4,9 +4,10 @@ patch suite's own tiny and on-stack patches), named by the doctor; a plain chang
 (0001-query-version-package) is not. A running QEMU of that build is asked about too
 (--pid: its threads' stacks), and the distro's binary stands for another build (buildID).
 
-These need a QEMU build in hotpatch.build_cache (about 5 minutes on 2 cores, longer on a
-loaded machine); without one they skip, saying how to make it. With it, the module takes
-about a minute (reading QEMU's unit list once, then one compilation unit per patch).
+The build is the project's own: the first use on a machine makes it (the installed QEMU's source, plain,
+with debug info; through the compiler cache, about a minute when a stack build of the same source filled it,
+about 4 without), every later one finds it in hotpatch.build_cache. With it, the module takes about a minute
+(reading QEMU's unit list once, then one compilation unit per patch).
 """
 from __future__ import annotations
 
@@ -18,27 +19,24 @@ from pathlib import Path
 
 import pytest
 
-from lab.errors import HotpatchError
-from lab.hotpatch.doctor.command import qemu_binary
+from lab.config.hotpatch import HotpatchSpec
+from lab.errors import LabError
 from lab.hotpatch.doctor.doctor import diagnose
 from lab.hotpatch.doctor.dwarf_facts import DebugInfo
+from lab.hotpatch.qemu_build import ensure_qemu_build
 from lab.util.elf import build_id
 from lab.util.process import terminate
 
 PATCHES = Path(__file__).resolve().parent.parent / "suites" / "hotpatch" / "patches"
 DISTRO_QEMU = Path("/usr/bin/qemu-system-x86_64")
-BUILD_HINT = ("no QEMU build in hotpatch.build_cache; make one (about 5 min on 2 cores) with "
-              ".venv/bin/python -c 'from lab.hotpatch.qemu_build import ensure_qemu_build; "
-              "ensure_qemu_build(\"/var/cache/kvm-acceptance-lab/qemu-hotpatch\", mode=\"plain\")' "
-              "or make hotpatch-test")
-
 
 @pytest.fixture(scope="module")
 def qemu() -> str:
+    """The plain build's binary, built here on first use (one xdist worker builds, the others wait)."""
     try:
-        return qemu_binary(None)
-    except HotpatchError as exc:
-        pytest.skip(f"{BUILD_HINT} ({exc})")
+        return str(ensure_qemu_build(HotpatchSpec().build_cache, mode="plain").binary)
+    except LabError as exc:
+        pytest.fail(f"the QEMU build the doctor reads could not be made: {exc}", pytrace=False)
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,20 @@
 """Every check of lab.migration.integrity.inspect (the verdict each migration ends with) sees its own
 failure, made for real on a running guest: the guest on the wrong host, its disk rewritten behind the
-fingerprint's back, a hard reset, its network link down. The memory checks (the fill pattern and
-the dirty-page oracle) are broken for real in tests/test_agent_oracle.py.
+fingerprint's back, a hard reset, its network link down, the oracle's own settings gone or its sweep
+standing still (its agent told behind the harness's back). The memory checks (the fill pattern and the
+dirty-page oracle's wrong pages) are broken for real in tests/test_agent_oracle.py.
 """
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ET
+from types import SimpleNamespace
 
 import libvirt
 import pytest
 
-from lab.migration.integrity import echo_silence, inspect, take_fingerprint
+from lab.errors import GuestError
+from lab.migration.integrity import echo_silence, inspect, memory_oracle, take_fingerprint
 from lab.results.verdicts import Kind
 
 pytestmark = pytest.mark.lab
@@ -68,3 +72,37 @@ def test_a_guest_whose_link_is_down_is_echo_silent(guest, src_host):
     assert found is not None and found.kind == Kind.ECHO_SILENT, found
     assert "of 10 echo probes in" in found.text and found.text.endswith(f"on {src_host.name}"), found.text
     assert echo_silence(guest, src_host) is None  # the link back up: it answers again
+
+
+def test_the_oracles_own_settings_gone_are_lost_pages(lab, guest, src_host):
+    """What QEMU 7.2.22 under TCG did to the guest's agent (tests/test_settings_honoured.py read 0.0 MiB/s after
+    such a move): the sweep's settings, written into guest memory before the migration, were not there after
+    it. Made here by telling the agent a smaller region behind the harness's back."""
+    before = take_fingerprint(guest)
+    guest.agent("dirty", 2, 16)
+    memory_oracle(guest)
+    guest.control.command("dirty", 2, 4, timeout=30)  # not through guest.agent: the harness still expects 16 MiB
+    found = inspect(guest, before, lab.hosts, src_host).findings
+    assert _kinds(found) == {Kind.LOST_PAGES}, found
+    assert "the oracle's own state was lost" in found[0].text and "1024 pages" in found[0].text
+
+
+def test_an_oracle_whose_sweep_stood_still_checked_nothing(lab, guest, src_host):
+    before = take_fingerprint(guest)
+    guest.agent("dirty", 2, 16)
+    time.sleep(1.0)
+    memory_oracle(guest)
+    guest.control.command("dirty", 0.0001, 16, timeout=30)  # the same region, a writer that no longer writes
+    time.sleep(1.0)
+    found = inspect(guest, before, lab.hosts, src_host).findings
+    assert _kinds(found) == {Kind.ORACLE_IDLE}, found
+    assert "did not advance" in found[0].text
+
+
+def test_an_oracle_reply_without_a_figure_is_an_error_not_zero():
+    """A stand-in agent (a fake: the real one always sends every field) whose reply lacks what it checked."""
+    reply = {"sweep_pages": "0", "sweep_round": "0", "sweep_pos": "0", "hot_pages": "16", "hot_rounds": "9",
+             "hot_wrong": "0", "sweep_wrong": "0", "first": ""}  # no scan_wrong
+    fake = SimpleNamespace(name="g", agent=lambda *a, **k: reply, last_oracle=None)
+    with pytest.raises(GuestError, match="lacks scan_wrong"):
+        memory_oracle(fake)

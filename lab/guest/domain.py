@@ -127,6 +127,8 @@ class Guest:
     storage: str = "shared"
     filled_mib: int = 0  # the last `fill`'s size (paces verify)
     dirty_region_mib: int = 0  # the last `dirty`'s sweep region (paces oracle, which scans it)
+    dirty_rate_mibs: float = 0.0  # the last `dirty`'s rate: the oracle's sweep must advance while it is > 0
+    last_oracle: dict | None = None  # the oracle's last reading (integrity.memory_oracle), to see it advance
 
     @property
     def name(self) -> str:
@@ -154,7 +156,7 @@ class Guest:
         if cmd == "fill" and len(args) >= 2:
             self.filled_mib = int(args[1])
         elif cmd == "dirty" and len(args) >= 2:
-            self.dirty_region_mib = int(args[1])
+            self.dirty_rate_mibs, self.dirty_region_mib = float(args[0]), int(args[1])
         if cmd in ("fill", "verify"):
             return paced_wait_s(self.filled_mib, self.config.fill_mibs)
         if cmd in ("dirty", "oracle"):

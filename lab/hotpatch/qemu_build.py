@@ -26,16 +26,15 @@ from lab.hotpatch.libcareplus import BINARY, LibcarePlus
 from lab.hotpatch.progress import Progress, quiet
 from lab.hotpatch.qemu_source import (QemuSource, disable_edk2_unpacking, ensure_build_deps, fetch_source,
                                       installed_source)
+from lab.stacks.build import CONFIGURE as STACK_CONFIGURE, FIRMWARE_PATH
+from lab.stacks.compiler_cache import ccache_env, ccache_stats, hit_share
 from lab.util.elf import build_id
 from lab.util.files import atomic_write_json, file_lock
 from lab.util.process import run
 
-# Where Debian's qemu-system-data, seabios and ipxe-qemu put firmware; Debian's
-# own build passes the same list as --firmwarepath.
-FIRMWARE_PATH = ("/usr/share/qemu", "/usr/share/seabios", "/usr/lib/ipxe/qemu")
-CONFIGURE_ARGS = ("--target-list=x86_64-softmmu", "--without-default-features", "--enable-kvm", "--enable-tcg",
-                  "--enable-fdt=system", "--disable-docs", "--disable-install-blobs", "--prefix=/usr",
-                  "--firmwarepath=" + ":".join(FIRMWARE_PATH))
+# The stack builds' configuration (firmware from the distro's directories, as Debian's own build): one
+# configuration, so the plain build and a stack build of the same source share the compiler cache's objects.
+CONFIGURE_ARGS = STACK_CONFIGURE
 MODES = ("plain", "libcare")
 BUILD_TIMEOUT = 7200.0
 
@@ -76,11 +75,12 @@ def _logged(argv: list[str], log: IO[str], cwd: Path, env: dict | None = None,
     return run(argv, check=False, timeout=timeout, cwd=cwd, env=env, log=log, error=HotpatchError).returncode
 
 
-def configure(srcdir: Path, log: IO[str], source: QemuSource) -> Path:
+def configure(srcdir: Path, log: IO[str], source: QemuSource, cached: bool) -> Path:
+    """`cached`: through the compiler cache (a plain build); meson keeps the compiler configure found."""
     builddir = srcdir / "build"
     builddir.mkdir(exist_ok=True)
     # cc, not an absolute compiler path: libcare-patch-make swaps the `cc` symlink to put libcare-cc in.
-    env = dict(os.environ, CC="cc", TERM="dumb")
+    env = dict(ccache_env() if cached else os.environ, CC="cc", TERM="dumb")
     rc = _logged(["../configure", *CONFIGURE_ARGS, f"--with-pkgversion={pkgversion(source)}"], log, builddir,
                  env, timeout=1200)
     if rc != 0:
@@ -110,7 +110,7 @@ def write_lpmakefile(builddir: Path) -> Path:
 def make_plain(builddir: Path, log: IO[str], jobs: int, progress: Progress = quiet) -> Path:
     # The tree compiles with `cc`: while a libcare-patch-make run has swapped it for libcare-cc, wait.
     with cc_swap_lock(progress=progress):
-        rc = _logged(["make", f"-j{jobs}", BINARY], log, builddir, dict(os.environ, TERM="dumb"))
+        rc = _logged(["make", f"-j{jobs}", BINARY], log, builddir, dict(ccache_env(), TERM="dumb"))
     binary = builddir / BINARY
     if rc != 0 or not binary.exists():
         raise HotpatchError(f"QEMU build failed (exit {rc}): {_tail(Path(log.name))}; full log {log.name}")
@@ -198,10 +198,13 @@ def ensure_qemu_build(build_cache: str | os.PathLike, *, mode: str = "libcare", 
         disable_edk2_unpacking(srcdir)
         with open(log_path, "a") as log:
             progress(f"configuring QEMU {source.version} for x86_64-softmmu (log {log_path})")
-            builddir = configure(srcdir, log, source)
+            builddir = configure(srcdir, log, source, cached=mode == "plain")
             if mode == "plain":
-                progress(f"building QEMU with make -j{jobs} (about 4 minutes on 2 cores)")
+                progress(f"building QEMU with make -j{jobs} through ccache (about 4 minutes on 2 cores, "
+                         "one when a stack build of this source filled the cache)")
+                before = ccache_stats()
                 built = make_plain(builddir, log, jobs, progress)
+                progress(hit_share(before, ccache_stats()))
             else:
                 progress(f"building QEMU through libcare-patch-make's original stage, -j{jobs} "
                          "(about 5 minutes on 2 cores)")

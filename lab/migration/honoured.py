@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shlex
 import threading
+import time
 from dataclasses import dataclass
 
 from lab.errors import LabError
@@ -20,7 +21,21 @@ from lab.runtime.hosts import Host
 from lab.runtime.layout import MIGRATION_PORTS
 
 DIRTY_RATE_SHARE = 0.8  # the achieved dirty rate must be at least this share of the rate asked
+DIRTY_RATE_WAIT_S = 3.0  # longest wait for the agent's first whole second of dirtying
 POLL_S = 0.1
+
+
+def dirty_rate_before(guest, asked_mibs: float) -> float:
+    """The rate the guest's writer achieves, read on the source before the migration starts. The agent measures
+    over whole seconds (a writer just started reads 0), so this waits up to DIRTY_RATE_WAIT_S for the rate asked.
+    Read after a migration the figure is the destination's copy of the agent's memory: on a QEMU that loses
+    stores (QEMU-TCG-DIRTY-BITMAP) it can be a stale 0.0, a lost page, not an ignored setting."""
+    deadline = time.monotonic() + DIRTY_RATE_WAIT_S
+    while True:
+        rate = float(guest.info()["dirty_mibs"])
+        if rate >= DIRTY_RATE_SHARE * asked_mibs or time.monotonic() > deadline:
+            return rate
+        time.sleep(0.25)
 
 
 @dataclass

@@ -33,15 +33,51 @@ def take_fingerprint(guest: Guest, seed: int = 1234, fill_mib: int = 32, disk_mi
     return Fingerprint(guest.info()["boot_id"], fill_mib, disk_sum)
 
 
+ORACLE_FIELDS = ("sweep_pages", "sweep_round", "sweep_pos", "scan_wrong", "sweep_wrong", "hot_pages", "hot_rounds",
+                 "hot_wrong")
+PAGES_PER_MIB = 256  # the agent's 4 KiB pages
+
+
 def memory_oracle(guest: Guest) -> dict:
     """The agent's dirty-page oracle: the sweep region scanned now, plus what the sweep writer and the
-    hot-set writer found wrong since the last reading (which this one resets). Figures as integers."""
+    hot-set writer found wrong since the last reading (which this one resets). Figures as integers; a reply
+    without one of them is an error, never a zero. The reading is kept on the guest (progress_findings)."""
     reply = guest.agent("oracle", timeout=60)
     doc = {k: int(v, 0) for k, v in reply.items() if k not in ("first",) and re.fullmatch(r"(0x)?[0-9a-f]+", v)}
+    missing = [k for k in ORACLE_FIELDS if k not in doc]
+    if missing:
+        raise GuestError(f"{guest.name}: the oracle's reply lacks {', '.join(missing)}: {reply}; an agent that does "
+                         "not say what it checked has checked nothing")
     doc["first"] = [dict(zip(("address", "found", "expected"), item.split(":")))
                     for item in reply.get("first", "").split(",") if item]
-    doc["wrong"] = doc.get("scan_wrong", 0) + doc.get("sweep_wrong", 0) + doc.get("hot_wrong", 0)
+    doc["wrong"] = doc["scan_wrong"] + doc["sweep_wrong"] + doc["hot_wrong"]
+    guest.last_oracle = doc
     return doc
+
+
+def progress_findings(guest: Guest, before: dict | None, after: dict) -> list[Finding]:
+    """The oracle proves it ran: the sweep covers the region the guest was asked to dirty, its position moved on
+    since the previous reading while a rate was asked, and the hot set's rounds moved on. Where the sweep's own
+    configuration is gone (written into guest memory before the migration, not there after it), the guest lost
+    writes: that is lost pages, with this as its evidence, not an ignored setting."""
+    found = []
+    expected = guest.dirty_region_mib * PAGES_PER_MIB if guest.dirty_rate_mibs > 0 else None
+    if expected is not None and after["sweep_pages"] != expected:
+        found.append(Finding(Kind.LOST_PAGES, f"the oracle's own state was lost: its sweep writer covers "
+                                              f"{after['sweep_pages']} pages (round {after['sweep_round']}) where "
+                                              f"{expected} were set ({guest.dirty_region_mib} MiB at "
+                                              f"{guest.dirty_rate_mibs:g} MiB/s): the agent's writes of its own "
+                                              "settings did not reach the destination, and the sweep checked nothing"))
+    elif expected is not None and before is not None and before["sweep_pages"] == expected:
+        swept = (after["sweep_round"] - before["sweep_round"]) * expected + after["sweep_pos"] - before["sweep_pos"]
+        if swept <= 0:
+            found.append(Finding(Kind.ORACLE_IDLE, f"the oracle's sweep did not advance since its last reading "
+                                                   f"(round {before['sweep_round']}, page {before['sweep_pos']}): "
+                                                   "the writes it checks were not made"))
+    if before is not None and after["hot_rounds"] <= before["hot_rounds"]:
+        found.append(Finding(Kind.ORACLE_IDLE, f"the oracle's hot set did not advance since its last reading "
+                                               f"({before['hot_rounds']} rounds, now {after['hot_rounds']})"))
+    return found
 
 
 def oracle_finding(report: dict) -> Finding | None:
@@ -108,10 +144,12 @@ def inspect(guest: Guest, before: Fingerprint, hosts: tuple[Host, ...], expected
             findings.append(Finding(Kind.LOST_PAGES, f"lost writes seen on the serial console before the reboot: "
                                                      f"{'; '.join(seen[:4])}"))
     else:
+        previous = guest.last_oracle
         oracle = memory_oracle(guest)
         lost = oracle_finding(oracle)
         if lost:
             findings.append(lost)
+        findings += progress_findings(guest, previous, oracle)
     try:
         verify = guest.agent("verify", timeout=60)
     except GuestError as exc:

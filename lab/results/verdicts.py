@@ -41,6 +41,7 @@ class Kind(str, Enum):
     UNDERREPORTED = "hypervisor-underreports"  # the guest was silent far longer than libvirt's downtime
     HEARTBEAT_LOST = "heartbeat-lost"
     SETTING_IGNORED = "setting-ignored"  # a migration setting shows no sign of having been used (honoured.py)
+    ORACLE_IDLE = "oracle-idle"  # the dirty-page oracle's writers did not advance: it checked no new writes
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +25,7 @@ from lab.errors import StackError
 from lab.runtime.state import StackRecord
 from lab.stacks.archive import PrivateApt, matches, read_suite, upstream
 from lab.stacks.cache import Entry, StackCache, write_manifest
+from lab.stacks.compiler_cache import ccache_env, ccache_stats, hit_share
 from lab.util.process import run
 
 COMPONENT = "qemu-build"
@@ -35,8 +37,8 @@ FIRMWARE_PATH = ("/usr/share/qemu", "/usr/share/seabios", "/usr/lib/ipxe/qemu")
 CONFIGURE = ("--target-list=x86_64-softmmu", "--without-default-features", "--enable-kvm", "--enable-tcg",
              "--enable-libnfs", "--enable-fdt=system", "--disable-docs", "--disable-install-blobs", "--prefix=/usr",
              "--firmwarepath=" + ":".join(FIRMWARE_PATH))
-BUILD_DEPS = ("gcc", "make", "ninja-build", "meson", "libglib2.0-dev", "libpixman-1-dev", "libfdt-dev", "libnfs-dev",
-              "flex", "bison", "pkg-config", "dpkg-dev", "patch")
+BUILD_DEPS = ("gcc", "make", "ccache", "ninja-build", "meson", "libglib2.0-dev", "libpixman-1-dev", "libfdt-dev",
+              "libnfs-dev", "flex", "bison", "pkg-config", "dpkg-dev", "patch")
 BUILD_TIMEOUT = 7200.0
 
 
@@ -138,18 +140,21 @@ def build(name: str, spec: StackSpec, cache: StackCache, apt: PrivateApt, versio
         builddir = tree / "build"
         builddir.mkdir()
         jobs = os.cpu_count() or 2
-        progress(f"stack {name}: configuring and building QEMU {version} with make -j{jobs} (log {log_path})")
+        env, before, started = ccache_env(), ccache_stats(), time.monotonic()
+        progress(f"stack {name}: configuring and building QEMU {version} with make -j{jobs} through ccache "
+                 f"(log {log_path})")
         run(["../configure", *CONFIGURE, f"--with-pkgversion=kvm-lab stack {name} {digest}"], cwd=builddir,
-            timeout=1200, log=log, error=StackError, what=f"stacks.{name}: QEMU configure")
-        run(["make", f"-j{jobs}", BINARY], cwd=builddir, timeout=BUILD_TIMEOUT, log=log, error=StackError,
+            timeout=1200, log=log, env=env, error=StackError, what=f"stacks.{name}: QEMU configure")
+        run(["make", f"-j{jobs}", BINARY], cwd=builddir, timeout=BUILD_TIMEOUT, log=log, env=env, error=StackError,
             what=f"stacks.{name}: QEMU build")
+        built = f"{time.monotonic() - started:.0f} s, {hit_share(before, ccache_stats())}"
         installed = partial / "tree" / "usr" / "bin" / BINARY
         installed.parent.mkdir(parents=True)
         shutil.copy2(builddir / BINARY, installed)
         shutil.rmtree(work)
         write_manifest(partial, {"component": COMPONENT, "version": version, "upstream": upstream(version),
                                  "suite": apt.suite, "mirror": apt.mirror, "digest": digest,
-                                 "patches": list(spec.patches), "configure": list(CONFIGURE)})
-    progress(f"stack {name}: QEMU {version} built (log {log_path})")
+                                 "patches": list(spec.patches), "configure": list(CONFIGURE), "built": built})
+    progress(f"stack {name}: QEMU {version} built in {built} (log {log_path})")
     return next(e for e in cache.entries(COMPONENT) if e.manifest.get("digest") == digest
                 and e.manifest["version"] == version)

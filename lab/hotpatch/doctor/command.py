@@ -13,9 +13,8 @@ from lab.errors import HotpatchError
 from lab.hotpatch.doctor.doctor import diagnose
 from lab.hotpatch.qemu_build import load_build
 
-# The plain build first: libcare-cc drops -g, so the libcare build has next to no DWARF. Both are the same
+# Only the plain build: libcare-cc drops -g, so the libcare build has next to no DWARF. Both are the same
 # source, configuration and compiler (GCC's code does not depend on -g): the same functions, sizes, inlining.
-BUILD_PREFERENCE = ("plain", "libcare")
 
 
 def qemu_binary(given: str | None, build_cache: str | None = None) -> str:
@@ -33,11 +32,10 @@ def qemu_binary(given: str | None, build_cache: str | None = None) -> str:
         return str(path)
     cache = Path(build_cache or HotpatchSpec().build_cache)
     builds = [b for entry in sorted(cache.glob("qemu-*"), key=lambda p: p.stat().st_mtime, reverse=True)
-              if (b := load_build(entry))]
-    builds.sort(key=lambda b: BUILD_PREFERENCE.index(b.mode) if b.mode in BUILD_PREFERENCE else 9)
+              if (b := load_build(entry)) and b.mode == "plain"]
     if not builds:
-        raise HotpatchError(f"no QEMU build in {cache}: give --qemu BINARY_OR_BUILD (a binary with debug info), "
-                            "or build one (the hot patch suite does: make hotpatch-test)")
+        raise HotpatchError(f"no plain QEMU build (one with debug info) in {cache}: give --qemu BINARY_OR_BUILD, or "
+                            "build one: .venv/bin/python -m pytest tests/test_hotpatch_doctor_qemu.py makes it")
     return str(builds[0].binary)
 
 

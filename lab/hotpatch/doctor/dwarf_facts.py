@@ -16,6 +16,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from lab.errors import HotpatchError
+from lab.hotpatch.qemu_build import load_build
 from lab.util.elf import build_id
 
 DEBUG_ROOT = Path("/usr/lib/debug/.build-id")
@@ -86,6 +87,15 @@ def same_source(dwarf_path: str, source_path: str) -> bool:
     return dwarf == source_path or dwarf.endswith("/" + source_path)
 
 
+def _build_tree_of(binary: str) -> Path | None:
+    """The source tree of the lab's QEMU build that `binary` belongs to (<entry>/root/usr/bin/BINARY), if any."""
+    for entry in Path(binary).resolve().parents[:4]:
+        if (entry / "build.json").is_file():
+            build = load_build(entry)
+            return build.srcdir if build is not None else None
+    return None
+
+
 class DebugInfo:
     """The DWARF of a binary, or of its separate debug file found by buildID."""
 
@@ -142,6 +152,11 @@ class DebugInfo:
                 root = Path(str(full)[: -len(source_path)]) if str(full).endswith(source_path) else None
                 if root and (root / source_path).exists():
                     return root
+        # Through the compiler cache an object keeps the compilation directory of the build that compiled it
+        # first, which may be another tree of the same source (gone by now): the lab's own build knows its tree.
+        tree = _build_tree_of(self.binary)
+        if tree is not None and self.units_for(source_path) and (tree / source_path).exists():
+            return tree
         return None
 
     def includers(self, header_path: str) -> list[str]:

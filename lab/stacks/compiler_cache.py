@@ -1,0 +1,53 @@
+"""The compiler cache every QEMU build of the lab goes through (ccache, Debian's `ccache` package).
+
+QEMU's configure takes the compiler from PATH, so putting ccache's `cc`/`gcc` wrappers first is enough.
+Each build unpacks its source into a directory of its own (named by its digest), so the cache only hits
+across builds when absolute paths under the cache root are rewritten relative to the build directory
+(CCACHE_BASEDIR) and the build directory itself is not hashed (CCACHE_NOHASHDIR): the same source with one
+patch more or less then recompiles only the files that patch touches. The stack builds and the hot patch
+suite's plain build share one configuration (lab.stacks.build.CONFIGURE) and so one set of objects.
+A libcare build does not use it: libcare-cc must see every compilation, and its side outputs are not cached.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Mapping
+
+from lab.errors import StackError
+from lab.runtime.layout import CACHE_ROOT
+from lab.util.process import run
+
+WRAPPERS = Path("/usr/lib/ccache")
+CCACHE_DIR = CACHE_ROOT / "ccache"
+MAX_SIZE = "5G"  # a QEMU x86_64-softmmu build with debug info is ~0.6 GB of objects; room for several sources
+
+
+def ccache_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a build runs in: ccache's wrappers first on PATH, the shared cache and base dir."""
+    if shutil.which("ccache") is None or not (WRAPPERS / "cc").exists():
+        raise StackError("QEMU builds go through ccache, which is not installed: apt-get install ccache "
+                         "(make setup installs it)")
+    env = dict(os.environ if base is None else base)
+    env.update(PATH=f"{WRAPPERS}:{env.get('PATH', '/usr/bin:/bin')}", CCACHE_DIR=str(CCACHE_DIR),
+               CCACHE_BASEDIR=str(CACHE_ROOT), CCACHE_NOHASHDIR="1", CCACHE_MAXSIZE=MAX_SIZE)
+    return env
+
+
+def ccache_stats() -> dict[str, int]:
+    """Hits and misses so far (`ccache --print-stats`), for the build's own summary line."""
+    out = run(["ccache", "--print-stats"], check=False, env=ccache_env(), error=StackError).stdout
+    stats: dict[str, int] = {}
+    for line in out.splitlines():
+        key, _, value = line.partition("\t")
+        if value.strip().isdigit():
+            stats[key.strip()] = int(value)
+    return stats
+
+
+def hit_share(before: Mapping[str, int], after: Mapping[str, int]) -> str:
+    """"812 of 2431 compilations from the cache" between two ccache_stats() readings."""
+    hits = sum(after.get(k, 0) - before.get(k, 0) for k in ("direct_cache_hit", "preprocessed_cache_hit"))
+    misses = after.get("cache_miss", 0) - before.get("cache_miss", 0)
+    return f"{hits} of {hits + misses} compilations from the compiler cache"
