@@ -10,9 +10,9 @@ setup:
 	@bash scripts/setup.sh
 
 # The harness's tests that need no lab, no guest and no QEMU build (under a minute): the loop for people
-# changing the harness. A test that makes a lab or a build is marked `lab` (tests/conftest.py).
+# changing the harness. A test that makes a lab is marked `lab` (tests/conftest.py), one that needs a QEMU build `build`.
 check: setup
-	$(PY) -m pytest -n auto tests/ -m "not lab and not slow and not vagrant" $(PYTEST_ARGS)
+	$(PY) -m pytest -n auto tests/ -m "not lab and not build and not slow and not vagrant" $(PYTEST_ARGS)
 
 # Harness tests plus the smoke selection of the suites; .ci/run runs exactly this.
 test: setup

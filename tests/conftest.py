@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 
 from lab.guest.domain import create_guest, remove_guest
-from lab.pytest_plugin.lifecycle import failed
-from lab.results.evidence import collect
 from tests.labtools import own_lab
 from tests.preflight_tools import pf_lab, two_stacks_lab
 
@@ -21,7 +19,7 @@ def pinned_lab(request, tmp_path_factory):
 
 
 @pytest.fixture
-def pinned_guest(request, pinned_lab, shared_lab, test_report_dir):
+def pinned_guest(pinned_lab, shared_lab, keep_evidence):
     """A fresh running guest on the pinned lab's first host; its logs are kept when the test failed."""
     guest = create_guest(pinned_lab, pinned_lab.hosts[0], wait=False)
     ready = False
@@ -30,8 +28,7 @@ def pinned_guest(request, pinned_lab, shared_lab, test_report_dir):
         ready = True
         yield guest
     finally:
-        if not ready or failed(request.node):
-            collect(pinned_lab, guest.name, test_report_dir)
+        keep_evidence(pinned_lab, guest.name, always=not ready)
         remove_guest(pinned_lab, guest)
 
 
@@ -64,7 +61,7 @@ def make_guest(pf):
 
 # Fixtures that need a lab up: a test using one is marked `lab` (make check runs the tests without that mark).
 LAB_FIXTURES = {"lab", "hosts", "src_host", "dst_host", "guest", "guest_factory", "pinned_lab", "pinned_guest", "pf",
-                "two_stacks", "make_guest", "shared_lab", "measurement_lock"}
+                "two_stacks", "make_guest", "shared_lab", "measurement_lock", "keep_evidence"}
 TESTS_DIR = __file__.rsplit("/", 1)[0]
 
 

@@ -13,12 +13,15 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 from tests.labtools import lab_cli, write_lab_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = "precopy-dirty-4MiBs-link-16MiBs"
 
 
+@pytest.mark.lab
 def test_a_planted_harness_bug_in_a_dirty_scenario_fails_instead_of_being_excused(tmp_path):
     config = write_lab_config(tmp_path, "kvmplt", 9)
     out = tmp_path / "run"

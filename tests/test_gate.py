@@ -81,11 +81,11 @@ def test_too_few_samples_are_not_judged_and_the_cli_says_so_with_its_own_exit_st
     base = write_run(tmp_path / "base", "pass", samples(80, few))
     cand = write_run(tmp_path / "cand", "pass", samples(200, few))
     result = compare(load(base), load(cand))
-    assert result["regressions"] == [] and len(result["undecided"]) == 3
+    assert result["regressions"] == [] and len(result["undecided"]) == 5  # 3 downtimes, total time, throughput
     proc = subprocess.run([sys.executable, "-m", "lab", "compare", str(base), str(cand), "--out", str(tmp_path / "o")],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 3, proc.stderr
-    assert "3 item(s) undecided" in proc.stdout and (tmp_path / "o" / "gate.json").exists()
+    assert "5 item(s) undecided" in proc.stdout and (tmp_path / "o" / "gate.json").exists()
     regress = subprocess.run([sys.executable, "-m", "lab", "compare", str(write_run(tmp_path / "b2", "pass", samples(80))),
                               str(write_run(tmp_path / "c2", "pass", samples(200))), "--out", str(tmp_path / "o2")],
                              cwd=ROOT, capture_output=True, text=True)
@@ -109,6 +109,7 @@ def test_an_unknown_stack_is_one_line_before_anything_runs(tmp_path):
     assert "unknown stack 'backprots'" in proc.stderr and not (tmp_path / "g").exists()
 
 
+@pytest.mark.lab
 def test_the_gate_runs_both_sides_on_their_stacks_then_compares(tmp_path):
     """End to end on two real labs (both sides `system` here: a candidate stack's first fetch is CI's cost
     elsewhere): each side's lab file names its stack, its run is a report folder, the lab is gone afterwards,

@@ -27,6 +27,7 @@ from lab.hotpatch.qemu_build import ensure_qemu_build
 from lab.util.elf import build_id
 from lab.util.process import terminate
 
+pytestmark = pytest.mark.build  # reads the plain QEMU build, made on first use
 PATCHES = Path(__file__).resolve().parent.parent / "suites" / "hotpatch" / "patches"
 DISTRO_QEMU = Path("/usr/bin/qemu-system-x86_64")
 

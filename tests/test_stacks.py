@@ -115,6 +115,7 @@ def cache(tmp_path_factory) -> StackCache:
     return scratch
 
 
+@pytest.mark.build
 def test_an_archive_stack_is_fetched_whole_into_the_cache_by_exact_version(cache):
     (qemu,) = cache.entries("qemu")
     (libvirt,) = cache.entries("libvirt")
@@ -126,6 +127,7 @@ def test_an_archive_stack_is_fetched_whole_into_the_cache_by_exact_version(cache
     assert not any("backports" in p.name for p in Path("/var/lib/apt/lists").iterdir())  # nothing system-wide
 
 
+@pytest.mark.build
 def test_a_cached_stack_needs_no_network(cache):
     """The same stack asked for again with a mirror nobody answers at comes from the cache."""
     said = []
@@ -137,6 +139,7 @@ def test_a_cached_stack_needs_no_network(cache):
     assert set(record.binds.values()) == {"/usr/lib/x86_64-linux-gnu/qemu", "/usr/lib/x86_64-linux-gnu/libvirt"}
 
 
+@pytest.mark.build
 def test_a_version_not_in_the_archive_is_one_line_and_installs_nothing(cache):
     before = sorted(p.name for p in cache.archive.iterdir())
     with pytest.raises(StackError) as info:
@@ -146,6 +149,7 @@ def test_a_version_not_in_the_archive_is_one_line_and_installs_nothing(cache):
     assert sorted(p.name for p in cache.archive.iterdir()) == before
 
 
+@pytest.mark.build
 def test_lab_up_with_a_version_not_in_the_archive_stops_before_making_anything(tmp_path):
     config = tmp_path / "lab.yaml"
     config.write_text(yaml.safe_dump({
@@ -161,6 +165,7 @@ def test_lab_up_with_a_version_not_in_the_archive_stops_before_making_anything(t
     assert nothing_left("kvmstkv"), leftovers("kvmstkv")
 
 
+@pytest.mark.build
 def test_an_unreachable_archive_is_one_line_and_installs_nothing(tmp_path):
     fresh = StackCache(tmp_path / "stacks")
     with pytest.raises(StackError) as info:
@@ -207,6 +212,7 @@ def _fetch_and_stop(tmp_path: Path, sig: int) -> tuple[subprocess.CompletedProce
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), phase, cache
 
 
+@pytest.mark.build
 def test_an_interrupted_fetch_leaves_nothing(tmp_path):
     done, phase, cache = _fetch_and_stop(tmp_path, signal.SIGINT)
     assert done.returncode == 130, (phase, done.stderr)
@@ -214,6 +220,7 @@ def test_an_interrupted_fetch_leaves_nothing(tmp_path):
     assert cache.entries("qemu") == [] and list(cache.archive.iterdir()) == [], phase
 
 
+@pytest.mark.build
 def test_a_killed_fetch_leaves_no_tree_and_the_next_fetch_clears_its_remains(tmp_path):
     done, phase, cache = _fetch_and_stop(tmp_path, signal.SIGKILL)
     assert done.returncode == -signal.SIGKILL
@@ -293,6 +300,7 @@ def test_a_patch_that_does_not_apply_is_one_line_and_installs_nothing(tmp_path):
 
 # -- stacks on hosts of their own: the playbook installs them (provision/roles/stack) ----------------
 
+@pytest.mark.build
 def test_playbook_pins_every_package_at_the_exact_version_the_request_names(cache):
     stack = playbook_stack("backports", StackSpec(**BACKPORTS), lambda _m: None, cache)
     assert stack["qemu"] == "1:10.0.2+ds-2+deb13u1~bpo12+1" and stack["libvirt"] == "11.3.0-2~bpo12+1"
@@ -304,11 +312,13 @@ def test_playbook_pins_every_package_at_the_exact_version_the_request_names(cach
     assert not any("backports" in p.name for p in Path("/var/lib/apt/lists").iterdir())  # nothing system-wide
 
 
+@pytest.mark.build
 def test_the_playbook_takes_no_stack_it_cannot_install(cache):
     with pytest.raises(StackError, match=r"^stacks.fixed: source build cannot be installed by the playbook"):
         playbook_stack("fixed", StackSpec(source="build", qemu="7.2"), lambda _m: None, cache)
 
 
+@pytest.mark.build
 def test_pins_command_prints_each_hosts_lab_stack_as_inventory_yaml(cache):
     # The module's scratch cache: the machine's is locked for minutes while the session lab builds its stack.
     proc = subprocess.run([sys.executable, "-m", "lab.stacks", "--lab-config", str(REPO / "labs/vagrant-stacks.yaml"),
@@ -319,6 +329,7 @@ def test_pins_command_prints_each_hosts_lab_stack_as_inventory_yaml(cache):
     assert list(hosts) == ["hv2"] and hosts["hv2"]["lab_stack"]["qemu"] == "1:10.0.2+ds-2+deb13u1~bpo12+1"
 
 
+@pytest.mark.build
 def test_a_vagrant_lab_with_a_version_not_in_the_archive_stops_before_making_anything(tmp_path, cache, monkeypatch):
     monkeypatch.setenv("LAB_STACK_CACHE", str(cache.root))  # as above: not the machine's cache and its lock
     text = (REPO / "labs/vagrant-stacks.yaml").read_text().replace("name: kvmvst", "name: kvmvsb")

@@ -27,7 +27,7 @@ from lab.hotpatch.progress import Progress, quiet
 from lab.hotpatch.qemu_source import (QemuSource, disable_edk2_unpacking, ensure_build_deps, fetch_source,
                                       installed_source)
 from lab.stacks.build import CONFIGURE as STACK_CONFIGURE, FIRMWARE_PATH
-from lab.stacks.compiler_cache import ccache_env, ccache_stats, hit_share
+from lab.stacks.compiler_cache import ccache_env, ccache_stats, compiling, hit_share
 from lab.util.elf import build_id
 from lab.util.files import atomic_write_json, file_lock
 from lab.util.process import run
@@ -197,15 +197,18 @@ def ensure_qemu_build(build_cache: str | os.PathLike, *, mode: str = "libcare", 
         srcdir = fetch_source(source, entry, progress)
         disable_edk2_unpacking(srcdir)
         with open(log_path, "a") as log:
-            progress(f"configuring QEMU {source.version} for x86_64-softmmu (log {log_path})")
-            builddir = configure(srcdir, log, source, cached=mode == "plain")
             if mode == "plain":
-                progress(f"building QEMU with make -j{jobs} through ccache (about 4 minutes on 2 cores, "
-                         "one when a stack build of this source filled the cache)")
-                before = ccache_stats()
-                built = make_plain(builddir, log, jobs, progress)
-                progress(hit_share(before, ccache_stats()))
+                with compiling(progress):
+                    progress(f"configuring QEMU {source.version} for x86_64-softmmu (log {log_path})")
+                    builddir = configure(srcdir, log, source, cached=True)
+                    progress(f"building QEMU with make -j{jobs} through ccache (about 6 minutes on 2 cores, "
+                             "1-2 when a stack build of this source filled the cache)")
+                    before = ccache_stats()
+                    built = make_plain(builddir, log, jobs, progress)
+                    progress(hit_share(before, ccache_stats()))
             else:
+                progress(f"configuring QEMU {source.version} for x86_64-softmmu (log {log_path})")
+                builddir = configure(srcdir, log, source, cached=False)
                 progress(f"building QEMU through libcare-patch-make's original stage, -j{jobs} "
                          "(about 5 minutes on 2 cores)")
                 write_lpmakefile(builddir)

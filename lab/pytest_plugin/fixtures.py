@@ -158,7 +158,18 @@ def test_report_dir(request, report_dir) -> Path:
 
 
 @pytest.fixture
-def guest_factory(request, lab, test_report_dir):
+def keep_evidence(request, test_report_dir):
+    """keep_evidence(lab, guest_name, always=False) at teardown: the guest's logs (every host's) go into the test's
+    report folder when the test failed, or when `always`."""
+    def keep(lab: Lab, name: str, always: bool = False) -> None:
+        if always or failed(request.node):
+            collect(lab, name, test_report_dir)
+
+    return keep
+
+
+@pytest.fixture
+def guest_factory(lab, keep_evidence):
     """Make guests on demand; all are removed after the test, logs kept if it failed."""
     made = []
 
@@ -171,10 +182,8 @@ def guest_factory(request, lab, test_report_dir):
         return guest
 
     yield make
-    keep = failed(request.node)
     for guest in made:
-        if keep:
-            collect(lab, guest.name, test_report_dir)
+        keep_evidence(lab, guest.name)
         remove_guest(lab, guest)
 
 

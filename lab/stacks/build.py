@@ -25,7 +25,7 @@ from lab.errors import StackError
 from lab.runtime.state import StackRecord
 from lab.stacks.archive import PrivateApt, matches, read_suite, upstream
 from lab.stacks.cache import Entry, StackCache, write_manifest
-from lab.stacks.compiler_cache import ccache_env, ccache_stats, hit_share
+from lab.stacks.compiler_cache import ccache_stats, compiling, hit_share
 from lab.util.process import run
 
 COMPONENT = "qemu-build"
@@ -140,14 +140,15 @@ def build(name: str, spec: StackSpec, cache: StackCache, apt: PrivateApt, versio
         builddir = tree / "build"
         builddir.mkdir()
         jobs = os.cpu_count() or 2
-        env, before, started = ccache_env(), ccache_stats(), time.monotonic()
-        progress(f"stack {name}: configuring and building QEMU {version} with make -j{jobs} through ccache "
-                 f"(log {log_path})")
-        run(["../configure", *CONFIGURE, f"--with-pkgversion=kvm-lab stack {name} {digest}"], cwd=builddir,
-            timeout=1200, log=log, env=env, error=StackError, what=f"stacks.{name}: QEMU configure")
-        run(["make", f"-j{jobs}", BINARY], cwd=builddir, timeout=BUILD_TIMEOUT, log=log, env=env, error=StackError,
-            what=f"stacks.{name}: QEMU build")
-        built = f"{time.monotonic() - started:.0f} s, {hit_share(before, ccache_stats())}"
+        with compiling(progress) as env:
+            before, started = ccache_stats(), time.monotonic()
+            progress(f"stack {name}: configuring and building QEMU {version} with make -j{jobs} through ccache "
+                     f"(log {log_path})")
+            run(["../configure", *CONFIGURE, f"--with-pkgversion=kvm-lab stack {name} {digest}"], cwd=builddir,
+                timeout=1200, log=log, env=env, error=StackError, what=f"stacks.{name}: QEMU configure")
+            run(["make", f"-j{jobs}", BINARY], cwd=builddir, timeout=BUILD_TIMEOUT, log=log, env=env,
+                error=StackError, what=f"stacks.{name}: QEMU build")
+            built = f"{time.monotonic() - started:.0f} s, {hit_share(before, ccache_stats())}"
         installed = partial / "tree" / "usr" / "bin" / BINARY
         installed.parent.mkdir(parents=True)
         shutil.copy2(builddir / BINARY, installed)

@@ -7,16 +7,20 @@ across builds when absolute paths under the cache root are rewritten relative to
 patch more or less then recompiles only the files that patch touches. The stack builds and the hot patch
 suite's plain build share one configuration (lab.stacks.build.CONFIGURE) and so one set of objects.
 A libcare build does not use it: libcare-cc must see every compilation, and its side outputs are not cached.
+Cached builds run one at a time (compiling): two first builds side by side on two cores would both miss the
+cache and take twice as long; one after the other, the second finds the first's objects.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Iterator, Mapping
 
 from lab.errors import StackError
 from lab.runtime.layout import CACHE_ROOT
+from lab.util.files import file_lock
 from lab.util.process import run
 
 WRAPPERS = Path("/usr/lib/ccache")
@@ -51,3 +55,11 @@ def hit_share(before: Mapping[str, int], after: Mapping[str, int]) -> str:
     hits = sum(after.get(k, 0) - before.get(k, 0) for k in ("direct_cache_hit", "preprocessed_cache_hit"))
     misses = after.get("cache_miss", 0) - before.get("cache_miss", 0)
     return f"{hits} of {hits + misses} compilations from the compiler cache"
+
+
+@contextlib.contextmanager
+def compiling(progress: Callable[[str], None] = lambda _msg: None) -> Iterator[dict[str, str]]:
+    """Held while a build compiles through the cache (machine-wide); yields the environment to build in."""
+    env = ccache_env()
+    with file_lock(CCACHE_DIR / ".compiling.lock", "QEMU build through the compiler cache", progress):
+        yield env
