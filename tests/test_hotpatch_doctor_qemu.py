@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -168,3 +169,17 @@ def test_the_distro_binary_is_another_build(qemu, qemu_debug):
     assert build_id(DISTRO_QEMU) in report.findings[0].summary
     same = diagnose(PATCHES / "0001-query-version-package.patch", qemu, target=qemu, debug=qemu_debug)
     assert same.findings == []
+
+
+def test_a_patch_partly_for_another_binary_is_not_checked_never_clean(qemu, qemu_debug, tmp_path):
+    """The doctor checked expr_error (a warning only) but not hw/arm/virt.c, which this x86_64 binary was not
+    built from: that is no verdict (exit 3), not "no finding makes the patch ineffective" (exit 0)."""
+    patch = Path(__file__).parent / "data" / "hotpatch_doctor" / "partly-another-target.patch"
+    report = diagnose(patch, qemu, debug=qemu_debug)
+    assert report.unchecked_files == ["hw/arm/virt.c"] and report.nothing_checked and not report.ineffective
+    assert "verdict: NOT CHECKED: hw/arm/virt.c not part of this binary" in report.text()
+    proc = subprocess.run([sys.executable, "-m", "lab", "hotpatch", "doctor", str(patch), "--qemu", qemu],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    clean = diagnose(PATCHES / "doctor/noreturn-expr_error.patch", qemu, debug=qemu_debug)
+    assert not clean.nothing_checked  # the same change alone was checked whole

@@ -129,6 +129,7 @@ class Guest:
     dirty_region_mib: int = 0  # the last `dirty`'s sweep region (paces oracle, which scans it)
     dirty_rate_mibs: float = 0.0  # the last `dirty`'s rate: the oracle's sweep must advance while it is > 0
     last_oracle: dict | None = None  # the oracle's last reading (integrity.memory_oracle), to see it advance
+    serial_reported: set = field(default_factory=set)  # oracle lines of its console already told (one move each)
 
     @property
     def name(self) -> str:

@@ -90,7 +90,8 @@ def oracle_finding(report: dict) -> Finding | None:
 
 
 def serial_oracle_lines(guest: Guest, hosts: tuple[Host, ...]) -> list[str]:
-    """LAB-ORACLE-WRONG lines the agent printed on the serial console (they outlive a crashed guest)."""
+    """LAB-ORACLE-WRONG lines the agent printed on the serial console (they outlive a crashed guest) that no
+    earlier call reported."""
     lines = []
     for host in hosts:
         try:
@@ -98,7 +99,10 @@ def serial_oracle_lines(guest: Guest, hosts: tuple[Host, ...]) -> list[str]:
         except LabError:
             continue
         lines += [f"{host.name}: {m.group(0)}" for m in ORACLE_LINE.finditer(text)]
-    return lines
+    # A line is the evidence of the move after which it was first seen, not of every later one.
+    new = [line for line in lines if line not in guest.serial_reported]
+    guest.serial_reported.update(new)
+    return new
 
 
 @dataclass(frozen=True)

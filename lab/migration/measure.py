@@ -144,7 +144,7 @@ def check_invariants(m: Measurement, period_ms: float, tolerance: Tolerance) -> 
         if d["guest"] > d["hypervisor"] + tolerance.hypervisor_underreport_ms:
             findings.append(Finding(Kind.UNDERREPORTED, f"libvirt under-reports: the guest was silent {d['guest']:.1f} ms, "
                                     f"libvirt reports {d['hypervisor']:.0f} ms downtime, beyond the stated bound of "
-                                    f"{tolerance.hypervisor_underreport_ms:g} ms"))
+                                    f"{tolerance.hypervisor_underreport_ms:g} ms", figure_ms=d["guest"]))
     if d["guest"] - d["network"] > tolerance.guest_over_network_ms:
         findings.append(Finding(Kind.INVARIANT, f"the guest's heartbeats stopped {d['guest']:.1f} ms while its echo "
                                 f"replies stopped at most {d['network']:.1f} ms (beyond the stated "
@@ -175,7 +175,8 @@ def verdict(scenario: str, measurements: list[Measurement], limits: Limits) -> t
     """Threshold findings (one line each, naming scenario, probe, statistic, figure, limit) and the summaries.
 
     Every move is held to the limit (the summary's maximum), and each move over it is named: a p95 is
-    reported beside the maximum, never judged instead of it.
+    reported beside the maximum, never judged instead of it. Each measurement's own findings (invariants,
+    settings) are the caller's to add, marked with their move (verdicts.at_move).
     """
     findings: list[Finding] = []
     summaries: dict[str, Summary] = {}
@@ -196,8 +197,6 @@ def verdict(scenario: str, measurements: list[Measurement], limits: Limits) -> t
             findings.append(Finding(Kind.THRESHOLD, f"{scenario}: total migration time {total.basis} "
                                     f"{total.judged:.2f} s exceeds the limit of {limits.total_s:g} s; "
                                     f"over it: {_moves_over(totals, limits.total_s, '{:.2f} s')}"))
-    for m in measurements:
-        findings += [Finding(f.kind, f"{scenario}: {f.text}") for f in m.findings]
     return findings, summaries
 
 

@@ -1,16 +1,19 @@
-"""Verdicts computed from findings: pass, fail, or excused by a registered known defect.
+"""Verdicts computed from findings: pass, fail, or excused by registered known defects.
 
 A finding is one thing a check found wrong, with a kind from a fixed list (so a
-defect's signature names kinds, never free text). A failure is excused only when
-the stack is in the defect's range, its evidence is among the findings, and
-every finding is one the defect explains: a harness bug or any other failure
-next to a known defect still fails. The registry is data: known_defects.yaml.
+defect's signature names kinds, never free text), and the move it was seen in.
+A failure is excused only finding by finding: each must be explained by a defect
+whose range takes that move's source or destination stack, whose evidence is
+among the findings of the same move, whose signature (if any) the finding
+matches, and whose bound (if any) its figure keeps. A harness bug, a finding of
+another move, or any finding no defect explains still fails the test. The
+registry is data: known_defects.yaml.
 """
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Literal
@@ -48,9 +51,17 @@ class Kind(str, Enum):
 class Finding:
     kind: Kind
     text: str
+    move: int | None = None  # the migration it was seen after (1..n; 0 the oracle's unmeasured one); None: the test's
+    stacks: tuple["Stack", ...] = ()  # that move's source and destination stacks, where they are known
+    figure_ms: float | None = None  # the figure a bounded excuse is held to (e.g. the guest's silence)
 
     def __str__(self) -> str:
         return self.text
+
+
+def at_move(findings: list[Finding], move: int, stacks: tuple["Stack", ...], prefix: str = "") -> list[Finding]:
+    """The findings of one migration, marked with it (and its stacks) for the excuses."""
+    return [replace(f, move=move, stacks=stacks, text=prefix + f.text) for f in findings]
 
 
 @dataclass(frozen=True)
@@ -63,9 +74,19 @@ class Stack:
 
     @classmethod
     def of(cls, versions: dict, accelerator: str, mode: str = "precopy") -> Stack:
-        """From a host's entry of host_versions() (what a record's `versions.<host>` holds)."""
+        """From a host's entry of host_versions() (what a record's `versions.<host>` holds): the upstream
+        commits it carries are the lab's patches' and those its distro changelog names."""
         return cls(versions.get("qemu_version", "unknown"), accelerator, mode,
-                   frozenset(versions.get("backports") or ()))
+                   frozenset([*(versions.get("backports") or ()), *(versions.get("changelog_commits") or ())]))
+
+    @property
+    def prerelease(self) -> bool:
+        """QEMU numbers a development tree or release candidate of X.Y.0 as (X.Y-1).90 and up (8.2.90 is 9.0's
+        development): which upstream commits such a build carries, its number cannot say."""
+        try:
+            return Version(self.qemu).micro >= 90
+        except InvalidVersion:
+            return False
 
 
 class Upstream(BaseModel):
@@ -80,6 +101,8 @@ class Affects(BaseModel):
     qemu: str  # a version range, PEP 440 style: "<9.0.0"
     accelerator: Literal["kvm", "tcg"] | None = None
     mode: Literal["precopy", "postcopy"] | None = None
+    # Which end of a move must run an affected stack: the source (e.g. dirty tracking), the destination, or either.
+    side: Literal["source", "destination", "either"] = "either"
 
     @field_validator("qemu")
     @classmethod
@@ -101,8 +124,12 @@ class KnownDefect(BaseModel):
     evidence: list[Kind]  # at least one of these findings must be there: the defect's own signature
     explains: list[Kind]  # every finding must be of one of these kinds
     # A regular expression one evidence finding's text must match: the defect's own words (e.g. QEMU's
-    # assertion message in the log the finding quotes), where a kind alone would excuse too much.
+    # assertion message in the log the finding quotes), where a kind alone would excuse too much. Every
+    # finding of an evidence kind must match it to be explained: one match excuses no other.
     signature: str | None = None
+    # The largest figure (e.g. the guest's silence, ms) a finding may show and still be this behaviour: a
+    # by_design entry must have one, or any silence at all would pass as "by design".
+    bound_ms: float | None = None
 
     @field_validator("signature")
     @classmethod
@@ -118,6 +145,8 @@ class KnownDefect(BaseModel):
     def _a_fix_or_by_design(self) -> KnownDefect:
         if (self.upstream is None) == (self.by_design is None):
             raise ValueError("give either upstream (the fix) or by_design (where it is documented), not both or neither")
+        if self.by_design is not None and self.bound_ms is None:
+            raise ValueError("a by_design entry needs bound_ms: the largest figure the documented behaviour explains")
         return self
 
     def reference(self) -> str:
@@ -128,17 +157,33 @@ class KnownDefect(BaseModel):
 
     def shown_by(self, findings: tuple[Finding, ...]) -> bool:
         """Its evidence is among the findings: a finding of an evidence kind (matching the signature, if any)."""
-        return any(f.kind in self.evidence and (self.signature is None or re.search(self.signature, f.text))
-                   for f in findings)
+        return any(f.kind in self.evidence and self._matches(f) for f in findings)
+
+    def _matches(self, finding: Finding) -> bool:
+        if self.signature is not None and finding.kind in self.evidence and not re.search(self.signature, finding.text):
+            return False
+        if self.bound_ms is not None and (finding.figure_ms is None or finding.figure_ms > self.bound_ms):
+            return False  # no figure, or beyond what the behaviour explains
+        return True
+
+    def explains_finding(self, finding: Finding) -> bool:
+        return finding.kind in self.explains and self._matches(finding)
+
+    def applies_to_move(self, stacks: tuple[Stack, ...]) -> bool:
+        """(source, destination) of one move, or the one stack a test ran on."""
+        ends = {"source": stacks[:1], "destination": stacks[-1:], "either": stacks}[self.affects.side]
+        return any(self.applies_to(s) for s in ends)
 
     def applies_to(self, stack: Stack) -> bool:
         if self.upstream and any(c.startswith(self.upstream.commit) or self.upstream.commit.startswith(c)
                                  for c in stack.backports):
-            return False  # its fix is in this build (a backport), whatever the version says
+            return False  # its fix is in this build (a backport, or a distro patch its changelog names)
         try:
-            in_range = Version(stack.qemu) in SpecifierSet(self.affects.qemu)
+            in_range = Version(stack.qemu) in SpecifierSet(self.affects.qemu, prereleases=False)
         except InvalidVersion:
             return False  # an unknown version is never excused
+        if stack.prerelease and self.upstream:
+            return False  # a development build may carry the fix already: never excused on its number
         return (in_range and self.affects.accelerator in (None, stack.accelerator)
                 and self.affects.mode in (None, stack.mode))
 
@@ -171,19 +216,29 @@ class Verdict:
 
 
 def judge(findings: list[Finding], stack: Stack, registry: Registry) -> Verdict:
-    """pass with no findings; excused when one known defect explains them all; else fail."""
+    """pass with no findings; excused when every finding is explained by a defect shown in its own move (and
+    applying to that move's stacks, or `stack` where the finding names none); else fail, naming the rest."""
     found = tuple(findings)
     if not found:
         return Verdict("pass", found, why="no finding")
-    kinds = {f.kind for f in found}
-    for defect in registry.defects:
-        if not defect.applies_to(stack):
-            continue
-        if defect.shown_by(found) and kinds <= set(defect.explains):
-            return Verdict("excused", found, defect, f"excused by {defect.reference()}")
-    candidates = [d.id for d in registry.defects if d.applies_to(stack) and d.shown_by(found)]
-    unexplained = sorted(k.value for k in kinds)
-    why = f"{len(found)} finding(s) of kind {', '.join(unexplained)}"
-    if candidates:
-        why += f"; {', '.join(candidates)} matched but does not explain them all"
+    moves: dict[int | None, list[Finding]] = {}
+    for f in found:
+        moves.setdefault(f.move, []).append(f)
+    used: list[KnownDefect] = []
+    unexplained: list[Finding] = []
+    for group in moves.values():
+        stacks = group[0].stacks or (stack,)
+        shown = [d for d in registry.defects if d.applies_to_move(stacks) and d.shown_by(tuple(group))]
+        for f in group:
+            defect = next((d for d in shown if d.explains_finding(f)), None)
+            if defect is None:
+                unexplained.append(f)
+            elif defect not in used:
+                used.append(defect)
+    if not unexplained:
+        return Verdict("excused", found, used[0], "excused by " + "; and by ".join(d.reference() for d in used))
+    kinds = sorted({f.kind.value for f in unexplained})
+    why = f"{len(unexplained)} of {len(found)} finding(s) explained by no known defect of their move: {', '.join(kinds)}"
+    if used:
+        why += f" ({', '.join(d.id for d in used)} explained the others)"
     return Verdict("fail", found, why=why)

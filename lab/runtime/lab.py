@@ -144,13 +144,19 @@ class Lab:
                 "pairs": [[a.name, b.name] for a, b in self.pairs]}
 
 
+QEMU_CHANGELOG = "/usr/share/doc/qemu-system-x86/changelog.Debian.gz"
+
+
 def host_versions(host: Host) -> dict:
     """The host's stack, and libvirt, QEMU (with its build, e.g. "Debian 1:10.0.2+ds-2+deb13u1~bpo12+1")
     and kernel versions as the host reports them."""
     try:
         conn = host.connect()
         lib, qemu = conn.getLibVersion(), conn.getVersion()
-        lines = host.run("uname -r; qemu-system-x86_64 --version | head -n 1", timeout=25).stdout.splitlines()
+        # The distro's changelog names the upstream commits its package backports (Debian: "upstream commit <id>").
+        lines = host.run("uname -r; qemu-system-x86_64 --version | head -n 1; "
+                         f"zcat -f {QEMU_CHANGELOG} 2>/dev/null | grep -oE '\\b[0-9a-f]{{12,40}}\\b' | sort -u | "
+                         "tr '\\n' ' '; echo", timeout=25).stdout.splitlines()
         hostname = conn.getHostname()
     except (libvirt.libvirtError, LabError) as exc:  # status must still print
         return {"stack": host.stack, "error": str(exc)}
@@ -158,4 +164,5 @@ def host_versions(host: Host) -> dict:
     build = re.search(r"\(([^)]*)\)", lines[1]) if len(lines) > 1 else None
     return {"stack": host.stack, "hostname": hostname, "libvirt_version": fmt(lib), "qemu_version": fmt(qemu),
             "qemu_build": build[1] if build else "", "backports": list(host.backports),
+            "changelog_commits": lines[2].split() if len(lines) > 2 else [],
             "kernel": lines[0].strip() if lines else ""}

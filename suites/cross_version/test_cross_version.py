@@ -24,7 +24,7 @@ from lab.migration.live import MigrationParams, migrate
 from lab.migration.measure import measure_migration, thresholds_record, verdict
 from lab.results.evidence import collect
 from lab.results.records import write_series
-from lab.results.verdicts import Finding, Kind, Stack, judge
+from lab.results.verdicts import Finding, Kind, Stack, at_move, judge
 from suites.cross_version.conftest import machine_types, refusal, version_tuple
 
 pytestmark = pytest.mark.lab
@@ -62,7 +62,9 @@ def test_live_migration_across_stacks(direction, load, lab, stack_pair, pinned_m
     measurements, findings = [], []
     count = repeat
     if load.dirty_mibs:
-        findings += _oracle_move(lab, guest_factory, pinned_machine, src, dst, load, scenario, record)
+        findings += at_move(_oracle_move(lab, guest_factory, pinned_machine, src, dst, load, scenario, record), 0,
+                            (Stack.of(host_versions[src.name], lab.accelerator),
+                             Stack.of(host_versions[dst.name], lab.accelerator)))
         if findings:
             count = 0  # lost pages or a crash: the timed series would time the defect
     for i in range(count):
@@ -89,20 +91,22 @@ def test_live_migration_across_stacks(direction, load, lab, stack_pair, pinned_m
             pytest.skip(f"{direction} ({DIRECTIONS[direction]}) {src.name} [{src.stack}] -> {dst.name} "
                         f"[{dst.stack}] is refused by design: {refused}")
         record(doc)
+        move = (Stack.of(host_versions[src.name], lab.accelerator), Stack.of(host_versions[dst.name], lab.accelerator))
+        findings += at_move(m.findings, i + 1, move, f"{scenario}: migration {i + 1}: ")
         if not m.result.ok:
             kept = collect(lab, guest.name, test_report_dir / f"migration-{i + 1}", m.result)
-            findings.append(Finding(Kind.MIGRATION_FAILED, f"{scenario}: migration {i + 1} {src.name} -> {dst.name} "
-                                    f"failed: {m.result.error} (evidence from both hosts: {len(kept)} files in "
-                                    f"{test_report_dir})"))
+            findings += at_move([Finding(Kind.MIGRATION_FAILED, f"{scenario}: migration {i + 1} {src.name} -> {dst.name} "
+                                         f"failed: {m.result.error} (evidence from both hosts: {len(kept)} files in "
+                                         f"{test_report_dir})")], i + 1, move)
             break
-        findings += [Finding(f.kind, f"after migration {i + 1} to {dst.name}: {f.text}") for f in after.findings]
+        findings += at_move(after.findings, i + 1, move, f"after migration {i + 1} to {dst.name}: ")
         measurements.append(m)
         if after.findings:
             collect(lab, guest.name, test_report_dir / f"migration-{i + 1}", m.result)
             break  # the evidence is kept; the guest is left for the fixture to collect and remove
         remove_guest(lab, guest)  # one guest at a time on two cores: the next repetition's figures are its own
     threshold_findings, summaries = verdict(scenario, measurements, limits) if measurements else ([], {})
-    # The source's QEMU: lost pages are its dirty tracking.
+    # Each move is judged by its own stacks (verdicts.at_move); findings without a move by the source's.
     outcome = judge(threshold_findings + findings, Stack.of(host_versions[src.name], lab.accelerator), known_defects)
     figures = {f"{probe}_downtime_ms_max": round(s.max, 1) for probe, s in summaries.items() if probe != "total_s"}
     if "total_s" in summaries:

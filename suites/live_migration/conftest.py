@@ -11,7 +11,7 @@ from lab.migration.integrity import inspect, take_fingerprint
 from lab.migration.measure import measure_migration, thresholds_record, verdict
 from lab.results.evidence import collect
 from lab.results.records import write_series
-from lab.results.verdicts import Finding, Kind, Stack, judge
+from lab.results.verdicts import Finding, Kind, Stack, at_move, judge
 
 
 DISK_STREAM_BLOCKS_PER_S = 200  # 4 KiB O_DSYNC writes in flight during a copy-storage migration
@@ -70,8 +70,13 @@ def run_measured(lab, thresholds, repeat, host_versions, known_defects, record, 
         measurements, findings = [], []
         src, dst = lab.hosts[0], lab.hosts[1]
         stack = Stack.of(host_versions[src.name], lab.accelerator, scenario.params.mode)
+
+        def move_stacks(a, b) -> tuple[Stack, Stack]:  # each move is judged by its own source and destination
+            return tuple(Stack.of(host_versions[h.name], lab.accelerator, scenario.params.mode) for h in (a, b))
+
         if scenario.dirty_mibs and scenario.params.mode == "precopy":  # postcopy runs on the destination at once
-            outside = verify_from_outside(lab, guest, before, src, dst, scenario, record)
+            outside = at_move(verify_from_outside(lab, guest, before, src, dst, scenario, record), 0,
+                              move_stacks(src, dst))
             findings += outside
             if any(f.kind in (Kind.GUEST_REBOOTED, Kind.SPLIT_BRAIN, Kind.MIGRATION_FAILED) for f in outside):
                 count = 0  # the measured series would time another boot (or nothing)
@@ -99,13 +104,15 @@ def run_measured(lab, thresholds, repeat, host_versions, known_defects, record, 
                 doc.update(oracle=after.oracle, dirty_mibs_achieved=after.dirty_mibs,
                            integrity=[{"kind": f.kind.value, "text": f.text} for f in after.findings])
             record(doc)
+            stacks = move_stacks(src, dst)
+            findings += at_move(m.findings, i + 1, stacks, f"{scenario.id}: migration {i + 1}: ")
             if not m.result.ok:
                 kept = collect(lab, guest.name, test_report_dir / f"migration-{i + 1}", m.result)
-                findings.append(Finding(Kind.MIGRATION_FAILED, f"{scenario.id}: migration {i + 1} {src.name} -> "
-                                        f"{dst.name} failed: {m.result.error} (evidence: {len(kept)} files in "
-                                        f"{test_report_dir})"))
+                findings += at_move([Finding(Kind.MIGRATION_FAILED, f"{scenario.id}: migration {i + 1} {src.name} -> "
+                                             f"{dst.name} failed: {m.result.error} (evidence: {len(kept)} files in "
+                                             f"{test_report_dir})")], i + 1, stacks)
                 break
-            findings += [Finding(f.kind, f"after migration {i + 1} to {dst.name}: {f.text}") for f in after.findings]
+            findings += at_move(after.findings, i + 1, stacks, f"after migration {i + 1} to {dst.name}: ")
             measurements.append(m)
             if any(f.kind in (Kind.GUEST_REBOOTED, Kind.SPLIT_BRAIN) for f in after.findings):
                 collect(lab, guest.name, test_report_dir / f"migration-{i + 1}", m.result)

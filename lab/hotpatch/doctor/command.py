@@ -1,6 +1,7 @@
 """`python -m lab hotpatch doctor PATCH [--qemu BINARY_OR_BUILD] [--target BINARY] [--pid PID] [--json]`.
 
-Exit status: 0 no finding makes the patch ineffective, 1 one does, 2 bad input (one line).
+Exit status: 0 no finding makes the patch ineffective, 1 one does, 2 bad input (one line), 3 nothing of the
+patch could be checked against this binary (none of its files is part of it): never "clean".
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def qemu_binary(given: str | None, build_cache: str | None = None) -> str:
 def cmd_hotpatch_doctor(args) -> int:
     report = diagnose(args.patch, qemu_binary(args.qemu), target=args.target, pid=args.pid)
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
-    return 1 if report.ineffective else 0
+    return 1 if report.ineffective else 3 if report.nothing_checked else 0
 
 
 def add_doctor_parser(subparsers) -> argparse.ArgumentParser:

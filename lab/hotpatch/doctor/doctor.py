@@ -38,7 +38,7 @@ def diagnose(patch: str | os.PathLike, binary: str | os.PathLike, *, target: str
     if patch.endswith(KPATCH_SUFFIX):
         if not os.path.exists(patch):
             raise HotpatchError(f"{patch}: no such kpatch file")
-        report = DoctorReport(patch, binary, build_id(binary, error=HotpatchError))
+        report = DoctorReport(patch, binary, build_id(binary, error=HotpatchError), source_patch=False)
         report.findings += buildid_findings(report.buildid, binary, kpatch=patch, target=target, pid=pid)
         report.notes.append("a .kpatch file: only its buildID is checked; give the source patch for every other kind")
         return report
@@ -47,6 +47,7 @@ def diagnose(patch: str | os.PathLike, binary: str | os.PathLike, *, target: str
     debug = debug or DebugInfo(binary)
     try:
         report = DoctorReport(patch, binary, debug.buildid)
+        report.unchecked_files = [c.path for c in changes if not c.is_header and not debug.units_for(c.path)]
         view = source_view(changes, debug)
         report.findings += view.findings
         report.notes += view.notes

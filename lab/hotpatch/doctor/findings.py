@@ -84,10 +84,20 @@ class DoctorReport:
     changed: list[ChangedFunction] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what was not or could not be checked, and why
+    unchecked_files: list[str] = field(default_factory=list)  # the patch's .c files this binary was not built from
+    source_patch: bool = True  # False for a .kpatch file (only its buildID is checked)
 
     @property
     def ineffective(self) -> bool:
         return any(f.ineffective for f in self.findings)
+
+    @property
+    def nothing_checked(self) -> bool:
+        """No verdict, never "clean": a source patch with a file this binary was not built from (its changes were
+        not checked), or one whose changes reach no function and no finding (a patch that would do nothing)."""
+        if not self.source_patch or self.ineffective:
+            return False
+        return bool(self.unchecked_files) or (not self.changed and not self.findings)
 
     def kinds(self) -> set[str]:
         return {f.kind for f in self.findings}
@@ -101,6 +111,7 @@ class DoctorReport:
     def as_dict(self) -> dict:
         data = asdict(self)
         data["ineffective"] = self.ineffective
+        data["nothing_checked"] = self.nothing_checked
         data["replaced"] = self.replaced()
         return data
 
@@ -119,6 +130,11 @@ class DoctorReport:
             out.append(f"       -> {finding.remedy}")
         out.extend(f"note: {note}" for note in self.notes)
         failing = sum(f.ineffective for f in self.findings)
+        if self.nothing_checked:
+            why = (f"{', '.join(self.unchecked_files)} not part of this binary (is it the one the patch is for?)"
+                   if self.unchecked_files else "the patch changes no code of this binary: loaded, it would do nothing")
+            out.append(f"verdict: NOT CHECKED: {why}")
+            return "\n".join(out)
         out.append(f"verdict: {'INEFFECTIVE' if failing else 'no finding makes the patch ineffective'}"
                    + (f" ({failing} finding{'s' if failing != 1 else ''})" if failing else ""))
         return "\n".join(out)
