@@ -37,8 +37,8 @@ def test_settings_a_plain_migration_did_not_use_are_findings(pinned_lab, pinned_
 
     # As asked: nothing to say.
     assert settings_findings(plain, result, observed, dirty_mibs_asked=2) == []
-    # Judged as if postcopy, multifd with 2 channels, xbzrle and 8 MiB/s of dirtying had been asked.
-    asked = replace(plain, mode="postcopy", parallel_connections=2, compression="xbzrle")
+    # Judged as if postcopy, multifd with 2 channels, xbzrle, a 2 MiB/s cap and 8 MiB/s of dirtying had been asked.
+    asked = replace(plain, mode="postcopy", parallel_connections=2, compression="xbzrle", bandwidth_mibs=2)
     found = settings_findings(asked, result, observed, dirty_mibs_asked=8)
     text = "\n".join(f.text for f in found)
     assert {f.kind for f in found} == {Kind.SETTING_IGNORED}, found
@@ -47,3 +47,20 @@ def test_settings_a_plain_migration_did_not_use_are_findings(pinned_lab, pinned_
     assert "at most 1 connection(s)" in text and "make 3" in text
     assert "compression_pages" in text or "xbzrle-encoded" in text
     assert "below 80% of the 8 MiB/s asked" in text
+    assert "over 1.5 times the cap of 2 MiB/s" in text  # moved at up to 8 MiB/s
+
+
+def test_the_connection_counter_sees_a_short_multifd_migration(pinned_lab, pinned_guest):
+    """An idle guest, uncapped, two multifd channels: the migration lasts a second or less, which the counter's
+    former polls (an SSH command each) missed, reporting "at most 0 connection(s)" (issue 24). Its one
+    command polling locally must see the main channel and both multifd channels."""
+    lab, guest = pinned_lab, pinned_guest
+    src_host, dst_host = lab.hosts
+    params = MigrationParams(unsafe=lab.needs_unsafe("shared"), migrate_uri=f"tcp://{dst_host.address}",
+                             parallel_connections=2)
+    with ConnectionCounter(dst_host, guest.name) as counter:
+        result = migrate(guest.name, src_host, dst_host, params)
+    assert result.ok, result.error
+    guest.host = dst_host
+    assert counter.seen == 3, (counter.most, counter.errors, result.stats.get("time_elapsed"))
+    assert settings_findings(params, result, Observed(migration_connections_max=counter.seen)) == []

@@ -27,17 +27,21 @@ def refusal(result: MigrationResult, dst: Host) -> str:
 
     The source's error, or, when the source saw only its connection to the destination close ("End of file
     while reading data", seen from libvirt 11.3 refused by 9.0), the destination libvirtd's own error line
-    logged during the migration.
+    logged within this migration's own window (from its start to a second after it failed). The caller asks
+    only for a direction's first move: a refusal after a move went through is no design, it is a failure.
     """
     if refused_by_design(result.error):
         return result.error
+    if "End of file while reading data" not in (result.error or ""):
+        return ""  # the source said why it failed, and it was not a refusal by design
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(result.started_ns // 10**9))
+    until = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(result.finished_ns // 10**9 + 1))
     try:
         log = dst.run("tail -n 3000 /var/log/libvirt/libvirtd.log", check=False, timeout=30).stdout
     except LabError:
         return ""
     for line in log.splitlines():
-        if line[:19] >= since and " error : " in line:
+        if since <= line[:19] <= until and " error : " in line:
             message = line.split(" error : ", 1)[1].split(" : ", 1)[-1]
             if refused_by_design(message):
                 return f"{dst.name}'s libvirtd: {message} (the source reported: {result.error})"
