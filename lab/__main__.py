@@ -15,6 +15,8 @@ from lab.backends import get_backend
 from lab.config.lab import BACKENDS, LabConfig, load_lab_config
 from lab.errors import LabError
 from lab.hotpatch.doctor.command import add_doctor_parser
+from lab.mutants.corpus import CORPUS, load_corpus
+from lab.mutants.runner import run_mutants, table
 from lab.preflight import as_json, context_for
 from lab.preflight.doctor import check_all_pairs, check_pair, expected_from_flags, plan_from_flags, summary
 from lab.results.gate import gate, markdown
@@ -139,6 +141,18 @@ def cmd_compare(args) -> int:
     return 1 if result["regressions"] else 3 if result["undecided"] else 0
 
 
+def cmd_mutants_run(args) -> int:
+    """Exit 0 when no false alarm and nothing undecided; 1 on a false alarm or a missed mutant; 3 undecided."""
+    selection = [a for a in args.pytest_args if a != "--"]
+    out = Path(args.out or f"reports/mutants-{time.strftime('%Y%m%d-%H%M%S')}")
+    result = run_mutants(load_corpus(Path(args.corpus) if args.corpus else CORPUS, args.only), selection, out,
+                         _progress)
+    print(table(result))
+    print(f"written: {out / 'mutants.md'}, {out / 'mutants.json'}")
+    s = result["summary"]
+    return 1 if s["false_alarms"] or s["missed"] else 3 if s["undecided"] else 0
+
+
 def cmd_gate(args) -> int:
     """Both sides run, then compared: compare's exit status (2 when a side could not run)."""
     lab_file = Path(args.lab_config or "labs/gate.yaml")
@@ -204,6 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     gate_cmd.add_argument("pytest_args", nargs=argparse.REMAINDER, metavar="-- PYTEST_ARGS",
                           help=f"the selection (default: {' '.join(DEFAULT_SELECTION)})")
     gate_cmd.set_defaults(func=cmd_gate)
+    mutants = sub.add_parser("mutants", help="QEMU built with known defects (suites/mutants/): what the suites catch")
+    mutants_sub = mutants.add_subparsers(dest="mutants_command", required=True)
+    mutants_run = mutants_sub.add_parser("run", help="build each mutant as a stack, run the selection on it, count "
+                                                     "caught / missed / excused / undecided against the clean build")
+    mutants_run.add_argument("--only", nargs="+", metavar="ID", help="these mutants only (ids of their headers)")
+    mutants_run.add_argument("--corpus", metavar="DIR", help="another folder of mutant patches")
+    mutants_run.add_argument("--out", metavar="DIR", help="where the runs and mutants.md go (default reports/mutants-TIME)")
+    mutants_run.add_argument("pytest_args", nargs=argparse.REMAINDER, metavar="-- PYTEST_ARGS",
+                             help="the pytest selection each mutant is run with")
+    mutants_run.set_defaults(func=cmd_mutants_run)
     return parser
 
 

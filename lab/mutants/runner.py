@@ -1,0 +1,160 @@
+"""`python -m lab mutants run [--only ID ...] -- PYTEST-SELECTION`: each mutant built as a stack and run.
+
+The clean build first: the harness's pinned stack (labs/fixed-qemu.yaml: Debian's QEMU 7.2 with the TCG
+dirty-bitmap fix, whose random memory loss would otherwise be counted as "caught"), then each mutant as that
+stack plus its patch, every host of the lab on it (gate_run.run_side: lab up, the selection, lab down). The
+builds go through the compiler cache: a mutant recompiles the files its patch touches. A mutant is judged
+against the clean run the way the release gate judges a candidate (gate.compare):
+- caught: a test failed that passed on the clean build, or failed with a finding kind the clean run's did not
+  (named, with the test), or more pages were lost per move;
+- excused: no such test, but a test was excused by a registered known defect (named: an excuse that hides a
+  mutant is a finding of its own);
+- missed: every test of the selection ran and nothing got worse;
+- undecided: the build failed, the lab did not come up, or a test the clean run judged was not run.
+A negative control (no behaviour changed) that is caught is a false alarm; so is a clean run that fails.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from lab.config.validation import load_file
+from lab.errors import ConfigError, LabError
+from lab.mutants.corpus import Mutant
+from lab.results.gate import compare, load
+from lab.results.gate_run import run_side
+from lab.results.report.junit import EXCUSED, read_junit
+from lab.util.files import atomic_write_json, atomic_write_text
+
+BASE_LAB = Path(__file__).resolve().parents[2] / "labs" / "fixed-qemu.yaml"
+CLEAN = "clean"
+
+
+@dataclass
+class Outcome:
+    id: str
+    kind: str
+    expect: str
+    state: str  # caught | missed | excused | undecided | false-alarm | clean
+    why: str
+    by: list[str] = field(default_factory=list)  # test (new finding kinds) that caught it
+    wall_s: float = 0.0
+
+
+def lab_document(base: Path, name: str, extra_patch: Path | None) -> dict:
+    """The base lab file's document with its one stack renamed `name`, plus `extra_patch`, on every host."""
+    raw = copy.deepcopy(load_file(base, "lab config", "pass --lab-config PATH", lambda data: data) or {})
+    (stack_name, spec), = raw["stacks"].items()
+    spec = dict(spec)
+    spec["patches"] = [str((base.parent / p).resolve()) for p in spec.get("patches", [])]
+    if extra_patch is not None:
+        spec["patches"].append(str(extra_patch.resolve()))
+    raw["stacks"] = {name: spec}
+    raw["hosts"] = [{**h, "stack": name} for h in raw["hosts"]]
+    return raw
+
+
+def _run_one(name: str, patch: Path | None, base: Path, out: Path, selection: list[str],
+             say: Callable[[str], None]) -> tuple[int, float]:
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    lab_file = folder / "mutant-lab.yaml"
+    lab_file.write_text(yaml.safe_dump(lab_document(base, f"mut-{name}"[:40], patch), sort_keys=False))
+    started = time.monotonic()
+    status = run_side(name, f"mut-{name}"[:40], lab_file, out, selection, say)
+    return status, time.monotonic() - started
+
+
+def judge_mutant(mutant: Mutant, clean_dir: Path, run_dir: Path, status: int, wall_s: float) -> Outcome:
+    base = Outcome(mutant.id, mutant.kind, mutant.expect, "undecided", "", wall_s=round(wall_s, 1))
+    if not (run_dir / "junit.xml").exists() or not (run_dir / "results.jsonl").exists():
+        base.why = f"no run to judge (exit status {status}: the build or `lab up` failed; see {run_dir})"
+        return base
+    result = compare(load(clean_dir), load(run_dir))
+    worse = [t for t in result["tests"] if t["regression"] and t["cand"] != EXCUSED]  # ends in fail
+    memory = [m for m in result["memory"] if m["regression"]]
+    excused = [o for o in read_junit(run_dir / "junit.xml") if o.state == EXCUSED]
+    if worse or (memory and not excused):
+        base.by = [f"{t['test']} ({t['base']} -> {t['cand']}" + (f"; new {', '.join(t['new_findings'])}"
+                   if t["new_findings"] else "") + ")" for t in worse] + \
+                  [f"{m['scenario']}: more pages lost per move" for m in memory]
+        base.state = "false-alarm" if mutant.negative else "caught"
+        base.why = f"{len(worse)} test(s) worse, {len(memory)} scenario(s) with more pages lost"
+        return base
+    if excused:  # what the mutant did was excused as a known defect: the excuse hides it, a finding of its own
+        base.state = "excused"
+        base.why = "; ".join(f"{o.nodeid} excused by {', '.join(o.prop('excused_by')) or '?'}" for o in excused)
+        return base
+    if result["missing"]:
+        base.why = "data the clean run has is missing: " + "; ".join(result["missing"][:3])
+        return base
+    base.state = "missed"
+    base.why = f"{len(result['tests'])} test(s) ran, none worse than on the clean build"
+    return base
+
+
+def run_mutants(mutants: list[Mutant], selection: list[str], out: Path, say: Callable[[str], None],
+                base: Path = BASE_LAB) -> dict:
+    if not selection:
+        raise ConfigError("mutants run: give the pytest selection after --, e.g. -- suites/live_migration -k dirty")
+    began = time.monotonic()
+    say(f"mutants: the clean build first ({base}), then {len(mutants)} mutant(s); runs in {out}")
+    status, wall = _run_one(CLEAN, None, base, out, selection, say)
+    clean_dir = out / CLEAN
+    if not (clean_dir / "junit.xml").exists():
+        raise LabError(f"mutants: the clean build's run produced no results (exit status {status}); see {clean_dir}")
+    clean_failed = [o.nodeid for o in read_junit(clean_dir / "junit.xml") if o.state == "fail"]
+    outcomes = [Outcome(CLEAN, "clean", "none", "false-alarm" if clean_failed else "clean",
+                        f"failed on the clean build: {', '.join(clean_failed)}" if clean_failed else "all passed",
+                        wall_s=round(wall, 1))]
+    for i, mutant in enumerate(mutants, 1):
+        say(f"mutants: {i} of {len(mutants)}: {mutant.id} ({mutant.kind}): {mutant.breaks}")
+        status, wall = _run_one(mutant.id, mutant.path, base, out, selection, say)
+        outcome = judge_mutant(mutant, clean_dir, out / mutant.id, status, wall)
+        say(f"mutants: {mutant.id}: {outcome.state.upper()} ({outcome.why}) in {wall:.0f} s")
+        outcomes.append(outcome)
+        _write(out, outcomes, selection, time.monotonic() - began)  # after each: a cut-off run keeps what it has
+    return _write(out, outcomes, selection, time.monotonic() - began)
+
+
+def summary(outcomes: list[Outcome]) -> dict:
+    real = [o for o in outcomes if o.kind not in ("clean", "negative-control")]
+    decided = [o for o in real if o.state != "undecided"]
+    caught = [o for o in real if o.state == "caught"]
+    alarms = [o for o in outcomes if o.state == "false-alarm"]
+    return {"mutants": len(real), "caught": len(caught), "decided": len(decided),
+            "excused": sum(o.state == "excused" for o in real), "missed": sum(o.state == "missed" for o in real),
+            "undecided": len(real) - len(decided), "false_alarms": len(alarms),
+            "detection_rate": round(len(caught) / len(real), 3) if real else None}
+
+
+def table(result: dict) -> str:
+    s = result["summary"]
+    rate = "-" if s["detection_rate"] is None else f"{s['detection_rate']:.0%}"
+    lines = [f"# Mutants: {s['caught']} of {s['mutants']} caught (detection rate {rate}); "
+             f"{s['missed']} missed, {s['excused']} excused, {s['undecided']} undecided; "
+             f"{s['false_alarms']} false alarm(s); wall time {result['wall_s'] / 60:.1f} min", "",
+             f"Selection: `{' '.join(result['selection'])}`", "",
+             "| mutant | class | expected | outcome | caught by / why | wall s |", "|---|---|---|---|---|---|"]
+    for o in result["outcomes"]:
+        detail = "; ".join(o["by"]) if o["by"] else o["why"]
+        lines.append(f"| {o['id']} | {o['kind']} | {o['expect']} | **{o['state']}** | {detail} | {o['wall_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write(out: Path, outcomes: list[Outcome], selection: list[str], wall_s: float) -> dict:
+    result = {"selection": selection, "wall_s": round(wall_s, 1), "outcomes": [asdict(o) for o in outcomes],
+              "summary": summary(outcomes)}
+    atomic_write_json(out / "mutants.json", result)
+    atomic_write_text(out / "mutants.md", table(result))
+    return result
+
+
+def read_result(out: Path) -> dict:
+    return json.loads((out / "mutants.json").read_text())
