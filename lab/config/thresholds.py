@@ -27,6 +27,7 @@ class Tolerance(Model):
     hypervisor_overestimate_ms: PositiveNumber = 25.0
     hypervisor_underreport_ms: PositiveNumber = 100.0
     guest_over_network_ms: PositiveNumber = 100.0  # heartbeats may stop this much longer than echo replies
+    direction_factor: PositiveNumber = 5.0  # one direction of a cross-version move may take this many times the other
 
 
 class Limits(Model):

@@ -23,7 +23,7 @@ from lab.migration.integrity import inspect, take_fingerprint
 from lab.migration.live import MigrationParams, migrate
 from lab.migration.measure import measure_migration, thresholds_record, verdict
 from lab.results.evidence import collect
-from lab.results.records import write_series
+from lab.results.records import read_records, write_series
 from lab.results.verdicts import Finding, Kind, Stack, at_move, judge
 from suites.cross_version.conftest import machine_types, refusal, version_tuple
 
@@ -106,6 +106,7 @@ def test_live_migration_across_stacks(direction, load, lab, stack_pair, pinned_m
             break  # the evidence is kept; the guest is left for the fixture to collect and remove
         remove_guest(lab, guest)  # one guest at a time on two cores: the next repetition's figures are its own
     threshold_findings, summaries = verdict(scenario, measurements, limits) if measurements else ([], {})
+    threshold_findings += direction_findings(report_dir, direction, load.id, summaries, thresholds.tolerance.direction_factor)
     # Each move is judged by its own stacks (verdicts.at_move); findings without a move by the source's.
     outcome = judge(threshold_findings + findings, Stack.of(host_versions[src.name], lab.accelerator), known_defects)
     figures = {f"{probe}_downtime_ms_max": round(s.max, 1) for probe, s in summaries.items() if probe != "total_s"}
@@ -116,6 +117,27 @@ def test_live_migration_across_stacks(direction, load, lab, stack_pair, pinned_m
             "summaries": {k: {**vars(v), "basis": v.basis} for k, v in summaries.items()},
             "thresholds": {"downtime_ms": limits.downtime_ms, "total_s": limits.total_s}}, figures)
     settle(outcome)
+
+
+def direction_findings(report_dir, direction: str, load_id: str, summaries: dict, factor: float) -> list[Finding]:
+    """The other direction of the same load, if it ran before in this run (the two hold the measurement lock in
+    turn): their median total time and guest downtime may differ by `factor` at most."""
+    other = next((r for r in reversed(read_records(report_dir)) if r.get("kind") == "cross-version-summary"
+                  and r.get("direction") not in (None, direction) and r.get("scenario", "").endswith(f"-{load_id}")),
+                 None)
+    if other is None:
+        return []
+    found = []
+    for key, label in (("total_s", "total time"), ("guest", "guest downtime")):
+        mine, theirs = summaries.get(key), (other.get("summaries") or {}).get(key)
+        if mine is None or not theirs or min(mine.p50, theirs["p50"]) <= 0:
+            continue
+        ratio = max(mine.p50, theirs["p50"]) / min(mine.p50, theirs["p50"])
+        if ratio > factor:
+            found.append(Finding(Kind.THRESHOLD, f"{label}: {direction} median {mine.p50:.2f} against "
+                                                 f"{other['direction']} {theirs['p50']:.2f}, {ratio:.1f} times apart, "
+                                                 f"beyond the stated factor {factor:g} between the two directions"))
+    return found
 
 
 def _oracle_move(lab, guest_factory, machine, src, dst, load: Load, scenario: str, record) -> list[Finding]:
