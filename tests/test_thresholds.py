@@ -23,7 +23,7 @@ BAD = {
                       "defaults.downtime_ms: missing guest, network"),
     "scenario-typo": ({"defaults": {"downtime_ms": {"hypervisor": 1, "guest": 1, "network": 1}, "total_s": 1},
                        "scenarios": {"precopy-idle": {"downtime": 5}}},
-                      "scenarios.precopy-idle.downtime: unknown key (allowed: downtime_ms, total_s)"),
+                      "scenarios.precopy-idle.downtime: unknown key (allowed: downtime_ms, total_s, slowdown)"),
     "tolerance-typo": ({"tolerance": {"bandwith_pct": 5},
                         "defaults": {"downtime_ms": {"hypervisor": 1, "guest": 1, "network": 1}, "total_s": 1}},
                        "tolerance.bandwith_pct: unknown key"),

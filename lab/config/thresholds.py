@@ -35,6 +35,9 @@ class Limits(Model):
 
     downtime_ms: dict[str, PositiveNumber] = Field(default_factory=dict, validate_default=True)  # all of PROBES
     total_s: PositiveNumber
+    # How many times slower the guest's steady work may run during the migration than before it (median unit
+    # time; lab/migration/degradation.py). None: recorded, not judged (a thresholds file that names none).
+    slowdown: PositiveNumber | None = None
 
     @field_validator("downtime_ms", mode="before")
     @classmethod

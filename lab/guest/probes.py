@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 HEARTBEAT = struct.Struct("<4sIQQ16sQ")  # magic, flags, seq, guest monotonic ns, boot id, uptime ms
+WORK = struct.Struct("<QQ")  # after it: the guest's steady work so far (units done, ns spent in them; agent work.c)
 ECHO = struct.Struct("<cQQ")  # 'E', seq, sent (realtime ns)
 CMSG_SPACE = socket.CMSG_SPACE(16)
 
@@ -90,6 +91,8 @@ class HeartbeatReceiver:
         self.times = array("q")
         self.boot_ids: list[bytes] = []  # each boot id in the order first seen
         self.boot_of = array("I")  # per heartbeat: index into boot_ids
+        self.work_units = array("Q")  # per heartbeat: the guest's work totals (0 from an agent without them)
+        self.work_ns = array("Q")
         self.first = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeats:{self.port}", daemon=True)
@@ -107,6 +110,9 @@ class HeartbeatReceiver:
             if not self.boot_ids or self.boot_ids[-1] != boot_id:
                 self.boot_ids.append(boot_id)
             self.boot_of.append(len(self.boot_ids) - 1)  # before the time: a window never sees a time without it
+            units, spent = WORK.unpack_from(data, HEARTBEAT.size) if len(data) >= HEARTBEAT.size + WORK.size else (0, 0)
+            self.work_units.append(units)
+            self.work_ns.append(spent)
             self.seqs.append(seq)
             self.times.append(stamp)
             self.first.set()
@@ -141,6 +147,20 @@ class HeartbeatReceiver:
         """Arrival times (ns) in [start, end]: the series a report's timeline draws."""
         return [self.times[i] for i in _indices_between(self.times, start_ns, end_ns)]
 
+    def pace(self, start_ns: int, end_ns: int, window_ns: int) -> list[tuple[int, int, float]]:
+        """The guest's steady work per window of [start, end]: (window start ns, units done, mean µs a unit took),
+        from the totals the heartbeats carry (one boot only: a window across a reboot is left out)."""
+        out = []
+        for t in range(start_ns, end_ns - window_ns + 1, window_ns):
+            idx = _indices_between(self.times, t, t + window_ns)
+            if len(idx) < 2 or self.boot_of[idx[0]] != self.boot_of[idx[-1]]:
+                out.append((t, 0, 0.0))  # no heartbeat: the guest did nothing the runner could see
+                continue
+            units = self.work_units[idx[-1]] - self.work_units[idx[0]]
+            spent = self.work_ns[idx[-1]] - self.work_ns[idx[0]]
+            out.append((t, units, spent / units / 1000 if units else 0.0))
+        return out
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
@@ -157,6 +177,7 @@ class EchoProber:
         self.sent = 0
         self.reply_seqs = array("Q")
         self.reply_times = array("q")
+        self.reply_rtt_ns = array("q")  # per reply: its round trip (the guest's echo service's response time)
         self._stop = threading.Event()
         self._sender = threading.Thread(target=self._send_loop, name=f"echo-send:{guest_ip}", daemon=True)
         self._receiver = threading.Thread(target=self._recv_loop, name=f"echo-recv:{guest_ip}", daemon=True)
@@ -191,8 +212,9 @@ class EchoProber:
                 continue
             data, stamp = got
             if len(data) >= ECHO.size and data[:1] == b"E":
-                _e, seq, _sent = ECHO.unpack_from(data)
+                _e, seq, sent = ECHO.unpack_from(data)
                 self.reply_seqs.append(seq)
+                self.reply_rtt_ns.append(stamp - sent)
                 self.reply_times.append(stamp)
 
     def window(self, start_ns: int, end_ns: int) -> GapStats:
@@ -211,6 +233,10 @@ class EchoProber:
 
     def arrivals(self, start_ns: int, end_ns: int) -> list[int]:
         return [self.reply_times[i] for i in _indices_between(self.reply_times, start_ns, end_ns)]
+
+    def round_trips_us(self, start_ns: int, end_ns: int) -> list[float]:
+        """Round trips (µs) of the replies received in [start, end]."""
+        return [self.reply_rtt_ns[i] / 1000 for i in _indices_between(self.reply_times, start_ns, end_ns)]
 
     def replies(self) -> int:
         return len(self.reply_seqs)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from lab.config.thresholds import PROBES, Limits, Thresholds, Tolerance
 from lab.guest.domain import Guest
 from lab.guest.probes import GapStats
+from lab.migration.degradation import degradation
 from lab.migration.honoured import ConnectionCounter, Observed, dirty_rate_before, settings_findings
 from lab.migration.live import MigrationParams, MigrationResult, migrate
 from lab.results.stats import Summary
@@ -46,6 +47,7 @@ class Measurement:
     baseline_gap_ms: float | None = None  # the largest heartbeat gap in the second before the migration
     series: dict = field(default_factory=dict)  # arrival times for the report's timeline (sidecar file)
     observed: Observed = field(default_factory=Observed)  # what shows the settings were used (honoured.py)
+    degradation: dict = field(default_factory=dict)  # the guest's pace before, during, after (degradation.py)
 
     @property
     def total_s(self) -> float | None:
@@ -64,7 +66,7 @@ class Measurement:
             "heartbeats": self.heartbeats, "echo": self.echo, "baseline_gap_ms": self.baseline_gap_ms,
             "findings": [{"kind": f.kind.value, "text": f.text} for f in self.findings], "harness_s": self.harness_s,
             "thresholds": {"downtime_ms": limits.downtime_ms, "total_s": limits.total_s},
-            "versions": versions, "observed": asdict(self.observed),
+            "versions": versions, "observed": asdict(self.observed), "degradation": self.degradation,
         }
 
 
@@ -99,6 +101,7 @@ def measure_migration(scenario: str, guest: Guest, src: Host, dst: Host, params:
     series = {"started_ns": result.started_ns, "finished_ns": result.finished_ns, "window_end_ns": end_ns,
               "heartbeat_ns": guest.heartbeats.arrivals(result.started_ns - int(BASELINE_S * 1e9), end_ns),
               "echo_ns": prober.arrivals(result.started_ns - int(BASELINE_S * 1e9), end_ns)}
+    slowed = degradation(guest.heartbeats, prober, result.started_ns, result.finished_ns, end_ns)
     prober.close()
     guest.probes.remove(prober)
     hypervisor = result.stats.get("downtime") if result.ok else None
@@ -106,7 +109,7 @@ def measure_migration(scenario: str, guest: Guest, src: Host, dst: Host, params:
                 "guest": round(hb.max_gap_ms, 3), "network": round(echo.max_gap_ms, 3)}
     m = Measurement(scenario, result, downtime, _probe_doc(hb), {**_probe_doc(echo), "period_ms": echo_interval_us / 1000},
                     baseline_gap_ms=round(baseline.max_gap_ms, 3) if baseline.received else None, series=series,
-                    observed=observed)
+                    observed=observed, degradation=slowed)
     if result.ok:
         m.findings = check_invariants(m, period_ms, tolerance) + settings_findings(params, result, observed,
                                                                                    dirty_mibs_asked)

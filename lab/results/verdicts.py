@@ -45,6 +45,7 @@ class Kind(str, Enum):
     HEARTBEAT_LOST = "heartbeat-lost"
     SETTING_IGNORED = "setting-ignored"  # a migration setting shows no sign of having been used (honoured.py)
     ORACLE_IDLE = "oracle-idle"  # the dirty-page oracle's writers did not advance: it checked no new writes
+    DEGRADATION = "degradation"  # the guest's own work ran slower during the migration than its limit allows
     NOT_MEASURED = "not-measured"  # a check's own measurement missed: no verdict on the setting, and no pass
 
 

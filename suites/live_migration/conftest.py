@@ -6,6 +6,7 @@ import json
 import pytest
 
 from lab.errors import LabError
+from lab.migration.degradation import degradation_findings
 from lab.migration.external_oracle import migrate_checked_from_outside
 from lab.migration.integrity import inspect, take_fingerprint
 from lab.migration.measure import measure_migration, thresholds_record, verdict
@@ -105,6 +106,7 @@ def run_measured(lab, thresholds, repeat, host_versions, known_defects, record, 
                            integrity=[{"kind": f.kind.value, "text": f.text} for f in after.findings])
             record(doc)
             stacks = move_stacks(src, dst)
+            m.findings += degradation_findings(m.degradation, limits.slowdown) if m.result.ok else []
             findings += at_move(m.findings, i + 1, stacks, f"{scenario.id}: migration {i + 1}: ")
             if not m.result.ok:
                 kept = collect(lab, guest.name, test_report_dir / f"migration-{i + 1}", m.result)

@@ -48,6 +48,9 @@ struct config {
 
 extern struct config cfg;
 extern _Atomic double dirty_measured; /* MiB/s the dirty writer achieved over the last second */
+extern _Atomic uint64_t work_units;    /* work.c: units of the steady work done since boot */
+extern _Atomic uint64_t work_ns_total; /* work.c: nanoseconds spent in them */
+int start_work(void);
 
 /* util.c */
 uint64_t clock_ns(clockid_t clk);

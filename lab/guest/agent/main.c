@@ -88,8 +88,10 @@ struct __attribute__((packed)) heartbeat {
     uint64_t mono_ns;
     uint8_t boot_id[16];
     uint64_t uptime_ms;
+    uint64_t work_units; /* work.c's running totals: the runner derives the guest's pace per window */
+    uint64_t work_ns;
 };
-_Static_assert(sizeof(struct heartbeat) == 48, "heartbeat wire size");
+_Static_assert(sizeof(struct heartbeat) == 64, "heartbeat wire size");
 
 /* Highest SCHED_FIFO priority we may have, so guest load cannot delay beats. */
 static void raise_priority(void)
@@ -132,7 +134,9 @@ static void *heartbeat_main(void *unused)
                                .flags = 0,
                                .seq = htole64(seq + 1),
                                .mono_ns = htole64(now),
-                               .uptime_ms = htole64(clock_ns(CLOCK_BOOTTIME) / 1000000ULL)};
+                               .uptime_ms = htole64(clock_ns(CLOCK_BOOTTIME) / 1000000ULL),
+                               .work_units = htole64(atomic_load(&work_units)),
+                               .work_ns = htole64(atomic_load(&work_ns_total))};
         memcpy(hb.boot_id, boot_id_bin, sizeof hb.boot_id);
         /* seq counts packets actually handed to the stack, so the runner can
          * read any hole in the sequence as loss on the path. */
@@ -316,6 +320,8 @@ int main(void)
         return 0;
     if (start_hot_set())
         fatal("start the oracle's hot set");
+    if (start_work())
+        fatal("start the steady work");
     serve(fd);
     return 0;
 }
