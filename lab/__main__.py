@@ -15,6 +15,7 @@ from lab.backends import get_backend
 from lab.config.lab import BACKENDS, LabConfig, load_lab_config
 from lab.errors import LabError
 from lab.hotpatch.doctor.command import add_doctor_parser
+from lab.bisect.runner import git_candidates, run_bisect, series_stacks, text as bisect_text
 from lab.mutants.corpus import CORPUS, load_corpus
 from lab.mutants.runner import run_mutants, table
 from lab.preflight import as_json, context_for
@@ -153,6 +154,27 @@ def cmd_mutants_run(args) -> int:
     return 1 if s["false_alarms"] or s["missed"] else 3 if s["undecided"] else 0
 
 
+def cmd_bisect(args) -> int:
+    """Exit 0 when the first bad candidate was found, 3 when the bisect could not decide."""
+    selection = [a for a in args.pytest_args if a != "--"]
+    lab_file = Path(args.lab_config or "lab.yaml")
+    out = Path(args.out or f"reports/bisect-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.series:
+        if not args.stack:
+            raise LabError("bisect --series: name the build stack of the lab file it applies to (--stack NAME)")
+        stacks, labels = series_stacks(lab_file, args.stack, [Path(p) for p in args.series])
+    else:
+        if not (args.good and args.bad):
+            raise LabError("bisect: give --good REV and --bad REV (a git tree's commits), or --stack and --series")
+        tree = Path(args.tree or ".").resolve()
+        shas, labels = git_candidates(tree, args.good, args.bad)
+        stacks = [{"source": "git", "tree": str(tree), "commit": sha} for sha in shas]
+    outcome = run_bisect(stacks, labels, lab_file, args.host, selection, out, _progress, confirm=args.confirm)
+    print(bisect_text(outcome, selection))
+    print(f"written: {out / 'bisect.md'}, {out / 'bisect.json'}")
+    return 0 if outcome.state == "found" else 3
+
+
 def cmd_gate(args) -> int:
     """Both sides run, then compared: compare's exit status (2 when a side could not run)."""
     lab_file = Path(args.lab_config or "labs/gate.yaml")
@@ -228,6 +250,20 @@ def build_parser() -> argparse.ArgumentParser:
     mutants_run.add_argument("pytest_args", nargs=argparse.REMAINDER, metavar="-- PYTEST_ARGS",
                              help="the pytest selection each mutant is run with")
     mutants_run.set_defaults(func=cmd_mutants_run)
+    bis = sub.add_parser("bisect", help="from a regression to the commit (or the patch of a series) that caused it")
+    bis.add_argument("--good", metavar="REV", help="a commit of the tree without the regression")
+    bis.add_argument("--bad", metavar="REV", help="a commit of the tree with it")
+    bis.add_argument("--tree", metavar="PATH", help="the QEMU git working tree (default: the current directory)")
+    bis.add_argument("--stack", metavar="NAME", help="series form: the lab file's build stack the series applies to")
+    bis.add_argument("--series", nargs="+", metavar="PATCH", help="series form: the patches, in order (good: none "
+                                                                  "applied, bad: all)")
+    bis.add_argument("--host", metavar="NAME", help="put only this host on each step's stack (rolling upgrade)")
+    bis.add_argument("--confirm", type=int, default=2, metavar="N",
+                     help="runs per step that must all agree (default 2); runs that disagree make the step undecided")
+    bis.add_argument("--out", metavar="DIR", help="where the steps and bisect.md go (default reports/bisect-TIME)")
+    bis.add_argument("pytest_args", nargs=argparse.REMAINDER, metavar="-- PYTEST_ARGS",
+                     help="the pytest selection each step runs")
+    bis.set_defaults(func=cmd_bisect)
     return parser
 
 

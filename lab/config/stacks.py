@@ -2,7 +2,7 @@
 
     stacks:
       backports:                    # a name of your choosing
-        source: archive             # system | archive | build | path
+        source: archive             # system | archive | build | path | git (tree: PATH, commit: REV)
         suite: bookworm-backports   # archive: the distro suite, on the mirror apt already uses
         qemu: 10.0.2                # upstream version, or the exact package version
         libvirt: 11.3.0             # leave out to keep the installed one
@@ -24,7 +24,7 @@ from lab.config.common import AbsPath, NonEmpty, rule
 from lab.config.validation import Model, problem
 
 SYSTEM = "system"
-SOURCES = ("system", "archive", "build", "path")
+SOURCES = ("system", "archive", "build", "path", "git")
 STACK_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 # An upstream version (10.0.2) or a Debian package version (1:10.0.2+ds-2+deb13u1~bpo12+1).
 VERSION = re.compile(r"(\d+:)?\d[0-9A-Za-z.+~-]*")
@@ -46,19 +46,22 @@ Mirror = Annotated[NonEmpty, rule(lambda v: re.match(r"(https?|file)://\S+$", v)
                                   "is not a mirror URL (like http://deb.debian.org/debian)")]
 # Which fields each source takes besides `source` (the rest must be left out).
 TAKES = {"system": (), "archive": ("suite", "mirror", "qemu", "libvirt"),
-         "build": ("suite", "mirror", "qemu", "patches"), "path": ("path", "qemu", "libvirt")}
+         "build": ("suite", "mirror", "qemu", "patches"), "path": ("path", "qemu", "libvirt"),
+         "git": ("tree", "commit")}
 
 
 class StackSpec(Model):
     """One stack: where its QEMU and libvirt come from."""
 
-    source: Literal["system", "archive", "build", "path"]
+    source: Literal["system", "archive", "build", "path", "git"]
     suite: NonEmpty | None = None  # archive: default bookworm-backports; build: default the distribution's own
     mirror: Mirror | None = None  # archive: default the mirror apt uses for the distribution
     qemu: Version | None = None  # archive: the version to fetch; build: the source version; path: what it must report
     libvirt: Version | None = None  # the same for libvirt; archive/path: left out keeps the installed one
     path: AbsPath | None = None  # path: a tree with usr/ inside (dpkg -x, or make install DESTDIR=)
     patches: tuple[NonEmpty, ...] = ()  # build: patch files applied to the QEMU source, in order
+    tree: AbsPath | None = None  # git: a QEMU git working tree (its history; the working files are not read)
+    commit: NonEmpty | None = None  # git: the commit (or a ref) of `tree` to build
 
     @field_validator("patches")
     @classmethod
@@ -88,6 +91,9 @@ class StackSpec(Model):
             raise problem("qemu", "missing: the QEMU source version to build (like 7.2)")
         if self.source == "path" and self.path is None:
             raise problem("path", "missing: the tree to run (a directory with usr/ inside)")
+        if self.source == "git" and (self.tree is None or self.commit is None):
+            raise problem("tree" if self.tree is None else "commit",
+                          "missing: a git stack names the QEMU git tree and the commit to build")
         return self
 
     @property

@@ -55,18 +55,26 @@ def run_side(side: str, stack: str, lab_file: Path, out: Path, pytest_args: list
     folder.mkdir(parents=True, exist_ok=True)
     config_file = folder / "lab.yaml"
     config_file.write_text(yaml.safe_dump(side_config(lab_file, stack), sort_keys=False))
+    say(f"gate: {side} on stack {stack}")
+    return run_selection(config_file, folder, pytest_args, f"{out.name}-{side}", say)
+
+
+def run_selection(config_file: Path, folder: Path, pytest_args: list[str], run_id: str,
+                  say: Callable[[str], None]) -> int:
+    """Lab up from `config_file`, the pytest selection with its report in `folder`, lab down (also when the
+    selection failed). pytest's exit status, or up's when up failed."""
     lab = [sys.executable, "-m", "lab", "--lab-config", str(config_file)]
-    env = {**os.environ, "LAB_RUN_ID": f"{out.name}-{side}"}
-    say(f"gate: {side} on stack {stack}: lab up ({config_file})")
+    env = {**os.environ, "LAB_RUN_ID": run_id}
+    say(f"lab up ({config_file})")
     try:
         status = attached([*lab, "up"], env=env)
         if status != 0:
             return status
-        say(f"gate: {side} on stack {stack}: pytest {' '.join(pytest_args)}")
+        say(f"pytest {' '.join(pytest_args)}")
         return attached([sys.executable, "-m", "pytest", "--lab-config", str(config_file),
                          "--report-dir", str(folder), *pytest_args], env=env)
     finally:
-        say(f"gate: {side}: lab down")
+        say("lab down")
         attached([*lab, "down"], env=env)
 
 

@@ -24,7 +24,7 @@ class _Record(BaseModel):
 class StackRecord(_Record):
     """The QEMU + libvirt a host runs (lab.stacks resolved it): name, where from, exact versions, the trees."""
     name: str = "system"
-    source: str = "system"  # system | archive | build | path
+    source: str = "system"  # system | archive | build | path | git
     qemu: str = ""  # exact version: the package version, or what the tree reports
     libvirt: str = ""
     qemu_upstream: str = ""  # what libvirt must report for it (10.0.2); empty: not checked

@@ -115,6 +115,28 @@ def system_libvirt() -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
+def compile_tree(tree: Path, partial: Path, name: str, digest: str, what: str, log, progress: Callable[[str], None]) -> str:
+    """Configure and build the QEMU source `tree` as every stack build does (through the compiler cache), and
+    install its emulator into partial/tree/usr/bin; what it cost, for the manifest."""
+    meson = tree / "meson.build"  # the dfsg tarball has no edk2 blobs to unpack
+    meson.write_text(re.sub(r"unpack_edk2_blobs = bzip2\.found\(\)", "unpack_edk2_blobs = false", meson.read_text()))
+    builddir = tree / "build"
+    builddir.mkdir()
+    jobs = os.cpu_count() or 2
+    with compiling(progress) as env:
+        before, started = ccache_stats(), time.monotonic()
+        progress(f"stack {name}: configuring and building {what} with make -j{jobs} through ccache (log {log.name})")
+        run(["../configure", *CONFIGURE, f"--with-pkgversion=kvm-lab stack {name} {digest}"], cwd=builddir,
+            timeout=1200, log=log, env=env, error=StackError, what=f"stacks.{name}: QEMU configure")
+        run(["make", f"-j{jobs}", BINARY], cwd=builddir, timeout=BUILD_TIMEOUT, log=log, env=env,
+            error=StackError, what=f"stacks.{name}: QEMU build")
+        built = f"{time.monotonic() - started:.0f} s, {hit_share(before, ccache_stats())}"
+    installed = partial / "tree" / "usr" / "bin" / BINARY
+    installed.parent.mkdir(parents=True)
+    shutil.copy2(builddir / BINARY, installed)
+    return built
+
+
 def build(name: str, spec: StackSpec, cache: StackCache, apt: PrivateApt, version: str, digest: str,
           progress: Callable[[str], None]) -> Entry:
     logs = cache.root / "logs"
@@ -134,24 +156,7 @@ def build(name: str, spec: StackSpec, cache: StackCache, apt: PrivateApt, versio
         for patch in spec.patches:
             run(["patch", "-p1", "--forward", "--batch", "-i", patch], cwd=tree, log=log, error=StackError,
                 what=f"stacks.{name}.patches: {patch} does not apply to qemu {version}")
-        meson = tree / "meson.build"  # the dfsg tarball has no edk2 blobs to unpack
-        meson.write_text(re.sub(r"unpack_edk2_blobs = bzip2\.found\(\)", "unpack_edk2_blobs = false",
-                                meson.read_text()))
-        builddir = tree / "build"
-        builddir.mkdir()
-        jobs = os.cpu_count() or 2
-        with compiling(progress) as env:
-            before, started = ccache_stats(), time.monotonic()
-            progress(f"stack {name}: configuring and building QEMU {version} with make -j{jobs} through ccache "
-                     f"(log {log_path})")
-            run(["../configure", *CONFIGURE, f"--with-pkgversion=kvm-lab stack {name} {digest}"], cwd=builddir,
-                timeout=1200, log=log, env=env, error=StackError, what=f"stacks.{name}: QEMU configure")
-            run(["make", f"-j{jobs}", BINARY], cwd=builddir, timeout=BUILD_TIMEOUT, log=log, env=env,
-                error=StackError, what=f"stacks.{name}: QEMU build")
-            built = f"{time.monotonic() - started:.0f} s, {hit_share(before, ccache_stats())}"
-        installed = partial / "tree" / "usr" / "bin" / BINARY
-        installed.parent.mkdir(parents=True)
-        shutil.copy2(builddir / BINARY, installed)
+        built = compile_tree(tree, partial, name, digest, f"QEMU {version}", log, progress)
         shutil.rmtree(work)
         write_manifest(partial, {"component": COMPONENT, "version": version, "upstream": upstream(version),
                                  "suite": apt.suite, "mirror": apt.mirror, "digest": digest,

@@ -16,6 +16,7 @@ from lab.runtime.state import StackRecord
 from lab.stacks.archive import (COMPONENTS, LIBVIRT, QEMU, PrivateApt, cached, fetch, read_suite, resolve,
                                 upstream)
 from lab.stacks.build import build_stack
+from lab.stacks.git_build import git_stack
 from lab.stacks.cache import Entry, StackCache
 from lab.util.process import run
 
@@ -37,6 +38,8 @@ def ensure_stack(name: str, spec: StackSpec, progress: Progress, cache: StackCac
         return archive_stack(name, spec, cache, progress)
     if spec.source == "path":
         return path_stack(name, spec)
+    if spec.source == "git":
+        return git_stack(name, spec, cache, progress)
     return build_stack(name, spec, cache, progress)
 
 
