@@ -5,10 +5,12 @@ memory updates every 10 ms, its running totals in every heartbeat) gives, per WI
 unit took; the echo probes give the guest's response time. Both are summed up before the migration (the
 BEFORE_S before it starts), during it (start to completion, the windows in which the guest was stopped left
 out: that is the downtime, counted there) and after it (completion to the end of the measurement window).
-The slowdown is the median unit time during over the median before; the worst window is reported beside it.
+The slowdown is the pace before (units per second) over the pace during, the switchover's stop left out; the
+median unit time per window and the worst window are reported beside it.
 """
 from __future__ import annotations
 
+import bisect
 import statistics
 
 from lab.guest.probes import EchoProber, HeartbeatReceiver
@@ -19,35 +21,44 @@ WINDOW_NS = 100_000_000
 BEFORE_S = 2.0
 
 
-def _phase(hb: HeartbeatReceiver, echo: EchoProber, start_ns: int, end_ns: int) -> dict:
+def _pace(hb: HeartbeatReceiver, start_ns: int, end_ns: int, stopped_ns: int = 0) -> float | None:
+    """Units of work per second over [start, end] from the totals of its first and last heartbeat, the guest's
+    stop (`stopped_ns`, the switchover) left out: a throttled or stalled guest shows here, where the windows
+    it sent nothing in would not."""
+    first, last = bisect.bisect_left(hb.times, start_ns), bisect.bisect_right(hb.times, end_ns) - 1
+    if last - first < 1 or hb.boot_of[first] != hb.boot_of[last]:
+        return None
+    seconds = (hb.times[last] - hb.times[first] - stopped_ns) / 1e9
+    return round((hb.work_units[last] - hb.work_units[first]) / seconds, 1) if seconds > 0.05 else None
+
+
+def _phase(hb: HeartbeatReceiver, echo: EchoProber, start_ns: int, end_ns: int, stopped_ns: int = 0) -> dict:
     windows = [w for w in hb.pace(start_ns, end_ns, WINDOW_NS) if w[1] > 0]
     rtts = echo.round_trips_us(start_ns, end_ns)
-    if not windows:
-        return {"windows": 0}
-    units = [u for _t, u, _us in windows]
-    unit_us = [us for _t, _u, us in windows]
-    worst = max(windows, key=lambda w: w[2])
-    return {"windows": len(windows), "units_per_s": round(sum(units) / (len(windows) * WINDOW_NS / 1e9), 1),
-            "unit_us_p50": round(statistics.median(unit_us), 1), "unit_us_worst": round(worst[2], 1),
-            "worst_window_ns": worst[0],
-            "echo_rtt_us_p50": round(percentile(rtts, 50), 1) if rtts else None,
-            "echo_rtt_us_p99": round(percentile(rtts, 99), 1) if rtts else None}
+    doc = {"units_per_s": _pace(hb, start_ns, end_ns, stopped_ns), "windows": len(windows),
+           "echo_rtt_us_p50": round(percentile(rtts, 50), 1) if rtts else None,
+           "echo_rtt_us_p99": round(percentile(rtts, 99), 1) if rtts else None}
+    if windows:
+        worst = max(windows, key=lambda w: w[2])
+        doc.update(unit_us_p50=round(statistics.median(us for _t, _u, us in windows), 1),
+                   unit_us_worst=round(worst[2], 1), worst_window_ns=worst[0])
+    return doc
 
 
-def degradation(hb: HeartbeatReceiver, echo: EchoProber, started_ns: int, finished_ns: int, end_ns: int) -> dict:
-    """before / during / after, and the slowdown factors (None where a phase had no window to measure)."""
+def degradation(hb: HeartbeatReceiver, echo: EchoProber, started_ns: int, finished_ns: int, end_ns: int,
+                stopped_ns: int = 0) -> dict:
+    """before / during / after, and the slowdown: the pace before over the pace during (the switchover's stop,
+    `stopped_ns`, left out of the latter: it is the downtime). None where a phase had too little to measure."""
     doc = {"window_ms": WINDOW_NS / 1e6,
            "before": _phase(hb, echo, started_ns - int(BEFORE_S * 1e9), started_ns),
-           "during": _phase(hb, echo, started_ns, finished_ns),
+           "during": _phase(hb, echo, started_ns, finished_ns, stopped_ns),
            "after": _phase(hb, echo, finished_ns, end_ns)}
+    before, during = doc["before"].get("units_per_s"), doc["during"].get("units_per_s")
+    doc["slowdown"] = round(before / during, 2) if before and during else None
+    doc["pace_during_pct"] = round(100 * during / before, 1) if before and during else None
     base = doc["before"].get("unit_us_p50")
-    during = doc["during"]
-    if base and during.get("unit_us_p50"):
-        doc["slowdown"] = round(during["unit_us_p50"] / base, 2)
-        doc["slowdown_worst_window"] = round(during["unit_us_worst"] / base, 2)
-        doc["pace_during_pct"] = round(100 * during["units_per_s"] / doc["before"]["units_per_s"], 1)
-    else:
-        doc["slowdown"] = doc["slowdown_worst_window"] = doc["pace_during_pct"] = None
+    doc["unit_slowdown_worst_window"] = round(doc["during"]["unit_us_worst"] / base, 1) \
+        if base and doc["during"].get("unit_us_worst") else None
     return doc
 
 
@@ -57,8 +68,9 @@ def degradation_findings(doc: dict, limit: float | None) -> list[Finding]:
     if limit is None or slowdown is None or slowdown <= limit:
         return []
     before, during = doc["before"], doc["during"]
+    worst = doc.get("unit_slowdown_worst_window")
     return [Finding(Kind.DEGRADATION, f"the guest's work ran {slowdown:g} times slower during the migration than "
-                                      f"before it (a unit took {during['unit_us_p50']:g} us, median of "
-                                      f"{during['windows']} windows, against {before['unit_us_p50']:g} us; worst "
-                                      f"window {doc['slowdown_worst_window']:g} times; pace {doc['pace_during_pct']:g}% "
-                                      f"of before), beyond the limit of {limit:g}")]
+                                      f"before it ({during['units_per_s']:g} units/s against {before['units_per_s']:g}, "
+                                      f"the switchover's stop left out; a unit's worst window "
+                                      f"{'-' if worst is None else f'{worst:g} times'} its time before), beyond the "
+                                      f"limit of {limit:g}")]
