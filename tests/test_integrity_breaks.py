@@ -91,8 +91,8 @@ def test_an_oracle_whose_sweep_stood_still_checked_nothing(lab, guest, src_host)
     before = take_fingerprint(guest)
     guest.agent("dirty", 2, 16)
     time.sleep(1.0)
-    memory_oracle(guest)
     guest.control.command("dirty", 0.0001, 16, timeout=30)  # the same region, a writer that no longer writes
+    memory_oracle(guest)  # after the change: the reading is where the writer stands still from now on
     time.sleep(1.0)
     found = inspect(guest, before, lab.hosts, src_host).findings
     assert _kinds(found) == {Kind.ORACLE_IDLE}, found
