@@ -17,6 +17,8 @@ import pytest
 
 from lab.errors import MigrationError, PreflightError
 from lab.migration.cold import cold_migrate, cold_preflight, start_on
+from lab.migration.degradation import degradation
+from lab.migration.measure import AFTER_NS
 from lab.migration.integrity import inspect, take_fingerprint
 from lab.migration.live import MigrationParams, migrate
 from lab.results.verdicts import Stack, judge
@@ -112,13 +114,14 @@ def test_live_and_cold_contrasted_on_the_same_guest(storage, lab, guest_factory,
     _wait_echo(prober, live.finished_ns)
     live_row = {"mode": "live", "interruption_s": _interruption_s(prober, live.started_ns),
                 "total_s": live.wall_s, "bytes_moved": live.stats.get("memory_processed", 0) + live.stats.get("disk_processed", 0),
-                "rebooted": guest.info()["boot_id"] != boot}
+                "rebooted": guest.info()["boot_id"] != boot, **_pace_row(guest, prober, live)}
 
     cold = _cold(lab, guest, dst, src, storage)  # back again, cold
     assert cold.ok, cold.error
     _wait_echo(prober, cold.finished_ns)
     cold_row = {"mode": "cold", "interruption_s": _interruption_s(prober, cold.started_ns), "total_s": cold.total_s,
-                "bytes_moved": cold.bytes_copied, "rebooted": guest.info()["boot_id"] != boot, "phases_s": cold.phases_s}
+                "bytes_moved": cold.bytes_copied, "rebooted": guest.info()["boot_id"] != boot, "phases_s": cold.phases_s,
+                **_pace_row(guest, prober, cold)}
     rows = [live_row, cold_row]
     record({"kind": "contrast", "storage": storage, "guest": guest.name, "rows": rows},
            {"live_interruption_s": round(live_row["interruption_s"], 3),
@@ -132,15 +135,32 @@ def test_live_and_cold_contrasted_on_the_same_guest(storage, lab, guest_factory,
         f"cold's {cold_row['interruption_s']:.3f} s")
 
 
+def _pace_row(guest, prober, move) -> dict:
+    """The FAQ's second half, degradation, for either kind of move: the guest's pace (its steady work, units per
+    second) while it moved and just after, as a share of its pace before (degradation.py). A cold move has the
+    guest off while it moves: no pace at all, and after it a new boot."""
+    time.sleep(max(0.0, (move.finished_ns + AFTER_NS - time.time_ns()) / 1e9))
+    doc = degradation(guest.heartbeats, prober, move.started_ns, move.finished_ns, move.finished_ns + AFTER_NS,
+                      stopped_ns=int(guest.heartbeats.window(move.started_ns, move.finished_ns).max_gap_ms * 1e6))
+    before, after = doc["before"].get("units_per_s"), doc["after"].get("units_per_s")
+    return {"pace_during_pct": doc["pace_during_pct"],
+            "pace_after_pct": round(100 * after / before, 1) if before and after else None, "degradation": doc}
+
+
+def _pct(value) -> str:
+    return "- (guest off)" if value is None else f"{value:.0f} %"
+
+
 def _append_contrast_table(report_dir: Path, storage: str, rows: list[dict]) -> None:
     path = report_dir / "contrast.md"
     if not path.exists():
-        path.write_text("| storage | mode | service interruption | total time | bytes moved | guest rebooted |\n"
-                        "|---|---|---|---|---|---|\n")
+        path.write_text("| storage | mode | service interruption | guest's pace while it moved | pace just after | "
+                        "total time | bytes moved | guest rebooted |\n|---|---|---|---|---|---|---|---|\n")
     with path.open("a") as fh:
         for r in rows:
-            fh.write(f"| {storage} | {r['mode']} | {r['interruption_s'] * 1000:.0f} ms | {r['total_s']:.2f} s | "
-                     f"{r['bytes_moved'] / 2**20:.1f} MiB | {'yes' if r['rebooted'] else 'no'} |\n")
+            fh.write(f"| {storage} | {r['mode']} | {r['interruption_s'] * 1000:.0f} ms | {_pct(r['pace_during_pct'])} | "
+                     f"{_pct(r['pace_after_pct'])} | {r['total_s']:.2f} s | {r['bytes_moved'] / 2**20:.1f} MiB | "
+                     f"{'yes' if r['rebooted'] else 'no'} |\n")
 
 
 def test_destination_without_the_disk_path_is_refused_by_preflight_before_anything_moves(
