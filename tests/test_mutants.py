@@ -1,0 +1,112 @@
+"""The mutant runner's judgement (lab/mutants/runner.py) on synthetic run folders, and the corpus's headers.
+The runs themselves (a QEMU build and the suites per mutant) are `python -m lab mutants run`'s, not make test's."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lab.errors import ConfigError
+from lab.mutants.corpus import CORPUS, load_corpus, read_mutant
+from lab.mutants.runner import BASE_LAB, Outcome, judge_mutant, lab_document, summary
+
+TEST = "suites/live_migration/test_live_migration.py::test_measured_migration[precopy-idle]"
+HEADER = ("Mutant: {id}\nBreaks: ram_save_host_page skips every 64th dirty page\nSymptom: lost guest memory\n"
+          "Class: {kind}\nExpect: lost-pages\nUpstream: -\n\n--- a/migration/ram.c\n+++ b/migration/ram.c\n")
+
+
+def run_folder(path: Path, state: str, kinds: tuple[str, ...] = (), excused_by: str = "") -> Path:
+    path.mkdir(parents=True)
+    body = {"pass": "", "fail": '<failure message="x">x</failure>',
+            "excused": f'<properties><property name="excused_by" value="{excused_by}"/></properties>'
+                       '<skipped type="pytest.xfail" message="excused" />'}[state]
+    (path / "junit.xml").write_text('<?xml version="1.0"?><testsuites><testsuite name="pytest">'
+                                    '<testcase classname="suites.live_migration.test_live_migration" '
+                                    f'name="{TEST.split("::")[1]}" time="1">{body}</testcase></testsuite></testsuites>')
+    (path / "results.jsonl").write_text(json.dumps({"test": TEST, "kind": "live-migration-summary",
+                                                    "findings": [{"kind": k, "text": k} for k in kinds]}) + "\n")
+    return path
+
+
+def mutant(tmp_path: Path, kind: str = "ram-not-sent"):
+    path = tmp_path / f"01-m-{kind}.patch"
+    path.write_text(HEADER.format(id=f"m-{kind}", kind=kind))
+    return read_mutant(path)
+
+
+@pytest.mark.parametrize("state, kinds, excused_by, kind, expected", [
+    ("fail", ("lost-pages",), "", "ram-not-sent", "caught"),
+    ("pass", (), "", "ram-not-sent", "missed"),
+    ("excused", ("lost-pages",), "QEMU-TCG-DIRTY-BITMAP", "ram-not-sent", "excused"),
+    ("fail", ("threshold",), "", "negative-control", "false-alarm"),
+    ("pass", (), "", "negative-control", "missed"),
+], ids=["caught", "missed", "excused-names-the-defect", "negative-caught-is-a-false-alarm", "negative-quiet"])
+def test_a_mutant_is_judged_against_the_clean_build(tmp_path, state, kinds, excused_by, kind, expected):
+    clean = run_folder(tmp_path / "clean", "pass")
+    outcome = judge_mutant(mutant(tmp_path, kind), clean, run_folder(tmp_path / "m", state, kinds, excused_by), 1, 9.0)
+    assert outcome.state == expected, outcome
+    if expected in ("caught", "false-alarm"):
+        assert outcome.by and TEST in outcome.by[0] and "pass -> fail" in outcome.by[0]
+    if expected == "excused":
+        assert "QEMU-TCG-DIRTY-BITMAP" in outcome.why
+
+
+def test_a_test_failing_on_the_clean_build_catches_only_with_new_evidence(tmp_path):
+    clean = run_folder(tmp_path / "clean", "fail", ("threshold",))
+    same = judge_mutant(mutant(tmp_path), clean, run_folder(tmp_path / "same", "fail", ("threshold",)), 1, 1.0)
+    assert same.state == "missed"
+    worse = judge_mutant(mutant(tmp_path), clean, run_folder(tmp_path / "worse", "fail", ("threshold", "lost-pages")),
+                         1, 1.0)
+    assert worse.state == "caught" and "new lost-pages" in worse.by[0]
+
+
+def test_a_mutant_without_a_run_or_with_a_test_missing_is_undecided(tmp_path):
+    clean = run_folder(tmp_path / "clean", "pass")
+    assert judge_mutant(mutant(tmp_path), clean, tmp_path / "nothing", 2, 1.0).state == "undecided"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "junit.xml").write_text('<?xml version="1.0"?><testsuites><testsuite name="pytest"/></testsuites>')
+    (empty / "results.jsonl").write_text("")
+    outcome = judge_mutant(mutant(tmp_path), clean, empty, 1, 1.0)
+    assert outcome.state == "undecided" and "missing" in outcome.why
+
+
+def test_the_rate_counts_every_real_mutant_and_false_alarms_apart():
+    outcomes = [Outcome("clean", "clean", "none", "clean", ""), Outcome("a", "ram-not-sent", "", "caught", ""),
+                Outcome("b", "final-sync", "", "missed", ""), Outcome("c", "negative-control", "", "false-alarm", ""),
+                Outcome("d", "statistic-wrong", "", "undecided", "")]
+    s = summary(outcomes)
+    assert (s["mutants"], s["caught"], s["missed"], s["undecided"], s["false_alarms"]) == (3, 1, 1, 1, 1)
+    assert s["detection_rate"] == pytest.approx(1 / 3, abs=1e-3)
+
+
+def test_a_header_without_its_fields_is_one_line(tmp_path):
+    bad = tmp_path / "01-x.patch"
+    bad.write_text("Mutant: x\n--- a/f\n+++ b/f\n")
+    with pytest.raises(ConfigError, match="lacks Breaks, Symptom, Class, Expect, Upstream"):
+        read_mutant(bad)
+    with pytest.raises(ConfigError, match="--only nope: no such mutant"):
+        load_corpus(_corpus_with(tmp_path, "y"), ["nope"])
+
+
+def _corpus_with(tmp_path: Path, name: str) -> Path:
+    folder = tmp_path / "corpus"
+    folder.mkdir(exist_ok=True)
+    (folder / f"01-{name}.patch").write_text(HEADER.format(id=name, kind="ram-not-sent"))
+    return folder
+
+
+def test_every_mutant_runs_on_the_pinned_stack_plus_its_own_patch(tmp_path):
+    m = mutant(tmp_path)
+    doc = lab_document(BASE_LAB, "mut-x", m.path)
+    (name, spec), = doc["stacks"].items()
+    assert name == "mut-x" and all(h["stack"] == "mut-x" for h in doc["hosts"])
+    assert spec["patches"][-1] == str(m.path.resolve()) and "03bfc2188f06" in spec["patches"][0]
+
+
+def test_the_shipped_corpus_parses_with_negative_controls():
+    if not any(CORPUS.glob("*.patch")):
+        pytest.fail(f"no mutant in {CORPUS}")
+    corpus = load_corpus()
+    assert len([m for m in corpus if not m.negative]) >= 20 and len([m for m in corpus if m.negative]) >= 2
