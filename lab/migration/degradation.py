@@ -1,8 +1,8 @@
 """The guest's slowdown while it is migrated: "no perceived service interruption or performance degradation".
 
-Downtime is the interruption; this is the degradation. The agent's steady work (agent work.c: a fixed unit of
-memory updates every 10 ms, its running totals in every heartbeat) gives, per WINDOW_NS window, how long one
-unit took; the echo probes give the guest's response time. Both are summed up before the migration (the
+Downtime is the interruption; this is the degradation. The agent's steady work (agent work.c: 0.5 ms of
+memory updates as fast as it can every 10 ms, its running totals in every heartbeat) gives the guest's work
+rate, and per WINDOW_NS window how long one unit took; the echo probes give the guest's response time. Both are summed up before the migration (the
 BEFORE_S before it starts), during it (start to completion, the windows in which the guest was stopped left
 out: that is the downtime, counted there) and after it (completion to the end of the measurement window).
 The slowdown is the pace before (units per second) over the pace during, the switchover's stop left out; the
