@@ -5,8 +5,8 @@ memory updates as fast as it can every 10 ms, its running totals in every heartb
 rate, and per WINDOW_NS window how long one unit took; the echo probes give the guest's response time. Both are summed up before the migration (the
 BEFORE_S before it starts), during it (start to completion, the windows in which the guest was stopped left
 out: that is the downtime, counted there) and after it (completion to the end of the measurement window).
-The slowdown is the pace before (units per second) over the pace during, the switchover's stop left out; the
-median unit time per window and the worst window are reported beside it.
+The slowdown is the work rate before (units per second of sampling) over the rate during, the switchover's stop
+left out; the median unit time per window and the worst window are reported beside it.
 """
 from __future__ import annotations
 
@@ -21,21 +21,27 @@ WINDOW_NS = 100_000_000
 BEFORE_S = 2.0
 
 
-def _pace(hb: HeartbeatReceiver, start_ns: int, end_ns: int, stopped_ns: int = 0) -> float | None:
-    """Units of work per second over [start, end] from the totals of its first and last heartbeat, the guest's
-    stop (`stopped_ns`, the switchover) left out: a throttled or stalled guest shows here, where the windows
-    it sent nothing in would not."""
+def _rate(hb: HeartbeatReceiver, start_ns: int, end_ns: int, gap: tuple[int, int] | None = None) -> float | None:
+    """The guest's work rate over [start, end], units per second of the time its samples took, from the totals of
+    the first and last heartbeat; the heartbeats on either side of `gap` (the switchover's stop: a sample in
+    progress then took the downtime with it, which is not a slowdown) left out."""
     first, last = bisect.bisect_left(hb.times, start_ns), bisect.bisect_right(hb.times, end_ns) - 1
     if last - first < 1 or hb.boot_of[first] != hb.boot_of[last]:
         return None
-    seconds = (hb.times[last] - hb.times[first] - stopped_ns) / 1e9
-    return round((hb.work_units[last] - hb.work_units[first]) / seconds, 1) if seconds > 0.05 else None
+    units, spent = hb.work_units[last] - hb.work_units[first], hb.work_ns[last] - hb.work_ns[first]
+    if gap is not None:
+        before = bisect.bisect_right(hb.times, gap[0]) - 1
+        if first <= before < last:
+            units -= hb.work_units[before + 1] - hb.work_units[before]
+            spent -= hb.work_ns[before + 1] - hb.work_ns[before]
+    return round(units / spent * 1e9, 1) if spent > 0 and units > 0 else None
 
 
-def _phase(hb: HeartbeatReceiver, echo: EchoProber, start_ns: int, end_ns: int, stopped_ns: int = 0) -> dict:
+def _phase(hb: HeartbeatReceiver, echo: EchoProber, start_ns: int, end_ns: int,
+           gap: tuple[int, int] | None = None) -> dict:
     windows = [w for w in hb.pace(start_ns, end_ns, WINDOW_NS) if w[1] > 0]
     rtts = echo.round_trips_us(start_ns, end_ns)
-    doc = {"units_per_s": _pace(hb, start_ns, end_ns, stopped_ns), "windows": len(windows),
+    doc = {"units_per_s": _rate(hb, start_ns, end_ns, gap), "windows": len(windows),
            "echo_rtt_us_p50": round(percentile(rtts, 50), 1) if rtts else None,
            "echo_rtt_us_p99": round(percentile(rtts, 99), 1) if rtts else None}
     if windows:
@@ -46,12 +52,12 @@ def _phase(hb: HeartbeatReceiver, echo: EchoProber, start_ns: int, end_ns: int, 
 
 
 def degradation(hb: HeartbeatReceiver, echo: EchoProber, started_ns: int, finished_ns: int, end_ns: int,
-                stopped_ns: int = 0) -> dict:
-    """before / during / after, and the slowdown: the pace before over the pace during (the switchover's stop,
-    `stopped_ns`, left out of the latter: it is the downtime). None where a phase had too little to measure."""
+                gap: tuple[int, int] | None = None) -> dict:
+    """before / during / after, and the slowdown: the work rate before over the rate during (the switchover's
+    stop, `gap`, left out of the latter: it is the downtime). None where a phase had too little to measure."""
     doc = {"window_ms": WINDOW_NS / 1e6,
            "before": _phase(hb, echo, started_ns - int(BEFORE_S * 1e9), started_ns),
-           "during": _phase(hb, echo, started_ns, finished_ns, stopped_ns),
+           "during": _phase(hb, echo, started_ns, finished_ns, gap),
            "after": _phase(hb, echo, finished_ns, end_ns)}
     before, during = doc["before"].get("units_per_s"), doc["during"].get("units_per_s")
     doc["slowdown"] = round(before / during, 2) if before and during else None

@@ -107,7 +107,8 @@ def measure_migration(scenario: str, guest: Guest, src: Host, dst: Host, params:
     # The pace after the move needs a second of it (the window above closes as soon as both probes hear the guest).
     time.sleep(max(0.0, (result.finished_ns + AFTER_NS - time.time_ns()) / 1e9))
     slowed = degradation(guest.heartbeats, prober, result.started_ns, result.finished_ns,
-                         max(end_ns, result.finished_ns + AFTER_NS), stopped_ns=int(hb.max_gap_ms * 1e6))
+                         max(end_ns, result.finished_ns + AFTER_NS),
+                         gap=(hb.gap_start_ns, hb.gap_start_ns + int(hb.max_gap_ms * 1e6)))
     prober.close()
     guest.probes.remove(prober)
     hypervisor = result.stats.get("downtime") if result.ok else None

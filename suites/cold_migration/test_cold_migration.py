@@ -140,8 +140,9 @@ def _pace_row(guest, prober, move) -> dict:
     second) while it moved and just after, as a share of its pace before (degradation.py). A cold move has the
     guest off while it moves: no pace at all, and after it a new boot."""
     time.sleep(max(0.0, (move.finished_ns + AFTER_NS - time.time_ns()) / 1e9))
+    stop = guest.heartbeats.window(move.started_ns, move.finished_ns)
     doc = degradation(guest.heartbeats, prober, move.started_ns, move.finished_ns, move.finished_ns + AFTER_NS,
-                      stopped_ns=int(guest.heartbeats.window(move.started_ns, move.finished_ns).max_gap_ms * 1e6))
+                      gap=(stop.gap_start_ns, stop.gap_start_ns + int(stop.max_gap_ms * 1e6)))
     before, after = doc["before"].get("units_per_s"), doc["after"].get("units_per_s")
     return {"pace_during_pct": doc["pace_during_pct"],
             "pace_after_pct": round(100 * after / before, 1) if before and after else None, "degradation": doc}
