@@ -83,7 +83,7 @@ class Thresholds(Document):
         for name, limits in raw.items():
             if base is not None and isinstance(limits, dict):
                 downtime = limits.get("downtime_ms", {})
-                limits = {"total_s": base.total_s, **limits,
+                limits = {"total_s": base.total_s, "slowdown": base.slowdown, **limits,
                           "downtime_ms": {**base.downtime_ms, **downtime} if isinstance(downtime, dict) else downtime}
             out[str(name)] = limits
         return out
