@@ -99,6 +99,21 @@ def _absent(setting: str, field: str, result: MigrationResult) -> Finding:
                                          f"({result.stats_note or 'keys: ' + ', '.join(sorted(result.stats))})")
 
 
+THROTTLE_AFTER_ITERATIONS = 6  # a migration that needed this many iterations had a dirty rate that engages it
+
+
+def _auto_converge_findings(result: MigrationResult) -> list[Finding]:
+    """QEMU's own figure, polled while the job ran (its throttle is back to 0 once it completes)."""
+    iterations = result.stats.get("memory_iteration")
+    if result.throttle_max_pct is None:
+        return [Finding(Kind.NOT_MEASURED, "auto-converge: not measured: libvirt's job stats never carried "
+                                           "auto_converge_throttle while the migration ran")]
+    if iterations is not None and iterations >= THROTTLE_AFTER_ITERATIONS and result.throttle_max_pct <= 0:
+        return [Finding(Kind.SETTING_IGNORED, f"auto-converge: {iterations} iterations, and QEMU never throttled the "
+                                              "guest's CPU (auto_converge_throttle stayed 0)")]
+    return []
+
+
 BANDWIDTH_SLACK = 1.5  # the average may pass the cap by this factor: QEMU lifts the cap for the final stop-and-copy
 
 
@@ -136,6 +151,8 @@ def settings_findings(params: MigrationParams, result: MigrationResult, observed
             found.append(_absent("xbzrle", "compression_pages", result))
         elif pages <= 0:
             found.append(Finding(Kind.SETTING_IGNORED, "xbzrle: no page was sent xbzrle-encoded (cache hits 0)"))
+    if params.auto_converge:
+        found += _auto_converge_findings(result)
     if params.bandwidth_mibs and not result.switched_to_postcopy:  # postcopy has a bandwidth of its own
         found += _bandwidth_findings(params.bandwidth_mibs, result)
     if params.parallel_connections:

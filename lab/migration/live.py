@@ -89,6 +89,7 @@ class MigrationResult:
     stats_note: str = ""  # why stats (or downtime / time_elapsed in them) are missing, in libvirt's words
     switched_to_postcopy: bool = False
     watchdog_note: str = ""  # e.g. why a postcopy switch had to be retried
+    throttle_max_pct: int | None = None  # auto-converge: the largest CPU throttle QEMU reported while it ran
     aborted: bool = False
     error: str = ""
 
@@ -125,6 +126,7 @@ class _Watchdog:
         self.postcopy_switched = False
         self.postcopy_error = ""
         self.stats_at_fire: dict = {}
+        self.throttle_max: int | None = None  # auto-converge: QEMU's CPU throttle, polled (it is 0 again at the end)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -143,6 +145,8 @@ class _Watchdog:
         while not self._stop.wait(0.1):
             if self.params.mode == "postcopy" and not self.postcopy_switched:
                 self._maybe_start_postcopy()
+            if self.params.auto_converge:
+                self._note_throttle()
             if self.progress and time.monotonic() >= next_report:
                 next_report += PROGRESS_EVERY_S
                 self._report()
@@ -164,6 +168,14 @@ class _Watchdog:
                     return
             except libvirt.libvirtError:
                 return  # the job ended on its own meanwhile
+
+    def _note_throttle(self) -> None:
+        try:
+            throttle = self.dom.jobStats().get("auto_converge_throttle")
+        except libvirt.libvirtError:
+            return
+        if throttle is not None:
+            self.throttle_max = max(self.throttle_max or 0, int(throttle))
 
     def _report(self) -> None:
         """Where a long migration stands: iteration, what is left, the dirty rate (from the live job stats)."""
@@ -233,7 +245,7 @@ def migrate(name: str, src: Host, dst: Host, params: MigrationParams,
         pass
     result = MigrationResult(src.name, dst.name, params, started_ns, time.time_ns(), time.monotonic() - t0,
                              switched_to_postcopy=watchdog.postcopy_switched, aborted=aborted, error=error,
-                             watchdog_note=watchdog.postcopy_error)
+                             watchdog_note=watchdog.postcopy_error, throttle_max_pct=watchdog.throttle_max)
     if error:
         result.stats, result.stats_note = (watchdog.stats_at_fire, "") if watchdog.stats_at_fire else \
             completed_job_stats(dom, src.name)
