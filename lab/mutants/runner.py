@@ -65,9 +65,15 @@ def _run_one(name: str, patch: Path | None, base: Path, out: Path, selection: li
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
     lab_file = folder / "mutant-lab.yaml"
-    lab_file.write_text(yaml.safe_dump(lab_document(base, f"mut-{name}"[:40], patch), sort_keys=False))
+    stack = f"mut-{name}"[:32].rstrip("-")  # a stack name: at most 32 characters
     started = time.monotonic()
-    status = run_side(name, f"mut-{name}"[:40], lab_file, out, selection, say)
+    try:
+        lab_file.write_text(yaml.safe_dump(lab_document(base, stack, patch), sort_keys=False))
+        status = run_side(name, stack, lab_file, out, selection, say)
+    except LabError as exc:  # this mutant's lab could not be made: undecided, the next one runs
+        say(f"mutants: {name}: {exc}")
+        (folder / "error.txt").write_text(f"{exc}\n")
+        status = 2
     return status, time.monotonic() - started
 
 
