@@ -106,13 +106,18 @@ def judge_mutant(mutant: Mutant, clean_dir: Path, run_dir: Path, status: int, wa
 
 
 def run_mutants(mutants: list[Mutant], selection: list[str], out: Path, say: Callable[[str], None],
-                base: Path = BASE_LAB) -> dict:
+                base: Path = BASE_LAB, clean: Path | None = None) -> dict:
+    """`clean`: an earlier run of the clean build with the same selection, to judge against instead of a new one."""
     if not selection:
         raise ConfigError("mutants run: give the pytest selection after --, e.g. -- suites/live_migration -k dirty")
     began = time.monotonic()
-    say(f"mutants: the clean build first ({base}), then {len(mutants)} mutant(s); runs in {out}")
-    status, wall = _run_one(CLEAN, None, base, out, selection, say)
-    clean_dir = out / CLEAN
+    if clean is None:
+        say(f"mutants: the clean build first ({base}), then {len(mutants)} mutant(s); runs in {out}")
+        status, wall = _run_one(CLEAN, None, base, out, selection, say)
+        clean_dir = out / CLEAN
+    else:
+        say(f"mutants: judged against the clean run {clean}; {len(mutants)} mutant(s); runs in {out}")
+        status, wall, clean_dir = 0, 0.0, clean
     if not (clean_dir / "junit.xml").exists():
         raise LabError(f"mutants: the clean build's run produced no results (exit status {status}); see {clean_dir}")
     clean_failed = [o.nodeid for o in read_junit(clean_dir / "junit.xml") if o.state == "fail"]
