@@ -110,3 +110,9 @@ def test_the_shipped_corpus_parses_with_negative_controls():
         pytest.fail(f"no mutant in {CORPUS}")
     corpus = load_corpus()
     assert len([m for m in corpus if not m.negative]) >= 20 and len([m for m in corpus if m.negative]) >= 2
+
+
+def test_a_test_excused_on_the_clean_build_too_is_no_excuse_of_the_mutants(tmp_path):
+    clean = run_folder(tmp_path / "clean", "excused", ("hypervisor-underreports",), "POSTCOPY-PAGE-FAULT-STALL")
+    same = run_folder(tmp_path / "m", "excused", ("hypervisor-underreports",), "POSTCOPY-PAGE-FAULT-STALL")
+    assert judge_mutant(mutant(tmp_path), clean, same, 1, 1.0).state == "missed"

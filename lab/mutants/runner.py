@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,7 +64,9 @@ def lab_document(base: Path, name: str, extra_patch: Path | None) -> dict:
 def _run_one(name: str, patch: Path | None, base: Path, out: Path, selection: list[str],
              say: Callable[[str], None]) -> tuple[int, float]:
     folder = out / name
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists():  # a run appends to its folder's records: an earlier attempt's would count twice
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
     lab_file = folder / "mutant-lab.yaml"
     stack = f"mut-{name}"[:32].rstrip("-")  # a stack name: at most 32 characters
     started = time.monotonic()
@@ -85,7 +88,9 @@ def judge_mutant(mutant: Mutant, clean_dir: Path, run_dir: Path, status: int, wa
     result = compare(load(clean_dir), load(run_dir))
     worse = [t for t in result["tests"] if t["regression"] and t["cand"] != EXCUSED]  # ends in fail
     memory = [m for m in result["memory"] if m["regression"]]
-    excused = [o for o in read_junit(run_dir / "junit.xml") if o.state == EXCUSED]
+    was = {o.nodeid: o.state for o in read_junit(clean_dir / "junit.xml")}
+    # Excused here but not on the clean build: the excuse hides what the mutant did (excused on both is no news).
+    excused = [o for o in read_junit(run_dir / "junit.xml") if o.state == EXCUSED and was.get(o.nodeid) != EXCUSED]
     if worse or (memory and not excused):
         base.by = [f"{t['test']} ({t['base']} -> {t['cand']}" + (f"; new {', '.join(t['new_findings'])}"
                    if t["new_findings"] else "") + ")" for t in worse] + \
