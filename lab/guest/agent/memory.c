@@ -245,7 +245,9 @@ int cmd_oracle(char *out, size_t outsz)
     pthread_mutex_lock(&dirty.mu);
     size_t checked = dirty.pages;
     for (size_t i = 0; i < dirty.pages; i++) {
-        uint64_t want = i < dirty.pos ? dirty.round : dirty.round - 1;
+        /* Position 0 with a round begun means that round is complete (the next one starts at the next write):
+         * every page holds it. Otherwise the pages before the position hold this round, the rest the last. */
+        uint64_t want = (i < dirty.pos || dirty.pos == 0) ? dirty.round : dirty.round - 1;
         if (dirty.round == 0)
             want = 0;
         volatile uint64_t *word = dirty.base + i * (PAGE / 8);
