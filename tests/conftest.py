@@ -12,7 +12,8 @@ from tests.preflight_tools import pf_lab, two_stacks_lab
 @pytest.fixture(scope="module")
 def pinned_lab(request, tmp_path_factory):
     """Two hosts on the pinned stack for the tests of one module that migrate (the module's PINNED_LAB gives
-    its name and subnet octet: xdist runs modules side by side)."""
+    its name and subnet octet: xdist runs modules side by side). The module must be one xdist group: a fixture of
+    module scope is per worker, and two workers would make, and take down, the same lab."""
     name, octet = request.module.PINNED_LAB
     with own_lab(tmp_path_factory.mktemp(name), name, octet) as made:
         yield made

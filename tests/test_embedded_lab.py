@@ -6,7 +6,8 @@ import pytest
 
 from lab.migration.live import MigrationParams, migrate
 
-pytestmark = pytest.mark.lab
+# One worker runs the module: its pinned lab is the module's (a second worker would make and take down the same one).
+pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("kvmemb")]
 PINNED_LAB = ("kvmemb", 71)  # the migration runs on the stack the harness's tests pin (tests/labtools.py)
 
 

@@ -15,7 +15,8 @@ from lab.migration.honoured import ConnectionCounter, Observed, dirty_rate_befor
 from lab.migration.live import MigrationParams, migrate
 from lab.results.verdicts import Kind
 
-pytestmark = pytest.mark.lab
+# One worker runs the module: its pinned lab is the module's (a second worker would make and take down the same one).
+pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("kvmset")]
 PINNED_LAB = ("kvmset", 70)
 
 
