@@ -22,9 +22,12 @@ def test_a_migration_failure_without_the_signature_or_on_a_fixed_qemu_fails(text
     assert judge([Finding(Kind.MIGRATION_FAILED, text)], Stack(qemu, "tcg"), load_registry()).state == "fail"
 
 
-def test_a_signature_that_is_not_a_regular_expression_is_refused(tmp_path):
+@pytest.mark.parametrize("entry, named", [
+    ("evidence: [migration-failed], explains: [migration-failed], signature: 'a(b', bound_ms: 1", "signature"),
+    ("evidence: [threshold], explains: [threshold]", "bound_ms"),  # by_design needs a bound (issue 24)
+], ids=["signature-not-a-regex", "by-design-without-a-bound"])
+def test_a_bad_registry_entry_is_refused(tmp_path, entry, named):
     bad = tmp_path / "defects.yaml"
-    bad.write_text("defects:\n  - {id: X, title: t, by_design: d, affects: {qemu: '>=0'}, evidence: [migration-failed],"
-                   " explains: [migration-failed], signature: 'a(b'}\n")
-    with pytest.raises(Exception, match="signature"):
+    bad.write_text(f"defects:\n  - {{id: X, title: t, by_design: d, affects: {{qemu: '>=0'}}, {entry}}}\n")
+    with pytest.raises(Exception, match=named):
         load_registry(bad)

@@ -29,10 +29,7 @@ def test_settings_a_plain_migration_did_not_use_are_findings(pinned_lab, pinned_
     # runner) see its connection; uncapped, a mostly-zero guest moved within one poll and counted 0 (CI, once).
     plain = MigrationParams(unsafe=lab.needs_unsafe("shared"), migrate_uri=f"tcp://{dst_host.address}",
                             bandwidth_mibs=8)
-    with ConnectionCounter(dst_host, guest.name) as counter:
-        result = migrate(guest.name, src_host, dst_host, plain)
-    assert result.ok, result.error
-    guest.host = dst_host
+    result, counter = _migrate_counted(lab, guest, plain)
     observed = Observed(dirty_mibs_before=rate, migration_connections_max=counter.seen)
     assert observed.migration_connections_max == 1, observed  # one channel, counted while it ran
 
@@ -59,9 +56,16 @@ def test_the_connection_counter_sees_a_short_multifd_migration(pinned_lab, pinne
     src_host, dst_host = lab.hosts
     params = MigrationParams(unsafe=lab.needs_unsafe("shared"), migrate_uri=f"tcp://{dst_host.address}",
                              parallel_connections=2)
+    result, counter = _migrate_counted(lab, guest, params)
+    assert counter.seen == 3, (counter.most, counter.errors, result.stats.get("time_elapsed"))
+    assert settings_findings(params, result, Observed(migration_connections_max=counter.seen)) == []
+
+
+def _migrate_counted(lab, guest, params: MigrationParams):
+    """hv1 -> hv2 with the destination's migration connections counted; the guest follows."""
+    src_host, dst_host = lab.hosts
     with ConnectionCounter(dst_host, guest.name) as counter:
         result = migrate(guest.name, src_host, dst_host, params)
     assert result.ok, result.error
     guest.host = dst_host
-    assert counter.seen == 3, (counter.most, counter.errors, result.stats.get("time_elapsed"))
-    assert settings_findings(params, result, Observed(migration_connections_max=counter.seen)) == []
+    return result, counter
