@@ -147,7 +147,7 @@ def cmd_mutants_run(args) -> int:
     selection = [a for a in args.pytest_args if a != "--"]
     out = Path(args.out or f"reports/mutants-{time.strftime('%Y%m%d-%H%M%S')}")
     result = run_mutants(load_corpus(Path(args.corpus) if args.corpus else CORPUS, args.only), selection, out,
-                         _progress, clean=Path(args.clean) if args.clean else None)
+                         _progress, clean=Path(args.clean) if args.clean else None, resume=args.resume)
     print(table(result))
     print(f"written: {out / 'mutants.md'}, {out / 'mutants.json'}")
     s = result["summary"]
@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     mutants_run.add_argument("--clean", metavar="RUN_DIR", help="an earlier run of the clean build with the same "
                                                                 "selection, instead of running it again")
     mutants_run.add_argument("--out", metavar="DIR", help="where the runs and mutants.md go (default reports/mutants-TIME)")
+    mutants_run.add_argument("--resume", action="store_true", help="keep the decided outcomes of an earlier, cut-off "
+                                                                   "run into --out with the same selection; run the rest")
     mutants_run.add_argument("pytest_args", nargs=argparse.REMAINDER, metavar="-- PYTEST_ARGS",
                              help="the pytest selection each mutant is run with")
     mutants_run.set_defaults(func=cmd_mutants_run)

@@ -116,3 +116,28 @@ def test_a_test_excused_on_the_clean_build_too_is_no_excuse_of_the_mutants(tmp_p
     clean = run_folder(tmp_path / "clean", "excused", ("hypervisor-underreports",), "POSTCOPY-PAGE-FAULT-STALL")
     same = run_folder(tmp_path / "m", "excused", ("hypervisor-underreports",), "POSTCOPY-PAGE-FAULT-STALL")
     assert judge_mutant(mutant(tmp_path), clean, same, 1, 1.0).state == "missed"
+
+
+def test_resume_keeps_decided_outcomes_and_runs_only_the_rest(tmp_path, monkeypatch):
+    from lab.mutants import runner
+    out, selection = tmp_path / "out", ["suites/live_migration", "--repeat", "1"]
+    run_folder(out / "clean", "pass")
+    done, left = mutant(tmp_path, "ram-not-sent"), mutant(tmp_path, "final-sync")
+    earlier = [Outcome("clean", "clean", "none", "clean", "all passed", wall_s=100.0),
+               Outcome(done.id, done.kind, done.expect, "caught", "1 test(s) worse", ["t"], 200.0),
+               Outcome(left.id, left.kind, left.expect, "undecided", "cut off", wall_s=5.0)]
+    runner._write(out, earlier, selection)
+    ran = []
+
+    def run_one(name, patch, base, out_dir, sel, say):  # stands in for build + lab + selection: only the order is tested
+        ran.append(name)
+        run_folder(out_dir / name, "fail", ("lost-pages",))
+        return 1, 50.0
+
+    monkeypatch.setattr(runner, "_run_one", run_one)
+    result = runner.run_mutants([done, left], selection, out, lambda line: None, resume=True)
+    assert ran == [left.id]  # neither the clean build nor the decided mutant again
+    assert [o["state"] for o in result["outcomes"]] == ["clean", "caught", "caught"]
+    assert result["wall_s"] == 350.0  # the earlier part's time counts
+    with pytest.raises(ConfigError, match="not this one"):
+        runner.run_mutants([left], ["suites/faults"], out, lambda line: None, resume=True)

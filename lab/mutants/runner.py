@@ -110,12 +110,29 @@ def judge_mutant(mutant: Mutant, clean_dir: Path, run_dir: Path, status: int, wa
     return base
 
 
+def _earlier(out: Path, selection: list[str]) -> dict[str, Outcome]:
+    """The decided outcomes of an earlier run into `out` with the same selection (what --resume keeps)."""
+    try:
+        earlier = read_result(out)
+    except (OSError, ValueError):
+        return {}
+    if earlier.get("selection") != selection:
+        raise ConfigError(f"mutants run --resume: {out} was run with the selection {' '.join(earlier.get('selection', []))!r}, "
+                          "not this one; give another --out or the same selection")
+    return {o["id"]: Outcome(**o) for o in earlier["outcomes"] if o["state"] != "undecided"}
+
+
 def run_mutants(mutants: list[Mutant], selection: list[str], out: Path, say: Callable[[str], None],
-                base: Path = BASE_LAB, clean: Path | None = None) -> dict:
-    """`clean`: an earlier run of the clean build with the same selection, to judge against instead of a new one."""
+                base: Path = BASE_LAB, clean: Path | None = None, resume: bool = False) -> dict:
+    """`clean`: an earlier run of the clean build with the same selection, to judge against instead of a new one.
+    `resume`: keep the decided outcomes an earlier, cut-off run left in `out`; run the others."""
     if not selection:
         raise ConfigError("mutants run: give the pytest selection after --, e.g. -- suites/live_migration -k dirty")
-    began = time.monotonic()
+    kept = _earlier(out, selection) if resume else {}
+    if kept:
+        say(f"mutants: --resume keeps {len(kept)} decided outcome(s) from {out / 'mutants.json'}")
+    if CLEAN in kept and clean is None:
+        clean = out / CLEAN
     if clean is None:
         say(f"mutants: the clean build first ({base}), then {len(mutants)} mutant(s); runs in {out}")
         status, wall = _run_one(CLEAN, None, base, out, selection, say)
@@ -126,17 +143,20 @@ def run_mutants(mutants: list[Mutant], selection: list[str], out: Path, say: Cal
     if not (clean_dir / "junit.xml").exists():
         raise LabError(f"mutants: the clean build's run produced no results (exit status {status}); see {clean_dir}")
     clean_failed = [o.nodeid for o in read_junit(clean_dir / "junit.xml") if o.state == "fail"]
-    outcomes = [Outcome(CLEAN, "clean", "none", "false-alarm" if clean_failed else "clean",
+    outcomes = [kept.get(CLEAN) or Outcome(CLEAN, "clean", "none", "false-alarm" if clean_failed else "clean",
                         f"failed on the clean build: {', '.join(clean_failed)}" if clean_failed else "all passed",
                         wall_s=round(wall, 1))]
     for i, mutant in enumerate(mutants, 1):
+        if mutant.id in kept:
+            outcomes.append(kept[mutant.id])
+            continue
         say(f"mutants: {i} of {len(mutants)}: {mutant.id} ({mutant.kind}): {mutant.breaks}")
         status, wall = _run_one(mutant.id, mutant.path, base, out, selection, say)
         outcome = judge_mutant(mutant, clean_dir, out / mutant.id, status, wall)
         say(f"mutants: {mutant.id}: {outcome.state.upper()} ({outcome.why}) in {wall:.0f} s")
         outcomes.append(outcome)
-        _write(out, outcomes, selection, time.monotonic() - began)  # after each: a cut-off run keeps what it has
-    return _write(out, outcomes, selection, time.monotonic() - began)
+        _write(out, outcomes, selection)  # after each: a cut-off run keeps what it has (--resume goes on from it)
+    return _write(out, outcomes, selection)
 
 
 def summary(outcomes: list[Outcome]) -> dict:
@@ -164,8 +184,9 @@ def table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(out: Path, outcomes: list[Outcome], selection: list[str], wall_s: float) -> dict:
-    result = {"selection": selection, "wall_s": round(wall_s, 1), "outcomes": [asdict(o) for o in outcomes],
+def _write(out: Path, outcomes: list[Outcome], selection: list[str]) -> dict:
+    # The wall time is the runs' own (build, lab, selection), summed: a resumed run counts its earlier part too.
+    result = {"selection": selection, "wall_s": round(sum(o.wall_s for o in outcomes), 1), "outcomes": [asdict(o) for o in outcomes],
               "summary": summary(outcomes)}
     atomic_write_json(out / "mutants.json", result)
     atomic_write_text(out / "mutants.md", table(result))
