@@ -12,7 +12,9 @@ from pathlib import Path
 import libvirt
 
 from lab.backends import get_backend
+from lab.calibration.measure import cached_for_lab, calibrated
 from lab.config.lab import BACKENDS, LabConfig, load_lab_config
+from lab.config.thresholds import load_thresholds
 from lab.errors import LabError
 from lab.hotpatch.doctor.command import add_doctor_parser
 from lab.bisect.runner import git_candidates, run_bisect, series_stacks, text as bisect_text
@@ -74,6 +76,24 @@ def cmd_status(args) -> int:
                     f"QEMU {h.get('qemu_version', '?')}")
         print(f"  {h['name']:<6} {h['address']:<15} {versions}  uuid {h['host_uuid']}")
         print(f"         {h['libvirt_uri']}")
+    for cal in cached_for_lab(status["name"]):  # what the model's limits follow from (lab/calibration/)
+        pair = " -> ".join(name for name, _ in cal.key.get("pair", []))
+        print(f"  calibration {pair} (measured {cal.measured_at}):")
+        for line in cal.lines():
+            print(f"    {line}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    """Measure (or show the cached) calibration of the lab's first host pair, which the model's limits follow from."""
+    config = _config(args)
+    get_backend(config).up(_progress, owner_run=os.environ.get("LAB_RUN_ID", ""))
+    lab = Lab.load(config)
+    cal = calibrated(lab, lab.hosts[0], lab.hosts[1], load_thresholds(args.thresholds).tolerance, _progress,
+                     again=args.again)
+    print(f"calibration {lab.hosts[0].name} -> {lab.hosts[1].name} (measured {cal.measured_at}):")
+    for line in cal.lines():
+        print(f"  {line}")
     return 0
 
 
@@ -193,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="what is up, accelerator, hosts and versions")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+    calibrate = sub.add_parser("calibrate", help="measure what the model's limits follow from (cached per host pair "
+                                                 "and stack): throughput, idle switchover, the guest's dirty rate")
+    calibrate.add_argument("--again", action="store_true", help="measure anew, even if a calibration is cached")
+    calibrate.add_argument("--thresholds", metavar="PATH", help="thresholds file whose tolerances apply")
+    calibrate.set_defaults(func=cmd_calibrate)
     ssh = sub.add_parser("ssh", help="ssh to a lab host")
     ssh.add_argument("host")
     ssh.add_argument("command", nargs=argparse.REMAINDER)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.errors import ConfigError
+from lab.errors import ConfigError, LabError
 from lab.mutants.corpus import CORPUS, load_corpus, read_mutant
 from lab.mutants.runner import BASE_LAB, Outcome, judge_mutant, lab_document, summary
 
@@ -141,3 +141,20 @@ def test_resume_keeps_decided_outcomes_and_runs_only_the_rest(tmp_path, monkeypa
     assert result["wall_s"] == 350.0  # the earlier part's time counts
     with pytest.raises(ConfigError, match="not this one"):
         runner.run_mutants([left], ["suites/faults"], out, lambda line: None, resume=True)
+
+
+def test_every_mutant_is_judged_by_the_clean_builds_calibration(tmp_path, monkeypatch):
+    from lab.calibration.measure import calibrated
+    from lab.mutants.runner import pin_calibration
+    from tests.test_calibration_model import TCG
+    monkeypatch.delenv("LAB_CALIBRATION", raising=False)
+    clean = run_folder(tmp_path / "clean", "pass")
+    with (clean / "results.jsonl").open("a") as f:
+        f.write(json.dumps({"kind": "live-migration-summary", "calibration": TCG.as_record()}) + "\n")
+    monkeypatch.setenv("LAB_CALIBRATION", "")  # restored after the test, whatever pin_calibration sets
+    pin_calibration(clean, tmp_path, print)
+    # Whatever pair or stack a mutant's lab has, its limits follow from the clean build's figures.
+    assert calibrated(None, None, None, None, print) == TCG
+    (tmp_path / "calibration.json").write_text("{}")
+    with pytest.raises(LabError, match="not a calibration file"):
+        calibrated(None, None, None, None, print)

@@ -117,6 +117,27 @@ def test_an_absent_figure_is_shown_as_absent_never_as_zero(tmp_path):
     assert "lab.json: absent" in html  # what the report could not read is said, not guessed
 
 
+def test_a_limit_says_where_it_came_from_and_the_calibration_is_shown(tmp_path):
+    from tests.test_calibration_model import TCG
+    run = tmp_path / "run"
+    test = "suites/live_migration/test_live_migration.py::test_measured_migration[precopy-idle]"
+    junit(run / "junit.xml", [("suites.live_migration.test_live_migration", "test_measured_migration[precopy-idle]",
+                               "pass", "")])
+    limits = {"downtime_ms": {"hypervisor": 150.0, "guest": 324.0, "network": 480.0}, "total_s": 2.85,
+              "basis": {"hypervisor": "model 50 ms, factor 3", "guest": "model 108 ms, factor 3",
+                        "network": "model 160 ms, factor 3", "total_s": "model 0.95 s, factor 3"},
+              "model": {"how": "B=118.0 MiB/s, D=300 ms"}}
+    records(run / "results.jsonl", [
+        {"kind": "live-migration", "scenario": "precopy-idle", "test": test, "ok": True, "thresholds": limits,
+         "downtime_ms": {"hypervisor": 40.0, "guest": 100.0, "network": 150.0}, "total_s": 0.9},
+        {"kind": "live-migration-summary", "scenario": "precopy-idle", "test": test, "thresholds": limits,
+         "calibration": TCG.as_record(), "verdict": {"state": "pass", "why": "", "findings": []}}])
+    html = build_report(run).read_text()
+    assert "limit: model 50 ms, factor 3" in html and "limit: model 0.95 s, factor 3" in html
+    assert "the limits follow from this lab&#39;s calibration: accelerator tcg; migration throughput 118.0 MiB/s" in html
+    assert "the model: B=118.0 MiB/s" in html
+
+
 def test_excused_failures_are_their_own_state_never_a_pass(tmp_path):
     run = tmp_path / "run"
     test = "suites/live_migration/test_live_migration.py::test_measured_migration[dirty]"

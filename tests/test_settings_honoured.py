@@ -11,7 +11,8 @@ from dataclasses import replace
 
 import pytest
 
-from lab.migration.honoured import ConnectionCounter, Observed, dirty_rate_before, settings_findings
+from lab.migration.honoured import (ConnectionCounter, Observed, dirty_rate_before, settings_findings,
+                                    statistics_findings)
 from lab.migration.live import MigrationParams, migrate
 from lab.results.verdicts import Kind
 
@@ -30,13 +31,14 @@ def test_settings_a_plain_migration_did_not_use_are_findings(pinned_lab, pinned_
     plain = MigrationParams(unsafe=lab.needs_unsafe("shared"), migrate_uri=f"tcp://{dst_host.address}",
                             bandwidth_mibs=8)
     result, counter = _migrate_counted(lab, guest, plain)
-    observed = Observed(dirty_mibs_before=rate, migration_connections_max=counter.seen)
+    observed = Observed(dirty_mibs_before=rate, migration_connections_max=counter.seen, qemu_polls=counter.qemu_polls)
     assert observed.migration_connections_max == 1, observed  # one channel, counted while it ran
 
     # As asked: nothing to say.
     assert settings_findings(plain, result, observed, dirty_mibs_asked=2) == []
     # Judged as if postcopy, multifd with 2 channels, xbzrle, a 2 MiB/s cap and 8 MiB/s of dirtying had been asked.
-    asked = replace(plain, mode="postcopy", parallel_connections=2, compression="xbzrle", bandwidth_mibs=2)
+    asked = replace(plain, mode="postcopy", parallel_connections=2, compression="xbzrle", bandwidth_mibs=2,
+                    tunnelled=True)
     found = settings_findings(asked, result, observed, dirty_mibs_asked=8)
     text = "\n".join(f.text for f in found)
     assert {f.kind for f in found} == {Kind.SETTING_IGNORED}, found
@@ -46,6 +48,15 @@ def test_settings_a_plain_migration_did_not_use_are_findings(pinned_lab, pinned_
     assert "compression_pages" in text or "xbzrle-encoded" in text
     assert "below 80% of the 8 MiB/s asked" in text
     assert "over 1.5 times the cap of 2 MiB/s" in text  # moved at up to 8 MiB/s
+    assert "tunnelled: the destination's QEMU took 1 TCP connection(s)" in text
+
+    # QEMU's own figures against the guest's: as measured, they agree; a guest that had dirtied 100 times more
+    # than QEMU counted (a wrong dirty-rate statistic, seen from the other side) is a finding.
+    iterations = result.stats.get("memory_iteration")
+    assert result.dirty_rate_reported_mibs is not None and iterations >= 3, (result.dirty_rate_reported_mibs, iterations)
+    assert statistics_findings(result, observed, 2, 16) == [], result.dirty_rate_reported_mibs
+    wrong = statistics_findings(result, replace(observed, dirty_mibs_before=rate * 100), 2, 16)
+    assert [f.kind for f in wrong] == [Kind.STATISTIC_WRONG] and "by more than a factor of 4" in wrong[0].text
 
 
 def test_the_connection_counter_sees_a_short_multifd_migration(pinned_lab, pinned_guest):
@@ -59,6 +70,18 @@ def test_the_connection_counter_sees_a_short_multifd_migration(pinned_lab, pinne
     result, counter = _migrate_counted(lab, guest, params)
     assert counter.seen == 3, (counter.most, counter.errors, result.stats.get("time_elapsed"))
     assert settings_findings(params, result, Observed(migration_connections_max=counter.seen)) == []
+
+
+def test_a_tunnelled_migration_shows_no_qemu_to_qemu_connection(pinned_lab, pinned_guest):
+    """Tunnelled through libvirtd, the destination's QEMU has no TCP connection on the migration ports, and the
+    counter saw that QEMU while it ran: no finding. (The plain migration above, judged as tunnelled, has one.)"""
+    lab, guest = pinned_lab, pinned_guest
+    params = MigrationParams(unsafe=lab.needs_unsafe("shared"), tunnelled=True, bandwidth_mibs=16)
+    result, counter = _migrate_counted(lab, guest, params)
+    observed = Observed(migration_connections_max=counter.seen, qemu_polls=counter.qemu_polls)
+    assert counter.qemu_polls and counter.most == 0, (counter.most, counter.qemu_polls, counter.errors)
+    assert settings_findings(params, result, observed) == []
+    assert [f.kind for f in settings_findings(params, result, Observed())] == [Kind.NOT_MEASURED]
 
 
 def _migrate_counted(lab, guest, params: MigrationParams):

@@ -196,8 +196,11 @@ def _fetch_and_stop(tmp_path: Path, sig: int) -> tuple[subprocess.CompletedProce
     proc = subprocess.Popen([sys.executable, "-m", "lab.stacks", "--lab-config", str(config), "fetch", "candidate"],
                             env={**os.environ, "LAB_STACK_CACHE": str(cache.root),
                                  "PATH": f"{slow}:{os.environ['PATH']}"},
-                            cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # A runner started in the background (nohup, `&` without job control) ignores SIGINT, and
+                            # a child inherits that: Python would then never raise KeyboardInterrupt (seen: a fresh
+                            # `.ci/run` under nohup timed out here). A user's Ctrl-C reaches a fetch with the default.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     phase, deadline = "", time.monotonic() + 120
     while not phase and time.monotonic() < deadline and proc.poll() is None:
         for partial in cache.archive.glob(PARTIAL + "*") if cache.archive.is_dir() else ():

@@ -37,11 +37,11 @@ def test_malformed_thresholds_name_the_field(doc, expected):
     assert expected in str(info.value) and "\n" not in str(info.value)
 
 
-def test_shipped_thresholds_load_and_scenarios_inherit_defaults():
-    t = load_thresholds()
-    assert t.for_scenario("precopy-idle").downtime_ms["hypervisor"] == 600
+def test_hand_set_thresholds_load_and_scenarios_inherit_defaults():
+    t = load_thresholds(ROOT / "labs" / "vagrant-tcg.thresholds.yaml")
+    assert t.for_scenario("precopy-idle").downtime_ms["hypervisor"] == 1500
     assert t.for_scenario("max-downtime-400ms").downtime_ms == t.defaults.downtime_ms
-    assert t.for_scenario("no-such-scenario") == t.defaults
+    assert t.for_scenario("no-such-scenario").basis["total_s"] == "set by hand in vagrant-tcg.thresholds.yaml"
 
 
 def test_percentiles_interpolate_between_ranks():
@@ -52,7 +52,7 @@ def test_percentiles_interpolate_between_ranks():
 
 
 TOLERANCE = parse_thresholds({"defaults": {"downtime_ms": {"hypervisor": 1, "guest": 1, "network": 1},
-                                             "total_s": 1}}).tolerance  # overestimate 25 ms, underreport 100 ms
+                                             "total_s": 1}}).tolerance  # overestimate 50 ms, underreport 100 ms
 
 
 def _measurement(hyp, guest, net, lost=0, duplicates=0, boot_ids=1, stats=None):
@@ -91,7 +91,7 @@ def test_an_outlier_among_many_moves_is_not_forgiven():
 
 
 def test_invariants_catch_a_guest_gap_below_the_hypervisor_figure_and_lost_heartbeats():
-    m = _measurement(200, 150, 210, lost=3)
+    m = _measurement(200, 140, 210, lost=3)
     findings = check_invariants(m, period_ms=1, tolerance=TOLERANCE)
     assert any("below hypervisor-reported 200 ms" in str(f) for f in findings)
     assert Kind.HEARTBEAT_LOST in _kinds(findings)

@@ -1,7 +1,10 @@
 """thresholds.yaml: the live migration limits per scenario and the tolerances, validated like lab.yaml.
 
-A scenario names only what differs from `defaults`; it is stored complete (the defaults
-filled in), so a verdict reads one Limits.
+Two forms. With `model` (the repo's file), a scenario's limits are the migration model's figures for this
+lab's calibration times a factor (lab/calibration/), and `overrides` replace single figures, each with its
+reason. With `defaults` (hand-set files, e.g. a lab's own), a scenario names only what differs from them
+and is stored complete (the defaults filled in). Either way a verdict reads one Limits, whose `basis` says
+where each figure came from.
 """
 from __future__ import annotations
 
@@ -9,13 +12,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from lab.config.common import PositiveNumber
 from lab.config.validation import Document, Model, load_file, problem, validated
+from lab.errors import ConfigError
 
 DEFAULT_THRESHOLDS = Path(__file__).resolve().parents[2] / "thresholds.yaml"
 PROBES = ("hypervisor", "guest", "network")
+NEVER_S = 1e9  # the total limit of a scenario the model says cannot converge (the watchdog's budget ends it)
 
 
 class Tolerance(Model):
@@ -24,7 +29,7 @@ class Tolerance(Model):
     probe_period_ms: PositiveNumber = 1.0
     bandwidth_pct: PositiveNumber = 25.0
     max_downtime_ms: PositiveNumber = 250.0
-    hypervisor_overestimate_ms: PositiveNumber = 25.0
+    hypervisor_overestimate_ms: PositiveNumber = 50.0
     hypervisor_underreport_ms: PositiveNumber = 100.0
     guest_over_network_ms: PositiveNumber = 100.0  # heartbeats may stop this much longer than echo replies
     direction_factor: PositiveNumber = 5.0  # one direction of a cross-version move may take this many times the other
@@ -56,6 +61,33 @@ class Limits(Model):
         return downtime
 
 
+class JudgedLimits(Limits):
+    """A scenario's limits as a verdict reads them: the figures, and where each came from."""
+
+    basis: dict[str, str] = Field(default_factory=dict)  # per figure: "model 120 ms, factor 3" or an override's reason
+    model: dict = Field(default_factory=dict)  # the model's expectation the figures follow from (empty: hand-set)
+
+
+class ModelFactors(Model):
+    """Limits from the lab's calibration: allowed = factor x the model's figure (lab/calibration/model.py)."""
+
+    downtime_factor: PositiveNumber = 3.0
+    total_factor: PositiveNumber = 3.0
+    downtime_floor_ms: PositiveNumber = 150.0  # no downtime limit below this (the runner's own scheduling noise)
+    slowdown: PositiveNumber | None = None  # the guest's work may run this many times slower; None: recorded only
+
+
+class Override(Model):
+    """One scenario's figures set by hand on top of the model, with the reason the model does not cover them."""
+
+    downtime_ms: dict[str, PositiveNumber] = Field(default_factory=dict)
+    total_s: PositiveNumber | None = None
+    slowdown: PositiveNumber | None = None
+    reason: str = Field(min_length=10, description="why the model's figure does not hold for this scenario")
+
+    _known_probes = field_validator("downtime_ms", mode="before")(Limits._known_probes.__func__)
+
+
 class ColdLimits(Model):
     """The cold migration suite's limits."""
 
@@ -68,9 +100,19 @@ class Thresholds(Document):
 
     null_means_default = ("tolerance", "scenarios", "cold")
     tolerance: Tolerance = Field(default_factory=Tolerance)
-    defaults: Limits = Field(description="a mapping with downtime_ms and total_s")
+    model: ModelFactors | None = None
+    overrides: dict[str, Override] = Field(default_factory=dict)
+    defaults: Limits | None = Field(None, description="a mapping with downtime_ms and total_s")
     scenarios: dict[str, Limits] = Field(default_factory=dict)
     cold: ColdLimits = Field(default_factory=ColdLimits)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "Thresholds":
+        if (self.model is None) == (self.defaults is None):
+            raise ValueError("give either `model` (limits from the lab's calibration) or `defaults` (limits by hand)")
+        if self.overrides and self.model is None:
+            raise ValueError("`overrides` go with `model`; with `defaults`, name the scenario under `scenarios`")
+        return self
 
     @field_validator("scenarios", mode="before")
     @classmethod
@@ -88,8 +130,38 @@ class Thresholds(Document):
             out[str(name)] = limits
         return out
 
-    def for_scenario(self, scenario: str) -> Limits:
-        return self.scenarios.get(scenario, self.defaults)
+    def for_scenario(self, scenario: str, expectation=None) -> JudgedLimits:
+        """The scenario's limits. `expectation` (model.Expectation): the model's figures, which a file with
+        `model` needs: a missing calibration is an error, never a default standing in for it."""
+        if self.model is None:
+            limits = self.scenarios.get(scenario, self.defaults)
+            return JudgedLimits(**limits.model_dump(), basis={f: f"set by hand in {Path(self.source).name}"
+                                                              for f in (*PROBES, "total_s")})
+        if expectation is None:
+            raise ConfigError(f"{self.source}: the limits of {scenario!r} follow from the lab's calibration, and none "
+                              "was given; run `python -m lab calibrate`, or give a thresholds file with `defaults`")
+        f, over = self.model, self.overrides.get(scenario)
+        downtime, basis = {}, {}
+        for p in PROBES:
+            model_ms = expectation.downtime_ms[p]
+            downtime[p] = round(max(f.downtime_factor * model_ms, f.downtime_floor_ms), 1)
+            basis[p] = f"model {model_ms:.0f} ms, factor {f.downtime_factor:g}" + \
+                (f", raised to the floor of {f.downtime_floor_ms:g} ms" if downtime[p] > f.downtime_factor * model_ms
+                 else "")
+        if expectation.converges:
+            total, basis["total_s"] = round(f.total_factor * expectation.total_s, 2), \
+                f"model {expectation.total_s:.2f} s, factor {f.total_factor:g}"
+        else:
+            total, basis["total_s"] = NEVER_S, "the model says it cannot converge: its total time is not judged"
+        slowdown = f.slowdown
+        for probe, figure in (over.downtime_ms.items() if over else ()):
+            downtime[probe], basis[probe] = figure, f"override: {over.reason}"
+        if over and over.total_s:
+            total, basis["total_s"] = over.total_s, f"override: {over.reason}"
+        if over and over.slowdown:
+            slowdown = over.slowdown
+        return JudgedLimits(downtime_ms=downtime, total_s=total, slowdown=slowdown, basis=basis,
+                      model=expectation.as_record())
 
 
 def parse_thresholds(data: Any, source: str = "<string>") -> Thresholds:

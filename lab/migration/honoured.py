@@ -44,6 +44,7 @@ class Observed:
     """What was seen of the migration besides libvirt's job stats."""
     dirty_mibs_before: float | None = None  # the guest's achieved dirty rate just before the migration
     migration_connections_max: int | None = None  # most established connections to the destination's migration ports
+    qemu_polls: int | None = None  # the counter's polls that found the destination's QEMU (None: not counted)
 
 
 class ConnectionCounter:
@@ -57,6 +58,7 @@ class ConnectionCounter:
         self.domain = domain
         self.limit_s = limit_s
         self.most: int | None = None
+        self.qemu_polls: int | None = None  # polls that found the domain's QEMU: a zero count means something then
         self.errors: list[str] = []
         self._stop_file = f"/tmp/kvm-lab-conncount-{uuid.uuid4().hex}"
         self._thread = threading.Thread(target=self._count, daemon=True)
@@ -64,15 +66,16 @@ class ConnectionCounter:
     def _count(self) -> None:
         low, high = MIGRATION_PORTS
         pidfile = shlex.quote(f"/run/libvirt/qemu/{self.domain}.pid")
-        script = (f"most=0; end=$(( $(date +%s) + {int(self.limit_s)} )); "
+        script = (f"most=0; q=0; end=$(( $(date +%s) + {int(self.limit_s)} )); "
                   f"while [ ! -e {self._stop_file} ] && [ $(date +%s) -lt $end ]; do "
-                  f"if pid=$(cat {pidfile} 2>/dev/null); then "
+                  f"if pid=$(cat {pidfile} 2>/dev/null); then q=$((q + 1)); "
                   f"n=$(ss -Htnp state established '( sport >= :{low} and sport <= :{high} )' | grep -c \"pid=$pid,\"); "
                   f"[ \"$n\" -gt \"$most\" ] && most=$n; fi; sleep {POLL_S}; done; "
-                  f"rm -f {self._stop_file}; echo \"most=$most\"")
+                  f"rm -f {self._stop_file}; echo \"most=$most qemu=$q\"")
         try:
             out = self.host.run(script, timeout=self.limit_s + 30).stdout
             self.most = int(out.rsplit("most=", 1)[1].split()[0])
+            self.qemu_polls = int(out.rsplit("qemu=", 1)[1].split()[0])
         except (LabError, ValueError, IndexError) as exc:
             self.errors.append(str(exc))
 
@@ -165,6 +168,14 @@ def settings_findings(params: MigrationParams, result: MigrationResult, observed
             found.append(Finding(Kind.SETTING_IGNORED, f"multifd: at most {seen} connection(s) to the destination's "
                                                        f"migration ports, where {params.parallel_connections} "
                                                        f"channels and the main one make {want}"))
+    if params.tunnelled:  # the stream goes src QEMU -> libvirtd -> libvirtd -> dst QEMU, never QEMU to QEMU on TCP
+        if not observed.qemu_polls:
+            found.append(Finding(Kind.NOT_MEASURED, "tunnelled: not measured: the counter never found the "
+                                                    "destination's QEMU while the migration ran"))
+        elif observed.migration_connections_max:
+            found.append(Finding(Kind.SETTING_IGNORED, f"tunnelled: the destination's QEMU took "
+                                                       f"{observed.migration_connections_max} TCP connection(s) on the "
+                                                       "migration ports itself: the stream did not go through libvirtd"))
     if dirty_mibs_asked:
         rate = observed.dirty_mibs_before
         if rate is None:
@@ -173,4 +184,39 @@ def settings_findings(params: MigrationParams, result: MigrationResult, observed
             found.append(Finding(Kind.SETTING_IGNORED, f"dirty rate: the guest dirtied {rate:.1f} MiB/s before the "
                                                        f"migration, below {DIRTY_RATE_SHARE:.0%} of the "
                                                        f"{dirty_mibs_asked:g} MiB/s asked"))
+    return found
+
+
+STATISTIC_FACTOR = 4  # QEMU's dirty rate may differ from the guest's own this many times (sync periods, page sizes)
+
+
+def statistics_findings(result: MigrationResult, observed: Observed, dirty_mibs_asked: float = 0,
+                        dirty_region_mib: float = 0) -> list[Finding]:
+    """Figures QEMU reports, held to what must be true of them: the bytes it says it sent cover the pages it
+    says it sent in full, and the dirty rate it reports is what the guest dirtied. QEMU counts distinct pages
+    per sync period, so its rate is the guest's R only while R x period < W (the memory the guest sweeps), and
+    W / period beyond: it must lie between min(R, W / the whole migration) and R, each within the factor."""
+    if not result.ok:
+        return []
+    found, stats = [], result.stats
+    sent, normal = stats.get("memory_processed"), stats.get("memory_normal_bytes")
+    if sent is not None and normal is not None and sent < normal:
+        found.append(Finding(Kind.STATISTIC_WRONG, f"transferred bytes: QEMU reports {sent / 2**20:.1f} MiB of memory "
+                                                   f"processed, less than the {normal / 2**20:.1f} MiB of the full "
+                                                   "pages it reports sent"))
+    guest, reported = observed.dirty_mibs_before, result.dirty_rate_reported_mibs
+    iterations = stats.get("memory_iteration") or 0
+    if dirty_mibs_asked and guest and iterations >= 3:  # QEMU has had whole sync periods to measure it
+        if reported is None:
+            found.append(Finding(Kind.NOT_MEASURED, f"dirty rate: not measured: {iterations} iterations, and the live "
+                                                    "job stats never carried a dirty rate"))
+        else:
+            elapsed = (stats.get("time_elapsed") or 0) / 1000
+            low = min(guest, dirty_region_mib / elapsed) if dirty_region_mib and elapsed else guest
+            if not low / STATISTIC_FACTOR <= reported <= guest * STATISTIC_FACTOR:
+                found.append(Finding(Kind.STATISTIC_WRONG, f"dirty rate: QEMU reported at most {reported:.2f} MiB/s "
+                                                           f"while the guest dirtied {guest:.1f} MiB/s over "
+                                                           f"{dirty_region_mib:g} MiB (its own count): outside "
+                                                           f"{low:.2f}-{guest:.1f} MiB/s by more than a factor of "
+                                                           f"{STATISTIC_FACTOR}"))
     return found

@@ -90,6 +90,7 @@ class MigrationResult:
     switched_to_postcopy: bool = False
     watchdog_note: str = ""  # e.g. why a postcopy switch had to be retried
     throttle_max_pct: int | None = None  # auto-converge: the largest CPU throttle QEMU reported while it ran
+    dirty_rate_reported_mibs: float | None = None  # the largest dirty rate QEMU reported while it ran (None: never)
     aborted: bool = False
     error: str = ""
 
@@ -127,6 +128,7 @@ class _Watchdog:
         self.postcopy_error = ""
         self.stats_at_fire: dict = {}
         self.throttle_max: int | None = None  # auto-converge: QEMU's CPU throttle, polled (it is 0 again at the end)
+        self.dirty_rate_max: float | None = None  # MiB/s, QEMU's dirty-pages-rate, polled (absent once completed)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -145,8 +147,7 @@ class _Watchdog:
         while not self._stop.wait(0.1):
             if self.params.mode == "postcopy" and not self.postcopy_switched:
                 self._maybe_start_postcopy()
-            if self.params.auto_converge:
-                self._note_throttle()
+            self._sample()
             if self.progress and time.monotonic() >= next_report:
                 next_report += PROGRESS_EVERY_S
                 self._report()
@@ -169,13 +170,18 @@ class _Watchdog:
             except libvirt.libvirtError:
                 return  # the job ended on its own meanwhile
 
-    def _note_throttle(self) -> None:
+    def _sample(self) -> None:
+        """The live job's figures that are gone once it completes: the throttle and the dirty rate."""
         try:
-            throttle = self.dom.jobStats().get("auto_converge_throttle")
+            stats = self.dom.jobStats()
         except libvirt.libvirtError:
             return
+        throttle, rate = stats.get("auto_converge_throttle"), stats.get("memory_dirty_rate")
         if throttle is not None:
             self.throttle_max = max(self.throttle_max or 0, int(throttle))
+        if rate is not None and stats.get("memory_iteration", 0) >= 2:  # a rate needs one whole sync period
+            mibs = rate * stats.get("memory_page_size", 4096) / 2**20
+            self.dirty_rate_max = max(self.dirty_rate_max or 0.0, mibs)
 
     def _report(self) -> None:
         """Where a long migration stands: iteration, what is left, the dirty rate (from the live job stats)."""
@@ -245,7 +251,8 @@ def migrate(name: str, src: Host, dst: Host, params: MigrationParams,
         pass
     result = MigrationResult(src.name, dst.name, params, started_ns, time.time_ns(), time.monotonic() - t0,
                              switched_to_postcopy=watchdog.postcopy_switched, aborted=aborted, error=error,
-                             watchdog_note=watchdog.postcopy_error, throttle_max_pct=watchdog.throttle_max)
+                             watchdog_note=watchdog.postcopy_error, throttle_max_pct=watchdog.throttle_max,
+                             dirty_rate_reported_mibs=watchdog.dirty_rate_max)
     if error:
         result.stats, result.stats_note = (watchdog.stats_at_fire, "") if watchdog.stats_at_fire else \
             completed_job_stats(dom, src.name)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -142,6 +143,7 @@ def run_mutants(mutants: list[Mutant], selection: list[str], out: Path, say: Cal
         status, wall, clean_dir = 0, 0.0, clean
     if not (clean_dir / "junit.xml").exists():
         raise LabError(f"mutants: the clean build's run produced no results (exit status {status}); see {clean_dir}")
+    pin_calibration(clean_dir, out, say)
     clean_failed = [o.nodeid for o in read_junit(clean_dir / "junit.xml") if o.state == "fail"]
     outcomes = [kept.get(CLEAN) or Outcome(CLEAN, "clean", "none", "false-alarm" if clean_failed else "clean",
                         f"failed on the clean build: {', '.join(clean_failed)}" if clean_failed else "all passed",
@@ -157,6 +159,18 @@ def run_mutants(mutants: list[Mutant], selection: list[str], out: Path, say: Cal
         outcomes.append(outcome)
         _write(out, outcomes, selection)  # after each: a cut-off run keeps what it has (--resume goes on from it)
     return _write(out, outcomes, selection)
+
+
+def pin_calibration(clean_dir: Path, out: Path, say: Callable[[str], None]) -> None:
+    """Every mutant is judged by the limits of the clean build's calibration (LAB_CALIBRATION): a mutant that slows
+    every migration would otherwise calibrate itself slow and set its own limits."""
+    for line in (clean_dir / "results.jsonl").read_text().splitlines() if (clean_dir / "results.jsonl").exists() else ():
+        cal = json.loads(line).get("calibration")
+        if cal:
+            atomic_write_json(out / "calibration.json", cal)
+            os.environ["LAB_CALIBRATION"] = str((out / "calibration.json").resolve())
+            say(f"mutants: every mutant judged by the clean build's calibration ({out / 'calibration.json'})")
+            return
 
 
 def summary(outcomes: list[Outcome]) -> dict:

@@ -9,6 +9,7 @@ import pytest
 
 from lab.backends import get_backend
 from lab.config.lab import LabConfig
+from lab.calibration.measure import calibrated
 from lab.config.thresholds import load_thresholds
 from lab.errors import LabError
 from lab.guest.domain import create_guest, remove_guest
@@ -149,6 +150,19 @@ def measurement_lock(_measurement_lock):
     """Held by tests that assert timing: no other test's guests run meanwhile."""
     with _measurement_lock.exclusive():
         yield
+
+
+@pytest.fixture
+def calibration(lab, thresholds, measurement_lock):
+    """The first host pair's calibration (lab/calibration/), which the model's limits follow from: cached, or
+    measured now, before the test's own guests exist. None for a thresholds file with hand-set limits."""
+    if thresholds.model is None:
+        return None
+    try:
+        with StatusLine("kvm-lab calibrate", quiet_for_s=5) as progress:
+            return calibrated(lab, lab.hosts[0], lab.hosts[1], thresholds.tolerance, progress)
+    except LabError as exc:
+        pytest.fail(f"kvm-lab: {exc}", pytrace=False)
 
 
 @pytest.fixture

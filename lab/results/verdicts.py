@@ -47,6 +47,7 @@ class Kind(str, Enum):
     ORACLE_IDLE = "oracle-idle"  # the dirty-page oracle's writers did not advance: it checked no new writes
     DEGRADATION = "degradation"  # the guest's own work ran slower during the migration than its limit allows
     NOT_MEASURED = "not-measured"  # a check's own measurement missed: no verdict on the setting, and no pass
+    STATISTIC_WRONG = "statistic-wrong"  # a figure the hypervisor reports contradicts what was measured (honoured.py)
 
 
 @dataclass(frozen=True)

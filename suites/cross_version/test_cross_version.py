@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from lab.calibration.measure import calibrated
+from lab.calibration.model import Setting, expect
+from lab.errors import LabError
 from lab.guest.domain import remove_guest
 from lab.migration.external_oracle import migrate_checked_from_outside
 from lab.migration.integrity import inspect, take_fingerprint
@@ -25,6 +28,7 @@ from lab.migration.measure import measure_migration, thresholds_record, verdict
 from lab.results.evidence import collect
 from lab.results.records import read_records, write_series
 from lab.results.verdicts import Finding, Kind, Stack, at_move, judge
+from lab.util.progress import StatusLine
 from suites.cross_version.conftest import machine_types, refusal, version_tuple
 
 pytestmark = pytest.mark.lab
@@ -47,6 +51,20 @@ def _params(lab, dst, load: Load) -> MigrationParams:
                            bandwidth_mibs=load.bandwidth_mibs)
 
 
+def _expectation(lab, thresholds, old, new, machine, load: Load):
+    """The model's figures for this pair (calibrated both ways: the limits do not take the slow direction's
+    own pace as the norm; direction_findings compares the two)."""
+    if thresholds.model is None:
+        return None
+    try:
+        with StatusLine("kvm-lab calibrate", quiet_for_s=5) as progress:
+            cal = calibrated(lab, old, new, thresholds.tolerance, progress, machine=machine)
+    except LabError as exc:
+        pytest.fail(f"kvm-lab: {exc}", pytrace=False)
+    return expect(cal, Setting(bandwidth_mibs=load.bandwidth_mibs, dirty_mibs=load.dirty_mibs,
+                               dirty_region_mib=64 if load.dirty_mibs else 0))
+
+
 @pytest.mark.timing
 @pytest.mark.parametrize("load", LOADS, ids=[load.id for load in LOADS])
 @pytest.mark.parametrize("direction", list(DIRECTIONS))
@@ -56,7 +74,7 @@ def test_live_migration_across_stacks(direction, load, lab, stack_pair, pinned_m
     old, new = stack_pair
     src, dst = (old, new) if direction == "old-to-new" else (new, old)
     scenario = f"cross-version-{direction}-{load.id}"
-    limits = thresholds.for_scenario(scenario)
+    limits = thresholds.for_scenario(scenario, _expectation(lab, thresholds, old, new, pinned_machine, load))
     period_ms = lab.config.guest.heartbeat_us / 1000
     stacks = {h.name: {"stack": h.stack, **host_versions[h.name]} for h in (src, dst)}
     measurements, findings = [], []
@@ -73,7 +91,7 @@ def test_live_migration_across_stacks(direction, load, lab, stack_pair, pinned_m
         if load.dirty_mibs:
             guest.agent("dirty", load.dirty_mibs, 64)
         m = measure_migration(scenario, guest, src, dst, _params(lab, dst, load), period_ms, thresholds.tolerance,
-                              dirty_mibs_asked=load.dirty_mibs)
+                              dirty_mibs_asked=load.dirty_mibs, dirty_region_mib=64)
         after = inspect(guest, before, lab.hosts, dst) if m.result.ok else None
         doc = m.record(host_versions, limits)
         doc.update(direction=direction, what=DIRECTIONS[direction], machine=pinned_machine, stacks=stacks,

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from lab.calibration.model import Setting, expect, underreport_allowance_ms
 from lab.errors import LabError
 from lab.migration.degradation import degradation_findings
 from lab.migration.external_oracle import migrate_checked_from_outside
@@ -56,16 +57,38 @@ def precreate_disk(guest, host) -> None:
     host.run(f"qemu-img create -q -f qcow2 {guest.config.disk} {virtual}")
 
 
+def lab_tolerance(thresholds, calibration):
+    """The stated tolerances, with libvirt's under-report bound widened to what this lab's idle moves show (the
+    guest's silence beyond libvirt's figure, times the downtime factor) where that is more."""
+    tolerance = thresholds.tolerance
+    if calibration is None or thresholds.model is None:
+        return tolerance
+    allowance = underreport_allowance_ms(calibration, thresholds.model.downtime_factor)
+    return tolerance.model_copy(update={"hypervisor_underreport_ms": max(tolerance.hypervisor_underreport_ms,
+                                                                         round(allowance, 1))})
+
+
+def scenario_limits(thresholds, calibration, scenario, disk_mib: int):
+    """The scenario's limits: the model's figures for this calibration times the factors, or hand-set ones."""
+    expectation = None
+    if calibration is not None:
+        expectation = expect(calibration, Setting.of(scenario.params, scenario.dirty_mibs, scenario.dirty_region_mib,
+                                                     disk_mib))
+    return thresholds.for_scenario(scenario.id, expectation)
+
+
 @pytest.fixture
-def run_measured(lab, thresholds, repeat, host_versions, known_defects, record, report_dir, test_report_dir):
+def run_measured(lab, thresholds, calibration, repeat, host_versions, known_defects, record, report_dir,
+                 test_report_dir):
     """Run a scenario --repeat times (alternating direction, the same guest: records say so), inspect the
-    guest after each move, then judge every finding against the thresholds and the known defects."""
+    guest after each move, then judge every finding against the limits (the model's for this lab's
+    calibration, or hand-set) and the known defects."""
 
     def run(scenario, guest):
         before = take_fingerprint(guest)
         if scenario.dirty_mibs:
             guest.agent("dirty", scenario.dirty_mibs, scenario.dirty_region_mib)
-        limits = thresholds.for_scenario(scenario.id)
+        limits = scenario_limits(thresholds, calibration, scenario, lab.config.guest.disk_mib)
         period_ms = lab.config.guest.heartbeat_us / 1000
         count = repeat * 2 if scenario.ping_pong else repeat
         measurements, findings = [], []
@@ -88,8 +111,8 @@ def run_measured(lab, thresholds, repeat, host_versions, known_defects, record, 
             params = scenario.with_lab(lab, dst.address)
             if params.copy_storage:  # writes in flight while the disk is copied
                 guest.agent("diskstream", "start", 7000 + i, DISK_STREAM_BLOCKS_PER_S)
-            m = measure_migration(scenario.id, guest, src, dst, params, period_ms, thresholds.tolerance,
-                                  dirty_mibs_asked=scenario.dirty_mibs)
+            m = measure_migration(scenario.id, guest, src, dst, params, period_ms, lab_tolerance(thresholds, calibration),
+                                  dirty_mibs_asked=scenario.dirty_mibs, dirty_region_mib=scenario.dirty_region_mib)
             after = inspect(guest, before, lab.hosts, dst) if m.result.ok else None
             stream = disk_stream_findings(guest) if params.copy_storage else (None, [])
             if after:
@@ -127,7 +150,9 @@ def run_measured(lab, thresholds, repeat, host_versions, known_defects, record, 
             figures["total_s_max"] = round(summaries["total_s"].max, 2)
         record({"kind": "live-migration-summary", "scenario": scenario.id, "verdict": outcome.as_record(),
                 "summaries": {k: {**vars(v), "basis": v.basis} for k, v in summaries.items()},
-                "thresholds": {"downtime_ms": limits.downtime_ms, "total_s": limits.total_s}}, figures)
+                "thresholds": {"downtime_ms": limits.downtime_ms, "total_s": limits.total_s, "basis": limits.basis,
+                               "model": limits.model},
+                "calibration": calibration.as_record() if calibration else None}, figures)
         return measurements, outcome
 
     return run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lab.calibration.model import Calibration
 from lab.results.report import plots
 from lab.results.report.runfiles import RunData, load_series
 from lab.results.report.series import largest, recorded_stalls, timeline
@@ -87,6 +88,7 @@ def _decided(summary: dict | None, stats: dict[str, Summary | None], limits: dic
         return []
     lines = ([verdict["why"]] if verdict["why"] else []) + verdict["findings"]
     recorded = summary.get("summaries") or {}
+    where = (summary.get("thresholds") or {}).get("basis") or {}  # "model 120 ms, factor 3", an override's reason
     for key, s in stats.items():
         figures = recorded.get(key) or (vars(s) if s else None)
         limit = limits.get(key)
@@ -97,7 +99,13 @@ def _decided(summary: dict | None, stats: dict[str, Summary | None], limits: dic
         picks = [("max" if basis.startswith("max") else "p95", basis)] if basis else [("p95", "p95"), ("max", "max")]
         parts = [f"{label} {figures[stat]:.1f} {unit} {'<=' if figures[stat] <= limit else '>'} {limit:g} {unit}"
                  for stat, label in picks if _number(figures.get(stat)) is not None]
-        lines.append(f"{key}: " + "; ".join(parts) + ("" if basis else f" (n={figures.get('n')})"))
+        lines.append(f"{key}: " + "; ".join(parts) + ("" if basis else f" (n={figures.get('n')})")
+                     + (f"; limit: {where[key]}" if where.get(key) else ""))
+    cal = summary.get("calibration")
+    if cal:
+        model = (summary.get("thresholds") or {}).get("model") or {}
+        lines.append("the limits follow from this lab's calibration: " + "; ".join(Calibration(**cal).lines())
+                     + (f"; the model: {model['how']}" if model.get("how") else ""))
     return lines
 
 

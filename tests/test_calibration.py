@@ -1,0 +1,56 @@
+"""Calibration on a real lab (lab/calibration/measure.py), and the model's limits failing a migration that is
+slower than the lab's calibration says it can be. On a lab of the module's own, on the pinned stack."""
+from __future__ import annotations
+
+import pytest
+
+from lab.calibration import measure
+from lab.calibration.model import PROBES, Setting, expect
+from lab.config.thresholds import load_thresholds
+from lab.migration.live import MigrationParams
+from lab.migration.measure import measure_migration, verdict
+from lab.results.verdicts import Kind
+
+pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("kvmcal")]
+PINNED_LAB = ("kvmcal", 72)
+
+
+@pytest.fixture(scope="module")
+def calibration(pinned_lab, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(measure, "CACHE", tmp_path_factory.mktemp("calibration"))
+        said = []
+        cal = measure.calibrated(pinned_lab, *pinned_lab.hosts, load_thresholds().tolerance, said.append)
+        yield cal, said, measure.CACHE
+
+
+def test_calibration_measures_the_pair_and_caches_it(pinned_lab, calibration, monkeypatch):
+    cal, said, cache = calibration
+    assert cal.moves == measure.CALIBRATION_MOVES and cal.accelerator == pinned_lab.accelerator
+    assert cal.throughput_mibs > 1 and cal.idle_ram_mib > 8 and cal.dirty_max_mibs > 1, cal
+    assert all(cal.switchover_ms[p] > 0 for p in PROBES), cal
+    assert any("migration throughput" in line for line in said)
+    for host in pinned_lab.hosts:  # the calibration guest is gone
+        assert [d.name() for d in host.connect().listAllDomains()] == []
+    monkeypatch.setattr(measure, "CACHE", cache)
+    monkeypatch.setattr(measure, "measure", lambda *a, **k: pytest.fail("measured again although cached"))
+    assert measure.calibrated(pinned_lab, *pinned_lab.hosts, load_thresholds().tolerance, print) == cal
+    # Another machine type (or stack, pair, guest size) is another calibration: not taken from this one's cache.
+    assert measure.cached(measure.fingerprint(pinned_lab, *pinned_lab.hosts, machine="pc-i440fx-7.2")) is None
+    assert [c.measured_at for c in measure.cached_for_lab(pinned_lab.config.name)] == [cal.measured_at]
+
+
+def test_a_move_slower_than_the_calibration_allows_fails_the_model_limits(pinned_lab, pinned_guest, calibration):
+    """The precondition broken for real: the lab moves this guest at a quarter of its calibrated throughput or
+    less (a 16 MiB/s cap the model is not told of), so its total time is far over the model's figure x 3."""
+    cal = calibration[0]
+    src, dst = pinned_lab.hosts
+    limits = load_thresholds().for_scenario("precopy-idle", expect(cal, Setting()))
+    slow = MigrationParams(migrate_uri=f"tcp://{dst.address}", unsafe=pinned_lab.needs_unsafe("shared"),
+                           bandwidth_mibs=min(16, max(1, int(cal.throughput_mibs / 4))))
+    m = measure_migration("precopy-idle", pinned_guest, src, dst, slow, 1.0, load_thresholds().tolerance)
+    assert m.result.ok, m.result.error
+    findings, _ = verdict("precopy-idle", [m], limits)
+    text = " | ".join(map(str, findings))
+    assert [f.kind for f in findings if "total migration time" in f.text] == [Kind.THRESHOLD], text
+    assert f"factor {load_thresholds().model.total_factor:g})" in text and "(model " in text
