@@ -24,6 +24,7 @@ from typing import Callable
 import yaml
 
 from lab.bisect.search import BAD, GOOD, UNDECIDED, Outcome, Run, bisect
+from lab.calibration.measure import pin_calibration
 from lab.config.lab import load_lab_config
 from lab.config.validation import load_file
 from lab.errors import ConfigError
@@ -95,6 +96,7 @@ def run_bisect(stacks: list[dict], labels: list[str], lab_file: Path, host: str 
     say(f"bisect: {len(labels)} candidates from {labels[0]} (good) to {labels[-1]} (bad); runs in {out}")
     reference = out / "good"
     timings = run_step(stacks[0], lab_file, host, selection, reference, say)
+    pin_calibration(reference, out, say)
 
     def run(index: int, attempt: int) -> Run:
         folder = out / f"step-{index:03d}-run{attempt + 1}"

@@ -151,3 +151,19 @@ def _dirty_at_full_speed(guest) -> float:
         raise LabError("calibration: the guest's dirty writer achieved 0 MiB/s at full speed; the agent is not "
                        "working: see the guest's console log")
     return rate
+
+
+def pin_calibration(reference_run: Path, out: Path, say: Callable[[str], None]) -> Path | None:
+    """Judge the runs that follow by the limits of `reference_run`'s calibration ($LAB_CALIBRATION): the mutant
+    runner's clean build, bisect's good side. A candidate that slows every migration would otherwise calibrate
+    itself slow and set its own limits. None when that run judged no limit (no calibration in its records)."""
+    records = reference_run / "results.jsonl"
+    for line in records.read_text().splitlines() if records.exists() else ():
+        cal = json.loads(line).get("calibration")
+        if cal:
+            pinned = (out / "calibration.json").resolve()
+            atomic_write_json(pinned, cal)
+            os.environ["LAB_CALIBRATION"] = str(pinned)
+            say(f"every candidate judged by the limits of {reference_run.name}'s calibration ({pinned})")
+            return pinned
+    return None

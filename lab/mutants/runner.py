@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from typing import Callable
 
 import yaml
 
+from lab.calibration.measure import pin_calibration
 from lab.config.validation import load_file
 from lab.errors import ConfigError, LabError
 from lab.mutants.corpus import Mutant
@@ -159,18 +159,6 @@ def run_mutants(mutants: list[Mutant], selection: list[str], out: Path, say: Cal
         outcomes.append(outcome)
         _write(out, outcomes, selection)  # after each: a cut-off run keeps what it has (--resume goes on from it)
     return _write(out, outcomes, selection)
-
-
-def pin_calibration(clean_dir: Path, out: Path, say: Callable[[str], None]) -> None:
-    """Every mutant is judged by the limits of the clean build's calibration (LAB_CALIBRATION): a mutant that slows
-    every migration would otherwise calibrate itself slow and set its own limits."""
-    for line in (clean_dir / "results.jsonl").read_text().splitlines() if (clean_dir / "results.jsonl").exists() else ():
-        cal = json.loads(line).get("calibration")
-        if cal:
-            atomic_write_json(out / "calibration.json", cal)
-            os.environ["LAB_CALIBRATION"] = str((out / "calibration.json").resolve())
-            say(f"mutants: every mutant judged by the clean build's calibration ({out / 'calibration.json'})")
-            return
 
 
 def summary(outcomes: list[Outcome]) -> dict:
