@@ -59,6 +59,9 @@ def run_side(side: str, stack: str, lab_file: Path, out: Path, pytest_args: list
     return run_selection(config_file, folder, pytest_args, f"{out.name}-{side}", say)
 
 
+ROOT = Path(__file__).resolve().parents[2]  # the checkout whose suites the selection names
+
+
 def run_selection(config_file: Path, folder: Path, pytest_args: list[str], run_id: str,
                   say: Callable[[str], None]) -> int:
     """Lab up from `config_file`, the pytest selection with its report in `folder`, lab down (also when the
@@ -71,8 +74,11 @@ def run_selection(config_file: Path, folder: Path, pytest_args: list[str], run_i
         if status != 0:
             return status
         say(f"pytest {' '.join(pytest_args)}")
-        return attached([sys.executable, "-m", "pytest", "--lab-config", str(config_file),
-                         "--report-dir", str(folder), *pytest_args], env=env)
+        # One token per option and the rootdir named: pytest picks its rootdir from the paths among its arguments
+        # before the plugin's options are known, and a report folder outside the tree (or in another checkout)
+        # then became the rootdir, and the suites were collected from the wrong tree.
+        return attached([sys.executable, "-m", "pytest", f"--rootdir={ROOT}", f"--lab-config={config_file}",
+                         f"--report-dir={folder}", *pytest_args], env=env)
     finally:
         say("lab down")
         attached([*lab, "down"], env=env)
