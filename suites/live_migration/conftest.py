@@ -58,14 +58,16 @@ def precreate_disk(guest, host) -> None:
 
 
 def lab_tolerance(thresholds, calibration):
-    """The stated tolerances, with libvirt's under-report bound widened to what this lab's idle moves show (the
-    guest's silence beyond libvirt's figure, times the downtime factor) where that is more."""
+    """The stated tolerances, libvirt's under-report bound raised by what this lab's idle moves show (the guest's
+    silence beyond libvirt's figure, times the downtime factor): the stated bound is the runner's noise on top
+    of the lab's own excess (seen: 129 ms silent against libvirt's 19 ms on a clean build whose calibrated
+    excess was 36.5 ms; the larger of the two alone, 109.5 ms, was a false alarm)."""
     tolerance = thresholds.tolerance
     if calibration is None or thresholds.model is None:
         return tolerance
     allowance = underreport_allowance_ms(calibration, thresholds.model.downtime_factor)
-    return tolerance.model_copy(update={"hypervisor_underreport_ms": max(tolerance.hypervisor_underreport_ms,
-                                                                         round(allowance, 1))})
+    return tolerance.model_copy(update={"hypervisor_underreport_ms": round(tolerance.hypervisor_underreport_ms
+                                                                           + allowance, 1)})
 
 
 def scenario_limits(thresholds, calibration, scenario, disk_mib: int):
