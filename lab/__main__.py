@@ -12,12 +12,12 @@ from pathlib import Path
 import libvirt
 
 from lab.backends import get_backend
-from lab.calibration.measure import cached_for_lab, calibrated
 from lab.config.lab import BACKENDS, LabConfig, load_lab_config
 from lab.config.thresholds import load_thresholds
 from lab.errors import LabError
 from lab.hotpatch.doctor.command import add_doctor_parser
 from lab.bisect.runner import git_candidates, run_bisect, series_stacks, text as bisect_text
+from lab.migration.calibrate import cached_for_lab, calibrated
 from lab.mutants.corpus import CORPUS, load_corpus
 from lab.mutants.runner import run_mutants, table
 from lab.preflight import as_json, context_for

@@ -1,10 +1,10 @@
-"""Calibration on a real lab (lab/calibration/measure.py), and the model's limits failing a migration that is
+"""Calibration on a real lab (lab/migration/calibrate.py), and the model's limits failing a migration that is
 slower than the lab's calibration says it can be. On a lab of the module's own, on the pinned stack."""
 from __future__ import annotations
 
 import pytest
 
-from lab.calibration import measure
+from lab.migration import calibrate as measure
 from lab.calibration.model import PROBES, Setting, expect
 from lab.config.thresholds import load_thresholds
 from lab.migration.live import MigrationParams

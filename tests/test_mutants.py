@@ -144,7 +144,8 @@ def test_resume_keeps_decided_outcomes_and_runs_only_the_rest(tmp_path, monkeypa
 
 
 def test_every_mutant_is_judged_by_the_clean_builds_calibration(tmp_path, monkeypatch):
-    from lab.calibration.measure import calibrated, pin_calibration
+    from lab.migration.calibrate import calibrated
+    from lab.results.gate_run import pin_calibration
     from tests.test_calibration_model import TCG
     monkeypatch.delenv("LAB_CALIBRATION", raising=False)
     clean = run_folder(tmp_path / "clean", "pass")

@@ -24,12 +24,11 @@ from typing import Callable
 import yaml
 
 from lab.bisect.search import BAD, GOOD, UNDECIDED, Outcome, Run, bisect
-from lab.calibration.measure import pin_calibration
 from lab.config.lab import load_lab_config
 from lab.config.validation import load_file
 from lab.errors import ConfigError
 from lab.results.gate import compare, load
-from lab.results.gate_run import run_selection
+from lab.results.gate_run import pin_calibration, run_selection
 from lab.stacks.git_build import git, resolve_commit
 from lab.stacks.resolve import ensure_stack
 from lab.util.files import atomic_write_json, atomic_write_text

@@ -1,1 +1,2 @@
-"""Per-lab calibration (measure.py) and the migration model that turns it into limits (model.py)."""
+"""The migration model (model.py): what a migration should cost from a lab's calibration and a scenario's
+settings. Pure arithmetic; the calibration itself is measured by lab/migration/calibrate.py."""

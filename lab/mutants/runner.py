@@ -25,12 +25,11 @@ from typing import Callable
 
 import yaml
 
-from lab.calibration.measure import pin_calibration
 from lab.config.validation import load_file
 from lab.errors import ConfigError, LabError
 from lab.mutants.corpus import Mutant
 from lab.results.gate import compare, load
-from lab.results.gate_run import run_side
+from lab.results.gate_run import pin_calibration, run_side
 from lab.results.report.junit import EXCUSED, read_junit
 from lab.util.files import atomic_write_json, atomic_write_text
 

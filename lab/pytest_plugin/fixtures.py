@@ -9,10 +9,10 @@ import pytest
 
 from lab.backends import get_backend
 from lab.config.lab import LabConfig
-from lab.calibration.measure import calibrated
 from lab.config.thresholds import load_thresholds
 from lab.errors import LabError
 from lab.guest.domain import create_guest, remove_guest
+from lab.migration.calibrate import calibrated
 from lab.pytest_plugin.lifecycle import failed, take_lease
 from lab.pytest_plugin.options import lab_config_of, run_info
 from lab.results.evidence import collect

@@ -12,6 +12,7 @@ when too few samples were taken to judge, 0 otherwise, 2 when a side could not r
 from __future__ import annotations
 
 import copy
+import json
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from lab.config.lab import LabConfig, parse_lab_config
 from lab.config.stacks import SYSTEM
 from lab.config.validation import load_file
 from lab.errors import ConfigError
+from lab.util.files import atomic_write_json
 from lab.util.process import attached
 
 SIDES = ("baseline", "candidate")
@@ -99,3 +101,20 @@ def run_gate(baseline: str, candidate: str, lab_file: Path, out: Path, pytest_ar
     say(f"gate: comparing {out / 'candidate'} against {out / 'baseline'}")
     return attached([sys.executable, "-m", "lab", "compare", str(out / "baseline"), str(out / "candidate"),
                      "--out", str(out)])
+
+
+def pin_calibration(reference_run: Path, out: Path, say: Callable[[str], None]) -> Path | None:
+    """Judge the runs that follow by the limits of `reference_run`'s calibration ($LAB_CALIBRATION, which
+    lab.migration.calibrate reads): the mutant
+    runner's clean build, bisect's good side. A candidate that slows every migration would otherwise calibrate
+    itself slow and set its own limits. None when that run judged no limit (no calibration in its records)."""
+    records = reference_run / "results.jsonl"
+    for line in records.read_text().splitlines() if records.exists() else ():
+        cal = json.loads(line).get("calibration")
+        if cal:
+            pinned = (out / "calibration.json").resolve()
+            atomic_write_json(pinned, cal)
+            os.environ["LAB_CALIBRATION"] = str(pinned)
+            say(f"every candidate judged by the limits of {reference_run.name}'s calibration ({pinned})")
+            return pinned
+    return None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lab.calibration.measure import calibrated
+from lab.migration.calibrate import calibrated
 from lab.calibration.model import Setting, expect
 from lab.errors import LabError
 from lab.guest.domain import remove_guest

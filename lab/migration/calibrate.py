@@ -8,8 +8,8 @@ loaded host gives a pause is part of what the lab is (seen: 14-39 ms for precopy
 ping-pong in the same run). It is cached under
 CACHE_ROOT/calibration, keyed by what it depends on (fingerprint): another stack, host pair, accelerator,
 guest size or CPU count is another calibration; `python -m lab calibrate --again` measures anew.
-$LAB_CALIBRATION names a calibration file to use instead, whatever the pair: the mutant runner judges every
-mutant by the clean build's (a mutant that slows every migration must not set its own limits).
+$LAB_CALIBRATION names a calibration file to use instead, whatever the pair: the mutant runner and bisect set
+it to their reference run's (results.gate_run.pin_calibration).
 """
 from __future__ import annotations
 
@@ -151,19 +151,3 @@ def _dirty_at_full_speed(guest) -> float:
         raise LabError("calibration: the guest's dirty writer achieved 0 MiB/s at full speed; the agent is not "
                        "working: see the guest's console log")
     return rate
-
-
-def pin_calibration(reference_run: Path, out: Path, say: Callable[[str], None]) -> Path | None:
-    """Judge the runs that follow by the limits of `reference_run`'s calibration ($LAB_CALIBRATION): the mutant
-    runner's clean build, bisect's good side. A candidate that slows every migration would otherwise calibrate
-    itself slow and set its own limits. None when that run judged no limit (no calibration in its records)."""
-    records = reference_run / "results.jsonl"
-    for line in records.read_text().splitlines() if records.exists() else ():
-        cal = json.loads(line).get("calibration")
-        if cal:
-            pinned = (out / "calibration.json").resolve()
-            atomic_write_json(pinned, cal)
-            os.environ["LAB_CALIBRATION"] = str(pinned)
-            say(f"every candidate judged by the limits of {reference_run.name}'s calibration ({pinned})")
-            return pinned
-    return None
