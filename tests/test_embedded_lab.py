@@ -40,6 +40,20 @@ def test_hosts_reach_each_other_over_ssh_for_p2p(hosts):
     assert a.run(f"ssh {b.name} hostname").stdout.strip() == b.name
 
 
+def test_a_host_bridge_keeps_its_mac_when_a_port_with_a_lower_one_joins(lab, hosts):
+    """A guest's tap joining a host's bridge must not change the host's MAC: a bridge takes its lowest port's
+    MAC unless given its own, and a destination tap with the same MAC as the source's then cut the hosts off
+    from each other mid-migration. A port with the lowest MAC there is joins for real, then leaves."""
+    if lab.state.backend != "embedded":
+        pytest.skip(f"the host bridges are the embedded lab's; this lab is {lab.state.backend}")
+    host = hosts[0]
+    before = host.run("cat /sys/class/net/br0/address").stdout.strip()
+    joined = host.run("ip link add lowport address 02:00:00:00:00:01 type veth peer name lowpeer && ip link set lowport master br0 && "
+                      "cat /sys/class/net/br0/address; ip link del lowport")
+    assert joined.stdout.strip() == before, f"br0 went from {before} to {joined.stdout.strip()} when a port joined"
+    assert before.startswith("02:00:"), before
+
+
 def test_testinfra_sees_each_host_like_a_real_one(hosts):
     for host in hosts:
         infra = host.testinfra()

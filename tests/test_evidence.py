@@ -16,6 +16,8 @@ def test_a_running_guest_leaves_its_logs_and_its_qemu_threads(lab, guest, src_ho
     kept = {p.name for p in collect(lab, guest.name, tmp_path)}
     for name in (f"{guest.name}.qemu.log", f"{guest.name}.serial", f"{guest.name}.threads", "libvirtd.log"):
         assert f"{src_host.name}-{name}" in kept, kept
+    if lab.state.backend == "embedded":  # its hosts' sshd log to a file: why a p2p session ended is in it
+        assert "Server listening on" in (tmp_path / f"{src_host.name}-sshd.log").read_text()
     threads = (tmp_path / f"{src_host.name}-{guest.name}.threads").read_text()
     assert threads.startswith("QEMU pid ") and "guest=" + guest.name in threads.splitlines()[0]
     vcpu = [line for line in threads.splitlines() if line.startswith("== thread ") and " CPU 0/" in line]

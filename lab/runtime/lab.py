@@ -55,10 +55,13 @@ class Lab:
 
     @property
     def server_logs(self) -> dict[str, Path]:
-        """Logs of the servers the lab runs beside its hosts, kept as evidence: the embedded NFS server's."""
-        if self.state.nfs is None:
-            return {}
-        return {"nfs-ganesha.log": self.layout.host_dir("nfs") / "ganesha" / "ganesha.log"}
+        """Logs the lab's own servers keep on this machine, kept as evidence: the embedded NFS server's and
+        each embedded host's sshd (the p2p connection rides it)."""
+        logs = {f"{h.name}-sshd.log": self.layout.host_dir(h.name) / "sshd.log" for h in self.state.hosts
+                if self.state.backend == "embedded"}
+        if self.state.nfs is not None:
+            logs["nfs-ganesha.log"] = self.layout.host_dir("nfs") / "ganesha" / "ganesha.log"
+        return logs
 
     @property
     def nested_kvm_reason(self) -> str:

@@ -36,10 +36,16 @@ def nsenter(host: HostState, *argv: str) -> list[str]:
     return ["nsenter", "--target", str(host.holder_pid), "--mount", "--uts", "--net", "--", *argv]
 
 
+def bridge_mac(address: str) -> str:
+    """A host bridge's own MAC: locally administered, from its IPv4 address (unique in the lab, and apart
+    from libvirt's 52:54:00 guests and fe:54:00 taps)."""
+    return "02:00:" + ":".join(f"{int(octet):02x}" for octet in address.split("."))
+
+
 def make_network(config: LabConfig, host: HostState, lab_bridge: str) -> None:
     netns.add_netns(host.netns)
     run(["ip", "-n", host.netns, "link", "set", "lo", "up"], error=BackendError)
-    netns.add_bridge(NS_BRIDGE, ns=host.netns, mtu=config.network.mtu)
+    netns.add_bridge(NS_BRIDGE, ns=host.netns, mtu=config.network.mtu, address=bridge_mac(host.address))
     netns.add_veth_into(host.veth, host.netns, "eth0", lab_bridge, NS_BRIDGE, config.network.mtu)
     netns.add_address(NS_BRIDGE, f"{host.address}/{config.network.prefixlen}", ns=host.netns)
 
@@ -100,7 +106,7 @@ def start_daemons(layout: LabLayout, host: HostState, only: str | None = None) -
     commands = {
         "virtlogd": ["virtlogd", "--daemon", "--pid-file", str(hdir / "virtlogd.pid")],
         "libvirtd": ["libvirtd", "--daemon", "--pid-file", str(hdir / "libvirtd.pid")],
-        "sshd": ["/usr/sbin/sshd", "-f", str(hdir / "sshd" / "sshd_config")],
+        "sshd": ["/usr/sbin/sshd", "-f", str(hdir / "sshd" / "sshd_config"), "-E", str(hdir / "sshd.log")],
     }
     for name, argv in commands.items():
         if only and name != only:

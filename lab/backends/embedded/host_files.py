@@ -78,6 +78,7 @@ def write_sshd_config(path: Path, address: str, host_key: Path, authorized: Path
         "UsePAM no\n"
         "StrictModes no\n"
         "UseDNS no\n"
+        "LogLevel VERBOSE\n"  # why a session ended (the p2p connection) is evidence; -E names the file
         "MaxStartups 100:30:200\n"
         "MaxSessions 100\n"
         "Subsystem sftp internal-sftp\n"

@@ -42,9 +42,18 @@ def add_netns(name: str) -> None:
     _ip("netns", "add", name)
 
 
-def add_bridge(name: str, ns: str | None = None, mtu: int = 1500) -> None:
-    # No STP and no forward delay: a guest's tap must forward at once after migration.
-    _ip("link", "add", name, "mtu", str(mtu), "type", "bridge", "stp_state", "0", "forward_delay", "0", ns=ns)
+def add_bridge(name: str, ns: str | None = None, mtu: int = 1500, address: str | None = None) -> None:
+    """No STP and no forward delay: a guest's tap must forward at once after migration.
+
+    address: the bridge's own MAC, fixed. Without one the kernel gives a bridge the lowest MAC of its
+    ports, so a host whose veth drew a MAC above a guest tap's (libvirt's fe:54:00:...) took the tap's
+    MAC when the guest's tap joined; the migration's destination tap then has the same MAC on the other
+    host, each host delivers frames for the other to itself, and the p2p connection between them died
+    ("br0: received packet on eth0 with own address as source address" in dmesg).
+    """
+    extra = ["address", address] if address else []
+    _ip("link", "add", name, *extra, "mtu", str(mtu), "type", "bridge", "stp_state", "0", "forward_delay", "0",
+        ns=ns)
     _ip("link", "set", name, "up", ns=ns)
 
 
