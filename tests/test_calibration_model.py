@@ -2,11 +2,12 @@
 The calibration's own measurement on a real lab is tests/test_calibration.py's."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
-from lab.calibration.model import Calibration, Setting, expect
+from lab.calibration.model import Calibration, Setting, expect, expect_cold
 from lab.config.thresholds import load_thresholds, parse_thresholds
 from lab.errors import ConfigError
 from lab.migration.live import MigrationParams
@@ -129,3 +130,40 @@ def test_auto_converges_throttle_is_silence_the_model_and_the_invariant_expect()
     assert Kind.UNDERREPORTED in {f.kind for f in check_invariants(throttled, 1, tolerance)}  # no throttle seen
     throttled.result.throttle_max_pct = 99
     assert Kind.UNDERREPORTED not in {f.kind for f in check_invariants(throttled, 1, tolerance)}
+
+
+def test_a_cold_limit_is_the_calibrated_cold_move_plus_the_copy_times_the_factor():
+    cal = Calibration(**{**TCG.as_record(), "cold_interruption_s": 8.0})
+    shared, how = expect_cold(cal)
+    local, how_local = expect_cold(cal, copy_disk_mib=236)
+    assert shared == 8.0 and local == pytest.approx(8.0 + 236 / 118) and "236 MiB" in how_local
+    thresholds = load_thresholds("thresholds.yaml")
+    assert thresholds.for_cold("shared", (shared, how)) == (24.0, f"model 8.0 s ({how}), factor 3")
+    # The old default of 90 s let a cold move 11 times slower than this lab's pass.
+    assert thresholds.for_cold("local", (local, how_local))[0] == pytest.approx(30.0)
+
+
+def test_a_cold_limit_without_a_calibrated_cold_move_is_an_error_never_a_default():
+    assert expect_cold(TCG) is None  # a calibration file from before cold moves were calibrated
+    with pytest.raises(ConfigError, match="calibrate --again"):
+        load_thresholds("thresholds.yaml").for_cold("shared", None)
+
+
+def test_a_cold_override_states_its_reason_and_a_hand_set_cold_figure_needs_the_hand_set_form():
+    over = parse_thresholds({**MODEL, "overrides": {"cold-local": {"total_s": 120, "reason": "disks on a slow NAS here"}}})
+    assert over.for_cold("local", (10.0, "x")) == (120, "override: disks on a slow NAS here")
+    assert over.for_cold("shared", (10.0, "x"))[0] == 30.0
+    with pytest.raises(ConfigError, match="cold.interruption_s goes with `defaults`"):
+        parse_thresholds({**MODEL, "cold": {"interruption_s": 90}})
+    hand = parse_thresholds({"defaults": {"downtime_ms": {"hypervisor": 1, "guest": 1, "network": 1}, "total_s": 1}})
+    assert hand.for_cold("shared", None) == (90.0, "set by hand in <string>")
+
+
+def test_a_cached_calibration_without_a_cold_move_is_measured_anew(tmp_path, monkeypatch):
+    from lab.migration import calibrate
+    monkeypatch.setattr(calibrate, "CACHE", tmp_path)
+    key = {"lab": "kvmx", "pair": [["hv1", "198.19.9.11"], ["hv2", "198.19.9.12"]]}
+    calibrate.cache_file(key).write_text(json.dumps(TCG.as_record()))
+    assert calibrate.cached(key) is None
+    calibrate.cache_file(key).write_text(json.dumps({**TCG.as_record(), "cold_interruption_s": 8.0}))
+    assert calibrate.cached(key).cold_interruption_s == 8.0

@@ -39,6 +39,9 @@ class Calibration:
     guest_mib: int
     key: dict = field(default_factory=dict)  # what it was measured on (measure.fingerprint)
     measured_at: str = ""
+    # One cold move of the idle guest on shared storage: its last echo reply before the shutdown to the first
+    # after the boot on the other host. 0: the file is from before cold moves were calibrated (not a limit).
+    cold_interruption_s: float = 0.0
 
     def lines(self) -> list[str]:
         sw = ", ".join(f"{p} {self.switchover_ms[p]:.0f} ms" for p in PROBES)
@@ -46,7 +49,10 @@ class Calibration:
                 f"{self.tunnelled_throughput_mibs:.1f} MiB/s (idle moves: {self.idle_ram_mib:.0f} MiB of RAM, set-up "
                 f"and completion {self.setup_s:.2f} s)",
                 f"idle switchover (the worst of {self.moves} moves): {sw}",
-                f"guest's dirty rate at full speed {self.dirty_max_mibs:.0f} MiB/s; guest {self.guest_mib} MiB"]
+                f"guest's dirty rate at full speed {self.dirty_max_mibs:.0f} MiB/s; guest {self.guest_mib} MiB",
+                "cold move (shut down, define on the other host, boot): "
+                + (f"{self.cold_interruption_s:.1f} s without service" if self.cold_interruption_s
+                   else "not calibrated (run `python -m lab calibrate --again`)")]
 
     def as_record(self) -> dict:
         return asdict(self)
@@ -143,3 +149,14 @@ def underreport_allowance_ms(cal: Calibration, factor: float) -> float:
     """How much longer than libvirt's downtime the guest may be silent: the calibrated idle moves' own excess
     (device state, resume, the network re-learning the guest's port) times the downtime factor."""
     return factor * max(0.0, cal.switchover_ms["guest"] - cal.switchover_ms["hypervisor"])
+
+
+def expect_cold(cal: Calibration, copy_disk_mib: float = 0) -> tuple[float, str] | None:
+    """A cold move's interruption: the calibrated one (shutdown, define, boot), plus the disk copied over the
+    link at the migration's throughput when the storage is not shared. None: the calibration has no cold move."""
+    if not cal.cold_interruption_s:
+        return None
+    copy_s = copy_disk_mib / cal.throughput_mibs
+    how = f"calibrated cold move {cal.cold_interruption_s:.1f} s" + \
+        (f" + disk {copy_disk_mib:g} MiB / {cal.throughput_mibs:.1f} MiB/s = {copy_s:.1f} s" if copy_s else "")
+    return round(cal.cold_interruption_s + copy_s, 2), how

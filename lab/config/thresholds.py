@@ -88,10 +88,15 @@ class Override(Model):
     _known_probes = field_validator("downtime_ms", mode="before")(Limits._known_probes.__func__)
 
 
+HAND_SET_COLD_S = 90.0  # a hand-set file's cold limit where it names none (the old default)
+
+
 class ColdLimits(Model):
     """The cold migration suite's limits."""
 
-    interruption_s: PositiveNumber = 90.0  # last echo reply before shutdown to first after boot
+    # Last echo reply before shutdown to first after boot. Set by hand only with `defaults`: with `model` it is
+    # total_factor x the calibrated cold move (plus the disk copy), overridable as scenario "cold-<storage>".
+    interruption_s: PositiveNumber | None = None
     live_vs_cold_max_ratio: PositiveNumber = 0.25  # live interruption must stay below this share of cold's
 
 
@@ -112,6 +117,9 @@ class Thresholds(Document):
             raise ValueError("give either `model` (limits from the lab's calibration) or `defaults` (limits by hand)")
         if self.overrides and self.model is None:
             raise ValueError("`overrides` go with `model`; with `defaults`, name the scenario under `scenarios`")
+        if self.model is not None and self.cold.interruption_s is not None:
+            raise ValueError("cold.interruption_s goes with `defaults`; with `model` the cold limit follows from the "
+                             "calibration (set one by hand as overrides: {cold-shared: {total_s: ..., reason: ...}})")
         return self
 
     @field_validator("scenarios", mode="before")
@@ -162,6 +170,24 @@ class Thresholds(Document):
             slowdown = over.slowdown
         return JudgedLimits(downtime_ms=downtime, total_s=total, slowdown=slowdown, basis=basis,
                       model=expectation.as_record())
+
+
+    def for_cold(self, storage: str, expectation: tuple[float, str] | None) -> tuple[float, str]:
+        """Cold-<storage>'s interruption limit and its basis. `expectation` (model.expect_cold): the model's
+        seconds and how; a file with `model` needs it."""
+        scenario = f"cold-{storage}"
+        if self.model is None:
+            return self.cold.interruption_s or HAND_SET_COLD_S, f"set by hand in {Path(self.source).name}"
+        over = self.overrides.get(scenario)
+        if over and over.total_s:
+            return over.total_s, f"override: {over.reason}"
+        if expectation is None:
+            raise ConfigError(f"{self.source}: the cold limit follows from the lab's calibration, whose file has no "
+                              "cold move; run `python -m lab calibrate --again`, or give a thresholds file with "
+                              "`defaults`")
+        model_s, how = expectation
+        return round(self.model.total_factor * model_s, 1), f"model {model_s:.1f} s ({how}), factor " \
+            f"{self.model.total_factor:g}"
 
 
 def parse_thresholds(data: Any, source: str = "<string>") -> Thresholds:

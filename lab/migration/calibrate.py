@@ -3,7 +3,7 @@
 An idle guest of the suites' size is moved CALIBRATION_MOVES times between the pair (ending where it began),
 each move measured as the live suite measures (three downtime probes, libvirt's job stats), then
 TUNNELLED_MOVES times tunnelled through libvirtd (whose copy costs CPU of its own); then its dirty writer is
-run flat out. The throughputs are medians; the switchover is the worst move's per probe, since the tail a
+run flat out, and last it is moved cold once (shut down, defined on the other host, booted). The throughputs are medians; the switchover is the worst move's per probe, since the tail a
 loaded host gives a pause is part of what the lab is (seen: 14-39 ms for precopy-idle and 171 ms for
 ping-pong in the same run). It is cached under
 CACHE_ROOT/calibration, keyed by what it depends on (fingerprint): another stack, host pair, accelerator,
@@ -26,14 +26,16 @@ from lab.config.thresholds import Tolerance
 from lab.errors import LabError
 from lab.guest.domain import create_guest, remove_guest
 from lab.migration.honoured import dirty_rate_before
+from lab.migration.cold import cold_migrate
 from lab.migration.live import MigrationParams
 from lab.migration.measure import measure_migration
 from lab.runtime.layout import CACHE_ROOT
 from lab.util.files import atomic_write_json
+from lab.util.process import wait_until
 
 CALIBRATION_MOVES = 4  # even: the guest ends on the host it started on
 TUNNELLED_MOVES = 2
-RETRY_AFTER_S = 2.0
+ECHO_REPLIES, ECHO_WAIT_S = 20, 10.0  # the cold move's interruption is judged from steady echo replies
 FULL_SPEED_MIBS = 4096  # asked of the dirty writer: more than any guest here achieves
 DIRTY_REGION_MIB = 64
 CACHE = CACHE_ROOT / "calibration"
@@ -53,10 +55,12 @@ def cache_file(key: dict) -> Path:
 
 
 def cached(key: dict) -> Calibration | None:
+    """The cached calibration; one from before cold moves were calibrated is measured anew."""
     try:
-        return Calibration(**json.loads(cache_file(key).read_text()))
+        found = Calibration(**json.loads(cache_file(key).read_text()))
     except (OSError, ValueError, TypeError):
         return None
+    return found if found.cold_interruption_s else None
 
 
 def cached_for_lab(lab_name: str) -> list[Calibration]:
@@ -108,9 +112,6 @@ def measure(lab, src, dst, tolerance: Tolerance, key: dict, machine: str | None 
             params = MigrationParams(migrate_uri=None if tunnel else f"tcp://{b.address}", tunnelled=tunnel,
                                      unsafe=lab.needs_unsafe("shared"))
             m = measure_migration("calibration", guest, a, b, params, period_ms, tolerance)
-            if not m.result.ok and guest.host is a:  # once more: a daemon's connection just after `lab up` (seen:
-                time.sleep(RETRY_AFTER_S)            # "client socket is closed") is not the lab's migration cost
-                m = measure_migration("calibration", guest, a, b, params, period_ms, tolerance)
             stats = m.result.stats
             if not m.result.ok or None in m.downtime_ms.values() or not stats.get("memory_normal_bytes"):
                 raise LabError(f"calibration: idle move {i + 1} {a.name} -> {b.name} gave no figures "
@@ -119,6 +120,7 @@ def measure(lab, src, dst, tolerance: Tolerance, key: dict, machine: str | None 
             (tunnelled if tunnel else moves).append(m)
             a, b = b, a
         dirty_max = _dirty_at_full_speed(guest)
+        cold_s = _cold_interruption_s(guest, a, b)
     finally:
         remove_guest(lab, guest)
     ram_mib = [_ram_mib(m) for m in moves]
@@ -131,7 +133,24 @@ def measure(lab, src, dst, tolerance: Tolerance, key: dict, machine: str | None 
         switchover_ms={p: round(max(m.downtime_ms[p] for m in moves), 1) for p in PROBES},
         setup_s=round(max(setup, 0.0), 3), idle_ram_mib=round(ram, 1), dirty_max_mibs=round(dirty_max, 1),
         moves=len(moves), guest_mib=lab.config.guest.memory_mib, key=key,
-        measured_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        measured_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), cold_interruption_s=round(cold_s, 2))
+
+
+def _cold_interruption_s(guest, src, dst) -> float:
+    """One cold move src -> dst (shared storage), timed as the cold suite times it: the echo service's longest
+    silence from just before the shutdown to the replies after the boot."""
+    prober = guest.echo_prober()
+    wait_until(lambda: prober.replies_since(0) >= ECHO_REPLIES, ECHO_WAIT_S)
+    result = cold_migrate(guest, src, dst, copy=False)
+    if not result.ok:
+        raise LabError(f"calibration: the cold move {src.name} -> {dst.name} failed ({result.error}); the cold "
+                       "limit cannot follow from this lab: run `python -m lab doctor`")
+    wait_until(lambda: prober.replies_since(result.finished_ns) >= ECHO_REPLIES, ECHO_WAIT_S)
+    gap = prober.window(result.started_ns, time.time_ns()).max_gap_ms
+    if prober.replies_since(result.finished_ns) == 0 or not gap:
+        raise LabError(f"calibration: no echo reply from the guest after its cold move to {dst.name}: the cold "
+                       "limit cannot follow from this lab; see the guest's console log")
+    return gap / 1000
 
 
 def _ram_mib(m) -> float:

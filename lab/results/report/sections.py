@@ -113,6 +113,7 @@ def cold_view(run: RunData, out_dir: Path) -> dict:
               "dst": r.get("dst"), "storage": r.get("storage"), "ok": not r.get("error") if "error" in r else None,
               "error": r.get("error") or "", "phases_s": r.get("phases_s") or {}, "total_s": r.get("total_s"),
               "bytes": r.get("bytes_copied"), "interruption_ms": _ms(r.get("interruption_s")),
+              "limit_s": r.get("limit_s"), "limit_basis": r.get("limit_basis") or "",
               "outcome": run.outcome(r.get("test", ""))} for r in run.of_kind("cold-migration")]
     contrast = []
     for r in run.of_kind("contrast"):
