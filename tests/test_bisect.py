@@ -104,3 +104,30 @@ def test_bad_input_is_one_line(tree, tmp_path):
         git_candidates(tree, "main", "main~3")
     with pytest.raises(StackError, match="not a git working tree"):
         git_candidates(tmp_path, "a", "b")
+
+
+def test_a_git_stack_carries_the_upstream_fixes_its_history_cherry_picked_and_not_reverted(tmp_path):
+    """A git stack's record names the upstream commits its history says it carries (git cherry-pick -x's trailer,
+    or "upstream X" as labs/patches write it), so a registered defect with that fix is not held against it; a
+    `git revert` of the backport takes it away again."""
+    from lab.stacks.git_build import history_backports
+    repo = tmp_path / "qemu"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "lab@example.invalid")
+    git(repo, "config", "user.name", "lab")
+    fix, other = "03bfc2188f06" + "0" * 28, "1328fe0c32d5474604105b8105310e944976b058"
+
+    def commit(name: str, message: str) -> str:
+        (repo / name).write_text(message)
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", message)
+        return git(repo, "rev-parse", "HEAD")
+
+    commit("base", "base")
+    picked = commit("physmem.c", f"physmem: fix the TCG dirty bitmap\n\n(cherry picked from commit {fix})")
+    commit("ram.c", f"migration: backport of upstream {other[:12]} (a patch's own words)")
+    assert history_backports(repo, "HEAD") == [fix, other[:12]]
+    assert history_backports(repo, "HEAD~2") == []  # before the backport: the build does not carry it
+    git(repo, "revert", "--no-edit", picked)  # "This reverts commit <picked>."
+    assert history_backports(repo, "HEAD") == [other[:12]]

@@ -6,6 +6,7 @@ cached by the commit and the recipe. The record names the commit and its subject
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -47,8 +48,38 @@ def git_stack(name: str, spec: StackSpec, cache: StackCache, progress: Callable[
             entry = _build(name, spec, cache, sha, subject, digest, progress)
     version = entry.manifest["upstream"]
     return StackRecord(name=name, source="git", qemu=f"{version}+git.{sha[:12]}", libvirt=system_libvirt(),
-                       qemu_upstream=version, layers=[str(entry.usr)],
+                       qemu_upstream=version, layers=[str(entry.usr)], backports=history_backports(spec.tree, sha),
                        origin=f"QEMU built from {spec.tree} at {sha[:12]} \"{subject}\"")
+
+
+CHERRY_PICK = re.compile(r"\(cherry picked from commit ([0-9a-f]{12,40})\)")
+UPSTREAM = re.compile(r"\bupstream\s+(?:commit\s+)?([0-9a-f]{12,40})\b", re.I)  # labs/patches' convention
+REVERTS = re.compile(r"\bThis reverts commit ([0-9a-f]{7,40})\b")
+
+
+def history_backports(tree: str | Path, sha: str) -> list[str]:
+    """Upstream commits the history up to `sha` says it carries, as a build's changelog would: a commit whose
+    message has git cherry-pick -x's "(cherry picked from commit X)" (QEMU's stable branches) or "upstream X"
+    (the patches' convention), unless a later commit reverts it ("This reverts commit <it or X>", git revert's
+    message). The known-defect registry then does not hold a fixed defect against this build."""
+    # Only the commits that can name one: a QEMU tree's whole history is some 100k messages.
+    log = git(tree, "log", "--format=%H%x00%B%x01", "-i", "--grep=cherry picked from commit", "--grep=upstream",
+              "--grep=This reverts commit", sha, what=f"git log {sha[:12]}")
+    carried: dict[str, list[str]] = {}  # backporting commit -> upstream ids, oldest first
+    reverted: set[str] = set()
+    for record in reversed([r for r in log.split("\x01") if r.strip()]):
+        commit, _, body = record.strip().partition("\x00")
+        for target in REVERTS.findall(body):
+            reverted.add(target)
+        ids = CHERRY_PICK.findall(body) + [u for u in UPSTREAM.findall(body) if u not in CHERRY_PICK.findall(body)]
+        if ids:
+            carried[commit] = ids
+    found: list[str] = []
+    for commit, ids in carried.items():
+        if any(commit.startswith(r) for r in reverted):
+            continue
+        found += [i for i in ids if i not in found and not any(i.startswith(r) or r.startswith(i) for r in reverted)]
+    return found
 
 
 def _build(name: str, spec: StackSpec, cache: StackCache, sha: str, subject: str, digest: str,
