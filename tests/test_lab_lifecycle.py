@@ -140,3 +140,25 @@ def test_a_state_file_this_version_cannot_read_blocks_neither_down_nor_up(tmp_pa
     finally:
         lab_cli(config, "down")
     assert nothing_left("kvmt6"), leftovers("kvmt6")
+
+
+def test_down_signals_no_recorded_pid_that_is_another_programs_now(tmp_path):
+    """A daemon's recorded PID, its process long gone and the number reused by another program (PIDs wrap at
+    32768 here, in minutes on a busy runner): `down` must leave that program alone. Made real by writing the PID
+    of a process of this test's own, outside the lab, into the lab's state as a daemon's."""
+    config = write_lab_config(tmp_path, "kvmt7", 10)
+    bystander = subprocess.Popen(["sleep", "300"])
+    try:
+        up = lab_cli(config, "up")
+        assert up.returncode == 0, up.stderr
+        state = LabState.load("kvmt7")
+        state.hosts[0].pids["virtlogd"] = bystander.pid  # as if virtlogd had died and its PID been reused
+        state.save()
+        down = lab_cli(config, "down")
+        assert down.returncode == 0, down.stderr
+        assert bystander.poll() is None, "down signalled a process that was never the lab's"
+        assert nothing_left("kvmt7"), leftovers("kvmt7")
+    finally:
+        bystander.kill()  # our own child, by PID
+        bystander.wait()
+        lab_cli(config, "down")

@@ -112,7 +112,7 @@ class EmbeddedBackend:
         with self.lock:
             state = LabState.load(self.config.name)
             pid = state.host(host).pids.get(daemon)
-            if pid:
+            if pid and self._still_ours(pid, {state.host(host).netns}):
                 terminate({pid})
             (self.layout.host_dir(host) / f"{daemon}.pid").unlink(missing_ok=True)
 
@@ -228,14 +228,18 @@ class EmbeddedBackend:
         forget_connections()  # this process's connections die with the daemons
         state = LabState.load_or_clear(self.config.name, progress)
         names = set(netns.list_netns(f"{self.config.name}-"))
-        pids: set[int] = set()
+        recorded: set[int] = set()
         if state is not None:
             for host in [*state.hosts, *([state.nfs] if state.nfs else [])]:
                 names.add(host.netns)
-                pids.update(p for p in [host.holder_pid, *host.pids.values()] if p)
+                recorded.update(p for p in [host.holder_pid, *host.pids.values()] if p)
+        pids: set[int] = set()
         for ns in sorted(names):
             # Every process in a lab namespace was started by the lab (daemons, QEMU, ssh sessions).
             pids.update(netns.netns_pids(ns))
+        # A recorded PID whose process died long ago may be another program's now (PIDs wrap at 32768 here):
+        # only one still in a lab namespace, or naming the lab's directory, is still the lab's.
+        pids.update(p for p in recorded if self._still_ours(p, names))
         if pids:
             progress(f"stopping {len(pids)} lab processes")
             terminate(pids)
@@ -252,6 +256,20 @@ class EmbeddedBackend:
         if self.layout.dir.exists():
             shutil.rmtree(self.layout.dir, ignore_errors=True)
         progress(f"lab {self.config.name} is down")
+
+    def _still_ours(self, pid: int, namespaces: set[str]) -> bool:
+        inodes = set()
+        for name in namespaces:
+            try:
+                inodes.add(os.stat(f"/run/netns/{name}").st_ino)
+            except OSError:
+                continue
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino in inodes:
+                return True
+            return str(self.layout.dir).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False  # gone
 
     def _healthy(self, state: LabState) -> bool:
         if not state.hosts or not netns.link_exists(state.bridge):
