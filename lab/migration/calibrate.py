@@ -3,10 +3,10 @@
 An idle guest of the suites' size is moved CALIBRATION_MOVES times between the pair (ending where it began),
 each move measured as the live suite measures (three downtime probes, libvirt's job stats), then
 TUNNELLED_MOVES times tunnelled through libvirtd (whose copy costs CPU of its own); then its dirty writer is
-run flat out, and last it is moved cold once (shut down, defined on the other host, booted). The throughputs are medians; the switchover is the worst move's per probe, since the tail a
-loaded host gives a pause is part of what the lab is (seen: 14-39 ms for precopy-idle and 171 ms for
-ping-pong in the same run). It is cached under
-CACHE_ROOT/calibration, keyed by what it depends on (fingerprint): another stack, host pair, accelerator,
+run flat out, and last it is moved cold once (shut down, defined on the other host, booted). The
+throughputs are medians; the switchover is the worst move's per probe, since the tail a loaded host gives a
+pause is part of what the lab is (seen: 14-39 ms for precopy-idle and 171 ms for ping-pong in the same run).
+It is cached under CACHE_ROOT/calibration, keyed by what it depends on (fingerprint): another stack, host pair, accelerator,
 guest size or CPU count is another calibration; `python -m lab calibrate --again` measures anew.
 $LAB_CALIBRATION names a calibration file to use instead, whatever the pair: the mutant runner and bisect set
 it to their reference run's (results.gate_run.pin_calibration).
