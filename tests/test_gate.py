@@ -128,6 +128,11 @@ def test_the_gate_runs_both_sides_on_their_stacks_then_compares(tmp_path):
     for side in ("baseline", "candidate"):
         assert "stack: system" in (out / side / "lab.yaml").read_text()
         assert (out / side / "junit.xml").exists() and (out / side / "results.jsonl").exists()
+    # The candidate is judged by the baseline's calibration, never one it measured itself.
+    pinned = json.loads((out / "calibration.json").read_text())
+    candidate_cals = [json.loads(line).get("calibration") for line in
+                      (out / "candidate" / "results.jsonl").read_text().splitlines()]
+    assert pinned in candidate_cals and "judged by the limits of baseline's calibration" in proc.stdout + proc.stderr
     samples = [p for p in result["probes"] if p["scenario"] == "precopy-idle"]
     assert not samples or (result["undecided"] and "not judged" in proc.stdout)  # n=1 a side is never judged
     assert nothing_left("kvmgt1")

@@ -98,6 +98,8 @@ def run_gate(baseline: str, candidate: str, lab_file: Path, out: Path, pytest_ar
         if statuses[side] not in (0, 1):
             say(f"gate: {side} on stack {stack} did not run (exit status {statuses[side]}); nothing to compare")
             return 2
+        if side == "baseline":  # a candidate slower in every move would otherwise calibrate its own, looser limits
+            pin_calibration(out / side, out, say)
     say(f"gate: comparing {out / 'candidate'} against {out / 'baseline'}")
     return attached([sys.executable, "-m", "lab", "compare", str(out / "baseline"), str(out / "candidate"),
                      "--out", str(out)])
@@ -105,8 +107,7 @@ def run_gate(baseline: str, candidate: str, lab_file: Path, out: Path, pytest_ar
 
 def pin_calibration(reference_run: Path, out: Path, say: Callable[[str], None]) -> Path | None:
     """Judge the runs that follow by the limits of `reference_run`'s calibration ($LAB_CALIBRATION, which
-    lab.migration.calibrate reads): the mutant
-    runner's clean build, bisect's good side. A candidate that slows every migration would otherwise calibrate
+    lab.migration.calibrate reads): the gate's baseline, the mutant runner's clean build, bisect's good side. A candidate that slows every migration would otherwise calibrate
     itself slow and set its own limits. None when that run judged no limit (no calibration in its records)."""
     records = reference_run / "results.jsonl"
     for line in records.read_text().splitlines() if records.exists() else ():
