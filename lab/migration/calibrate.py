@@ -26,16 +26,14 @@ from lab.config.thresholds import Tolerance
 from lab.errors import LabError
 from lab.guest.domain import create_guest, remove_guest
 from lab.migration.honoured import dirty_rate_before
-from lab.migration.cold import cold_migrate
+from lab.migration.cold import cold_migrate, interruption_s, wait_echo
 from lab.migration.live import MigrationParams
 from lab.migration.measure import measure_migration
 from lab.runtime.layout import CACHE_ROOT
 from lab.util.files import atomic_write_json
-from lab.util.process import wait_until
 
 CALIBRATION_MOVES = 4  # even: the guest ends on the host it started on
 TUNNELLED_MOVES = 2
-ECHO_REPLIES, ECHO_WAIT_S = 20, 10.0  # the cold move's interruption is judged from steady echo replies
 FULL_SPEED_MIBS = 4096  # asked of the dirty writer: more than any guest here achieves
 DIRTY_REGION_MIB = 64
 CACHE = CACHE_ROOT / "calibration"
@@ -140,17 +138,16 @@ def _cold_interruption_s(guest, src, dst) -> float:
     """One cold move src -> dst (shared storage), timed as the cold suite times it: the echo service's longest
     silence from just before the shutdown to the replies after the boot."""
     prober = guest.echo_prober()
-    wait_until(lambda: prober.replies_since(0) >= ECHO_REPLIES, ECHO_WAIT_S)
+    wait_echo(prober, 0)
     result = cold_migrate(guest, src, dst, copy=False)
     if not result.ok:
         raise LabError(f"calibration: the cold move {src.name} -> {dst.name} failed ({result.error}); the cold "
                        "limit cannot follow from this lab: run `python -m lab doctor`")
-    wait_until(lambda: prober.replies_since(result.finished_ns) >= ECHO_REPLIES, ECHO_WAIT_S)
-    gap = prober.window(result.started_ns, time.time_ns()).max_gap_ms
-    if prober.replies_since(result.finished_ns) == 0 or not gap:
+    gap_s = interruption_s(prober, result.started_ns) if wait_echo(prober, result.finished_ns) else 0.0
+    if not gap_s:
         raise LabError(f"calibration: no echo reply from the guest after its cold move to {dst.name}: the cold "
                        "limit cannot follow from this lab; see the guest's console log")
-    return gap / 1000
+    return gap_s
 
 
 def _ram_mib(m) -> float:

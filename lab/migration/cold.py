@@ -172,6 +172,19 @@ def cold_migrate(guest: Guest, src: Host, dst: Host, *, copy: bool, cancel: thre
     return result
 
 
+def wait_echo(prober, since_ns: int, count: int = 20, timeout: float = 10) -> int:
+    """Wait for `count` echo replies after since_ns (or the timeout); how many came."""
+    deadline = time.monotonic() + timeout
+    while prober.replies_since(since_ns) < count and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return prober.replies_since(since_ns)
+
+
+def interruption_s(prober, start_ns: int) -> float:
+    """A cold move's service interruption: the echo service's longest silence since start_ns."""
+    return prober.window(start_ns, time.time_ns()).max_gap_ms / 1000
+
+
 def start_on(guest: Guest, host: Host, timeout: float = 90) -> None:
     """Start a shut-off guest on `host` again and wait for its first heartbeat."""
     since = time.time_ns()

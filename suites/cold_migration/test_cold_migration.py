@@ -17,7 +17,7 @@ import pytest
 
 from lab.calibration.model import expect_cold
 from lab.errors import MigrationError, PreflightError
-from lab.migration.cold import cold_migrate, cold_preflight, start_on
+from lab.migration.cold import cold_migrate, cold_preflight, interruption_s, start_on, wait_echo
 from lab.migration.degradation import degradation
 from lab.migration.measure import AFTER_NS
 from lab.migration.integrity import inspect, take_fingerprint
@@ -32,16 +32,6 @@ def _mark(guest, disk_mib=8):
     """Known data on disk and in memory; returns the disk checksum the guest computed."""
     guest.agent("fill", 42, 32, timeout=60)
     return guest.agent("diskwrite", 42, disk_mib, timeout=60)["sum"]
-
-
-def _interruption_s(prober, start_ns: int) -> float:
-    return prober.window(start_ns, time.time_ns()).max_gap_ms / 1000
-
-
-def _wait_echo(prober, since_ns: int, count: int = 20, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while prober.replies_since(since_ns) < count and time.monotonic() < deadline:
-        time.sleep(0.005)
 
 
 def _cold(lab, guest, src, dst, storage):
@@ -71,11 +61,11 @@ def test_cold_migration_moves_the_guest_and_its_disk(storage, lab, guest_factory
     guest = guest_factory(storage=storage)
     disk_sum, boot = _mark(guest), guest.info()["boot_id"]
     prober = guest.echo_prober()
-    _wait_echo(prober, 0)
+    wait_echo(prober, 0)
     result = _cold(lab, guest, src, dst, storage)
     assert result.ok, result.error
-    _wait_echo(prober, result.finished_ns)
-    interruption = _interruption_s(prober, result.started_ns)
+    wait_echo(prober, result.finished_ns)
+    interruption = interruption_s(prober, result.started_ns)
     record({"kind": "cold-migration", **result.as_record(), "interruption_s": interruption,
             "limit_s": limit_s, "limit_basis": basis},
            {"cold_interruption_s": round(interruption, 2), "cold_total_s": round(result.total_s, 2),
@@ -97,7 +87,7 @@ def test_live_and_cold_contrasted_on_the_same_guest(storage, lab, guest_factory,
     guest = guest_factory(storage=storage)
     before = take_fingerprint(guest, seed=42, disk_mib=8)
     prober = guest.echo_prober()
-    _wait_echo(prober, 0)
+    wait_echo(prober, 0)
     boot = before.boot_id
 
     if storage == "local":
@@ -117,15 +107,15 @@ def test_live_and_cold_contrasted_on_the_same_guest(storage, lab, guest_factory,
     if after.findings:
         settle(judge(after.findings, Stack.of(host_versions[src.name], lab.accelerator),
                      known_defects))
-    _wait_echo(prober, live.finished_ns)
-    live_row = {"mode": "live", "interruption_s": _interruption_s(prober, live.started_ns),
+    wait_echo(prober, live.finished_ns)
+    live_row = {"mode": "live", "interruption_s": interruption_s(prober, live.started_ns),
                 "total_s": live.wall_s, "bytes_moved": live.stats.get("memory_processed", 0) + live.stats.get("disk_processed", 0),
                 "rebooted": guest.info()["boot_id"] != boot, **_pace_row(guest, prober, live)}
 
     cold = _cold(lab, guest, dst, src, storage)  # back again, cold
     assert cold.ok, cold.error
-    _wait_echo(prober, cold.finished_ns)
-    cold_row = {"mode": "cold", "interruption_s": _interruption_s(prober, cold.started_ns), "total_s": cold.total_s,
+    wait_echo(prober, cold.finished_ns)
+    cold_row = {"mode": "cold", "interruption_s": interruption_s(prober, cold.started_ns), "total_s": cold.total_s,
                 "bytes_moved": cold.bytes_copied, "rebooted": guest.info()["boot_id"] != boot, "phases_s": cold.phases_s,
                 **_pace_row(guest, prober, cold)}
     rows = [live_row, cold_row]
