@@ -218,6 +218,38 @@ def test_every_gap_above_three_periods_is_listed_not_only_the_largest():
     assert no_period.period_ms is None and no_period.over == [] and "absent" in no_period.period_source
 
 
+def test_the_timeline_draws_the_guests_work_pace_beside_the_gaps(tmp_path):
+    """Issue 26: the degradation beside the interruption. Windows of the guest's pace (the series' `pace`, as
+    lab/migration/degradation.pace_series writes it) become a share of the pace before the move: a window with
+    no heartbeat is a break, not 0 %; a series without pace says so instead of drawing nothing."""
+    run = tmp_path / "run"
+    test = "suites/live_migration/test_live_migration.py::test_measured_migration[precopy-dirty]"
+    junit(run / "junit.xml", [("suites.live_migration.test_live_migration", "test_measured_migration[precopy-dirty]",
+                               "pass", "")])
+    start, window = 1_800_000_000_000_000_000, 100_000_000
+    windows = [[start + i * window, 40, 12.5 if i < 0 else 25.0 if i < 30 else 12.5] for i in range(-20, 50)]
+    windows[50] = [windows[50][0], 0, 0.0]  # the switchover: no heartbeat in this window
+    beats = [start - 1_000_000_000 + i * 1_000_000 for i in range(6000) if not 3000 <= i < 3100]
+    (run / "series").mkdir()
+    (run / "series" / "with-pace.json").write_text(json.dumps(
+        {"started_ns": start, "finished_ns": start + 3_000_000_000, "heartbeat_ns": beats, "pace_window_ns": window,
+         "pace": windows}))
+    (run / "series" / "without.json").write_text(json.dumps(
+        {"started_ns": start, "finished_ns": start + 3_000_000_000, "heartbeat_ns": beats}))
+    records(run / "results.jsonl", [
+        {"kind": "live-migration", "scenario": "precopy-dirty", "test": test, "ok": True, "repetition": i,
+         "downtime_ms": {"hypervisor": 80.0, "guest": 100.0, "network": 150.0}, "total_s": 3.0,
+         "series": f"series/{name}.json"} for i, name in ((1, "with-pace"), (2, "without"))])
+
+    line = timeline(json.loads((run / "series" / "with-pace.json").read_text()), {}, {})
+    assert line.pace[0] == (-2.0, 100.0) and line.pace[25] == (0.5, 50.0) and line.pace[50] == (3.0, None)
+    html = build_report(run).read_text()
+    assert "slowest window during the move 50% of its pace before" in html
+    assert "Work pace <span class=\"absent\">absent</span>: the series has no work pace" in html
+    plots = sorted((run / "report-assets" / "plots").glob("timeline-*.png"))
+    assert len(plots) == 2 and all(p.read_bytes()[:8] == PNG for p in plots)
+
+
 # -- bad input, the command, the hook ----------------------------------------------------------------
 
 @pytest.mark.parametrize("what", ["missing", "empty", "file", "garbage"])

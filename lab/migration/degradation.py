@@ -71,6 +71,13 @@ def degradation(hb: HeartbeatReceiver, echo: EchoProber, started_ns: int, finish
     return doc
 
 
+def pace_series(hb: HeartbeatReceiver, started_ns: int, end_ns: int) -> dict:
+    """The per-window pace for the report's timeline (series sidecar): [window start ns, units, µs per unit]
+    from BEFORE_S before the migration to `end_ns`; a window with no heartbeat has 0 units."""
+    windows = hb.pace(started_ns - int(BEFORE_S * 1e9), end_ns, WINDOW_NS)
+    return {"pace_window_ns": WINDOW_NS, "pace": [[t, units, round(us, 2)] for t, units, us in windows]}
+
+
 def degradation_findings(doc: dict, limit: float | None) -> list[Finding]:
     """A finding when the guest's work ran more than `limit` times slower during the migration."""
     slowdown = doc.get("slowdown")

@@ -16,7 +16,7 @@ from lab.calibration.model import throttle_sleep_ms
 from lab.config.thresholds import PROBES, Limits, Thresholds, Tolerance
 from lab.guest.domain import Guest
 from lab.guest.probes import GapStats
-from lab.migration.degradation import degradation
+from lab.migration.degradation import degradation, pace_series
 from lab.migration.honoured import (ConnectionCounter, Observed, dirty_rate_before, settings_findings,
                                     statistics_findings)
 from lab.migration.live import MigrationParams, MigrationResult, migrate
@@ -111,9 +111,10 @@ def measure_migration(scenario: str, guest: Guest, src: Host, dst: Host, params:
               "echo_ns": prober.arrivals(result.started_ns - int(BASELINE_S * 1e9), end_ns)}
     # The pace after the move needs a second of it (the window above closes as soon as both probes hear the guest).
     time.sleep(max(0.0, (result.finished_ns + AFTER_NS - time.time_ns()) / 1e9))
-    slowed = degradation(guest.heartbeats, prober, result.started_ns, result.finished_ns,
-                         max(end_ns, result.finished_ns + AFTER_NS),
+    pace_end_ns = max(end_ns, result.finished_ns + AFTER_NS)
+    slowed = degradation(guest.heartbeats, prober, result.started_ns, result.finished_ns, pace_end_ns,
                          gap=(hb.gap_start_ns, hb.gap_start_ns + int(hb.max_gap_ms * 1e6)))
+    series.update(pace_series(guest.heartbeats, result.started_ns, pace_end_ns))
     prober.close()
     guest.probes.remove(prober)
     hypervisor = result.stats.get("downtime") if result.ok else None

@@ -55,7 +55,8 @@ def _migration(run: RunData, record: dict, scenario: str, index: int, out_dir: P
             "stats_note": record.get("libvirt_stats_note") or "",
             "findings": findings_of(record, "invariant_failures", "findings", "integrity"),
             "baseline_gap_ms": _number(record.get("baseline_gap_ms")), "timeline": None, "timeline_absent": "",
-            "threshold_ms": None, "origin": "migration start", "absent_markers": [], "largest": {}}
+            "threshold_ms": None, "origin": "migration start", "absent_markers": [], "largest": {},
+            "pace_absent": "", "pace_lowest": None}
     series, why = load_series(run.run_dir, record)
     line = timeline(series, record, run.facts) if series is not None else None
     if line is not None and not line.heartbeat and not line.echo:
@@ -76,8 +77,17 @@ def _migration(run: RunData, record: dict, scenario: str, index: int, out_dir: P
     title = f"{scenario} #{record.get('repetition', index)}: {record.get('src', '?')} -> {record.get('dst', '?')}"
     item.update(timeline=plots.gap_timeline(line, title, out_dir, f"timeline-{slug(scenario)}-{index}.png"),
                 threshold_ms=line.threshold_ms, origin=line.origin, absent_markers=line.absent_markers,
-                largest={p: largest(g) for p, g in (("heartbeat", line.heartbeat), ("echo", line.echo))})
+                largest={p: largest(g) for p, g in (("heartbeat", line.heartbeat), ("echo", line.echo))},
+                pace_absent=line.pace_absent, pace_lowest=_lowest_pace(line))
     return item
+
+
+def _lowest_pace(line) -> float | None:
+    """The slowest window's pace (% of before) from the start to the end of the move; None when not measured."""
+    start, end = line.markers.get("started"), line.markers.get("finished")
+    during = [pct for at, pct in line.pace if pct is not None and start is not None and end is not None
+              and start <= at < end]
+    return min(during) if during else None
 
 
 def _decided(summary: dict | None, stats: dict[str, Summary | None], limits: dict[str, float | None]) -> list[str]:

@@ -13,7 +13,8 @@ from lab.results.report.series import Timeline
 
 DPI = 100
 COLORS = {"hypervisor": "#4c72b0", "guest": "#dd8452", "network": "#55a868", "total_s": "#8172b3",
-          "heartbeat": "#dd8452", "echo": "#55a868", "live": "#4c72b0", "cold": "#c44e52"}
+          "heartbeat": "#dd8452", "echo": "#55a868", "live": "#4c72b0", "cold": "#c44e52",
+          "pace": "#8172b3"}
 LIMIT = {"color": "#c44e52", "linestyle": "--", "linewidth": 1.5}
 
 
@@ -89,7 +90,19 @@ def gap_timeline(line: Timeline, title: str, out_dir: Path, name: str) -> str:
     ax.set_ylabel("gap (ms, log)", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.8)
+    handles, labels = ax.get_legend_handles_labels()
+    if line.pace:  # the degradation beside the interruption: the guest's work pace on its own (linear) axis
+        pace_ax = ax.twinx()
+        xs = [at for at, _pct in line.pace]
+        ys = [float("nan") if pct is None else pct for _at, pct in line.pace]  # no heartbeat: a break, never 0
+        pace_ax.step(xs, ys, where="post", color=COLORS["pace"], linewidth=1, alpha=0.8,
+                     label="guest work pace (% of before; breaks: no heartbeat)")
+        pace_ax.set_ylim(0, max([150.0, *(y for y in ys if y == y)]))
+        pace_ax.set_ylabel("work pace (% of before)", fontsize=8, color=COLORS["pace"])
+        pace_ax.tick_params(labelsize=7)
+        more_handles, more_labels = pace_ax.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.06, 1.0), framealpha=0.8)
     ax.set_title(title, fontsize=9)
     return _save(fig, out_dir, name)
 

@@ -3,10 +3,13 @@ guest's heartbeats and of the echo replies, the migration's start/end and libvir
 and every gap above three heartbeat periods.
 
 Sidecar keys: `heartbeat_ns` (arrival times), `echo_ns` (reply times), `started_ns`,
-`finished_ns`, optionally `paused_ns` / `resumed_ns`; all CLOCK_REALTIME nanoseconds.
+`finished_ns`, optionally `paused_ns` / `resumed_ns`; all CLOCK_REALTIME nanoseconds. Optionally `pace`:
+[window start ns, units, µs per unit] per `pace_window_ns` (lab/migration/degradation.py), the guest's work
+rate drawn beside the gaps as a share of its pace before the migration.
 """
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 
 OVER_PERIODS = 3  # gaps above this many heartbeat periods are listed one by one
@@ -31,6 +34,10 @@ class Timeline:
     period_source: str
     over: list[Gap] = field(default_factory=list)
     action: str = "migration"  # what started and finished: a migration, or a hot patch's apply / unapply
+    # The guest's work pace per window, % of its median before the start (None: no heartbeat in the window);
+    # empty with the reason in pace_absent when the series has none or nothing before the start to compare with.
+    pace: list[tuple[float, float | None]] = field(default_factory=list)
+    pace_absent: str = ""
 
     @property
     def threshold_ms(self) -> float | None:
@@ -61,6 +68,20 @@ def heartbeat_period_ms(series: dict, record: dict, facts: dict) -> tuple[float 
     return None, "absent: neither the series, the record nor lab.json states the heartbeat period"
 
 
+def pace(series: dict, origin_ns: int, started_ns: int | None) -> tuple[list[tuple[float, float | None]], str]:
+    """The work pace per window as a share of the median before `started_ns`; ([], why) when it cannot be drawn."""
+    windows = [w for w in series.get("pace") or [] if isinstance(w, list) and len(w) == 3]
+    if not windows:
+        return [], "the series has no work pace (recorded before the guest's pace was kept, or by a hot patch)"
+    before = [us for t, units, us in windows if started_ns is not None and t + series.get("pace_window_ns", 0)
+              <= started_ns and units > 0 and us > 0]
+    if not before:
+        return [], "no window before the start with the guest's work in it: nothing to compare the pace with"
+    base = statistics.median(before)
+    return [((t - origin_ns) / 1e9, round(100 * base / us, 1) if units > 0 and us > 0 else None)
+            for t, units, us in windows], ""
+
+
 def timeline(series: dict, record: dict, facts: dict) -> Timeline:
     hb, echo = _times(series, "heartbeat_ns"), _times(series, "echo_ns")
     named = {k: series.get(f"{k}_ns") for k in ("started", "finished", "paused", "resumed")}
@@ -77,6 +98,7 @@ def timeline(series: dict, record: dict, facts: dict) -> Timeline:
                     {k: (v - origin_ns) / 1e9 for k, v in named.items()},
                     [k for k in ("started", "finished", "paused", "resumed") if k not in named], period, source,
                     action=action)
+    line.pace, line.pace_absent = pace(series, origin_ns, named.get("started"))
     if line.threshold_ms:
         line.over = [g for g in line.heartbeat + line.echo if g.ms > line.threshold_ms]
         line.over.sort(key=lambda g: g.at_s)
