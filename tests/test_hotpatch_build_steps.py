@@ -113,6 +113,32 @@ exit 0
 """
 
 
+def test_a_build_through_the_compiler_cache_waits_while_libcare_has_swapped_cc(tmp_path, monkeypatch):
+    """Stack and plain QEMU builds compile with ccache's `cc`, which calls the machine's `cc`: while a
+    libcare-patch-make run has swapped that for libcare-cc (holding CC_SWAP_LOCK), they wait."""
+    import fcntl
+    import threading
+    from lab.stacks import compiler_cache
+    monkeypatch.setattr(compiler_cache, "CC_SWAP_LOCK", tmp_path / "cc-swap.lock")
+    monkeypatch.setattr(compiler_cache, "CCACHE_DIR", tmp_path / "ccache")
+    held = os.open(tmp_path / "cc-swap.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)  # what libcare-patch-make's run holds
+    said, entered = [], threading.Event()
+
+    def build():
+        with compiler_cache.compiling(said.append):
+            entered.set()
+
+    builder = threading.Thread(target=build)
+    builder.start()
+    try:
+        assert not entered.wait(0.5), "a cached build compiled while cc was swapped for libcare-cc"
+        assert any("libcare-patch-make run" in line for line in said), said
+    finally:
+        os.close(held)
+    assert entered.wait(5) and builder.join(5) is None
+
+
 def test_build_judges_by_output_files_restores_cc_and_passes_absolute_patch_paths(tmp_path, monkeypatch):
     bindir = tmp_path / "libcare"
     fake_tools(bindir)

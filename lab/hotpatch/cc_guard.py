@@ -2,8 +2,8 @@
 `libcare-cc` while it runs and does not put it back on every path (its own traps
 "recover" to the resolved compiler, not the original link). `cc_guard` snapshots what
 `cc` resolves to and restores it whatever happens (error, Ctrl-C, SIGTERM; not
-SIGKILL); `cc_swap_lock` is the machine-wide lock that keeps other `cc` builds (the
-plain QEMU build) out while a swap may be in place.
+SIGKILL); `cc_swap_lock` is the machine-wide lock that keeps other `cc` builds (every build
+through the compiler cache: lab.stacks.compiler_cache.compiling) out while a swap may be in place.
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from lab.hotpatch.progress import Progress, quiet
+from lab.stacks.compiler_cache import CC_SWAP_LOCK
 from lab.util.files import file_lock
 
 # What `cc` resolves to on a Debian/openEuler host: the PATH entry and the alternatives link behind it.
 CC_LINKS = (Path("/usr/bin/cc"), Path("/etc/alternatives/cc"))
-CC_SWAP_LOCK = Path("/run/lock/kvm-acceptance-libcare-cc.lock")
 
 
 def cc_swap_lock(path: Path = CC_SWAP_LOCK, progress: Progress = quiet) -> contextlib.AbstractContextManager:

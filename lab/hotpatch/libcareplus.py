@@ -27,6 +27,7 @@ from lab.hotpatch.process_site import Site, site_for
 from lab.hotpatch.progress import Progress, quiet
 from lab.hotpatch.source_tree import patched_files, put_back, restore_lpmakeorig, snapshot
 from lab.runtime.hosts import Host
+from lab.stacks.compiler_cache import kpcc_env
 from lab.util.elf import Symbols, build_id
 from lab.util.process import run, stream
 
@@ -103,7 +104,7 @@ class LibcarePlus:
     def _patch_make(self, args: list[str], cwd: Path, log_path: Path, progress: Progress,
                     timeout: float) -> str:
         """Run libcare-patch-make with bash, TERM=dumb; stream its log; cc and sources restored whatever happens."""
-        env = dict(os.environ, TERM="dumb", PATH=f"{self.bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+        env = kpcc_env(dict(os.environ, TERM="dumb", PATH=f"{self.bindir}{os.pathsep}{os.environ.get('PATH', '')}"))
         env.pop("MAKEFLAGS", None)
         argv = ["bash", self.tool("libcare-patch-make"), *args]
         srcdir = (cwd / args[args.index("-s") + 1]).resolve() if "-s" in args else None

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import IO
 
 from lab.errors import HotpatchError
-from lab.hotpatch.cc_guard import cc_swap_lock
 from lab.hotpatch.libcareplus import BINARY, LibcarePlus
 from lab.hotpatch.progress import Progress, quiet
 from lab.hotpatch.qemu_source import (QemuSource, disable_edk2_unpacking, ensure_build_deps, fetch_source,
@@ -107,10 +106,9 @@ def write_lpmakefile(builddir: Path) -> Path:
     return path
 
 
-def make_plain(builddir: Path, log: IO[str], jobs: int, progress: Progress = quiet) -> Path:
-    # The tree compiles with `cc`: while a libcare-patch-make run has swapped it for libcare-cc, wait.
-    with cc_swap_lock(progress=progress):
-        rc = _logged(["make", f"-j{jobs}", BINARY], log, builddir, dict(ccache_env(), TERM="dumb"))
+def make_plain(builddir: Path, log: IO[str], jobs: int) -> Path:
+    """Inside `compiling()`: it holds the lock that keeps libcare-patch-make's swap of `cc` out."""
+    rc = _logged(["make", f"-j{jobs}", BINARY], log, builddir, dict(ccache_env(), TERM="dumb"))
     binary = builddir / BINARY
     if rc != 0 or not binary.exists():
         raise HotpatchError(f"QEMU build failed (exit {rc}): {_tail(Path(log.name))}; full log {log.name}")
@@ -204,7 +202,7 @@ def ensure_qemu_build(build_cache: str | os.PathLike, *, mode: str = "libcare", 
                     progress(f"building QEMU with make -j{jobs} through ccache (about 6 minutes on 2 cores, "
                              "1-2 when a stack build of this source filled the cache)")
                     before = ccache_stats()
-                    built = make_plain(builddir, log, jobs, progress)
+                    built = make_plain(builddir, log, jobs)
                     progress(hit_share(before, ccache_stats()))
             else:
                 progress(f"configuring QEMU {source.version} for x86_64-softmmu (log {log_path})")

@@ -6,7 +6,7 @@ across builds when absolute paths under the cache root are rewritten relative to
 (CCACHE_BASEDIR) and the build directory itself is not hashed (CCACHE_NOHASHDIR): the same source with one
 patch more or less then recompiles only the files that patch touches. The stack builds and the hot patch
 suite's plain build share one configuration (lab.stacks.build.CONFIGURE) and so one set of objects.
-A libcare build does not use it: libcare-cc must see every compilation, and its side outputs are not cached.
+A libcare build goes through it too, behind libcare-cc (kpcc_env), but hashes its directory: see there.
 Cached builds run one at a time (compiling): two first builds side by side on two cores would both miss the
 cache and take twice as long; one after the other, the second finds the first's objects.
 """
@@ -25,6 +25,9 @@ from lab.util.process import run
 
 WRAPPERS = Path("/usr/lib/ccache")
 CCACHE_DIR = CACHE_ROOT / "ccache"
+# Held while libcare-patch-make has swapped the machine's `cc` for libcare-cc (lab.hotpatch.cc_guard), and by
+# every build here: a build through ccache's `cc` wrapper would otherwise compile with libcare-cc and fail.
+CC_SWAP_LOCK = Path("/run/lock/kvm-acceptance-libcare-cc.lock")
 MAX_SIZE = "5G"  # a QEMU x86_64-softmmu build with debug info is ~0.6 GB of objects; room for several sources
 
 
@@ -36,6 +39,23 @@ def ccache_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env.update(PATH=f"{WRAPPERS}:{env.get('PATH', '/usr/bin:/bin')}", CCACHE_DIR=str(CCACHE_DIR),
                CCACHE_BASEDIR=str(CACHE_ROOT), CCACHE_NOHASHDIR="1", CCACHE_MAXSIZE=MAX_SIZE)
+    return env
+
+
+def kpcc_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for libcare-patch-make: libcare-cc (which sees every compilation and keeps the assembly
+    of each) calls ccache's gcc as its real compiler (KPCCREAL), so both its steps (C to assembly, assembly to
+    object) are cached. PATH is left alone: libcare-patch-make swaps whichever `cc` PATH finds first, and that
+    must not be ccache's. No base dir and the build directory hashed: a cached object carries this tree's own
+    paths in its debug info, and only a rebuild in the same tree reuses it: the original code put back after a
+    kpatch's patched stage (a header patch's restore recompiles hundreds of files), or a build redone."""
+    if shutil.which("ccache") is None or not (WRAPPERS / "gcc").exists():
+        raise StackError("libcare builds go through ccache, which is not installed: apt-get install ccache "
+                         "(make setup installs it)")
+    env = dict(os.environ if base is None else base)
+    for key in ("CCACHE_BASEDIR", "CCACHE_NOHASHDIR"):
+        env.pop(key, None)
+    env.update(KPCCREAL=str(WRAPPERS / "gcc"), CCACHE_DIR=str(CCACHE_DIR), CCACHE_MAXSIZE=MAX_SIZE)
     return env
 
 
@@ -61,5 +81,6 @@ def hit_share(before: Mapping[str, int], after: Mapping[str, int]) -> str:
 def compiling(progress: Callable[[str], None] = lambda _msg: None) -> Iterator[dict[str, str]]:
     """Held while a build compiles through the cache (machine-wide); yields the environment to build in."""
     env = ccache_env()
-    with file_lock(CCACHE_DIR / ".compiling.lock", "QEMU build through the compiler cache", progress):
+    with file_lock(CCACHE_DIR / ".compiling.lock", "QEMU build through the compiler cache", progress), \
+            file_lock(CC_SWAP_LOCK, "libcare-patch-make run (it swaps the machine's cc)", progress):
         yield env
