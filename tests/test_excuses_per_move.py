@@ -45,8 +45,10 @@ def test_a_by_design_excuse_has_a_bound(registry, silent_ms, state):
     assert judge([Finding(Kind.UNDERREPORTED, seen.text)], Stack("10.0.2", "tcg", "postcopy"), registry).state == "fail"
 
 
-@pytest.mark.parametrize("qemu", ["8.2.90", "8.2.91", "8.2.95"])
-def test_a_prerelease_of_the_fixed_version_is_not_excused_on_its_number(registry, qemu):
+@pytest.mark.parametrize("qemu", ["8.2.50", "8.2.50+git.0123456789ab", "8.2.90", "8.2.91", "8.2.95"])
+def test_a_development_tree_or_prerelease_of_the_fixed_version_is_not_excused_on_its_number(registry, qemu):
+    """8.2.50 is what QEMU's master says while 9.0 is developed: the fix (merged for 9.0) may be in it, so a
+    bisect over upstream commits never has a regression excused as the old defect."""
     assert Stack(qemu, "tcg").prerelease
     assert judge([LOST], Stack(qemu, "tcg"), registry).state == "fail"
     assert judge([LOST], Stack("8.2.9", "tcg"), registry).defect.id == "QEMU-TCG-DIRTY-BITMAP"

@@ -84,10 +84,11 @@ class Stack:
 
     @property
     def prerelease(self) -> bool:
-        """QEMU numbers a development tree or release candidate of X.Y.0 as (X.Y-1).90 and up (8.2.90 is 9.0's
-        development): which upstream commits such a build carries, its number cannot say."""
+        """QEMU's master says X.Y.50 from the day X.Y.0 is out (8.2.50 is 9.0's development) and X.Y.90 and up for
+        the release candidates; stable releases stay below (X.Y.1 .. X.Y.n): which upstream commits a development
+        tree or a candidate carries, its number cannot say (a fix merged for 9.0 is in 8.2.50 from that day)."""
         try:
-            return Version(self.qemu).micro >= 90
+            return Version(self.qemu).micro >= 50
         except InvalidVersion:
             return False
 
