@@ -1,12 +1,16 @@
 """Calibration on a real lab (lab/migration/calibrate.py), and the model's limits failing a migration that is
-slower than the lab's calibration says it can be. On a lab of the module's own, on the pinned stack."""
+slower than the lab's calibration says it can be; an echo gap beyond the guest's stop named by its hop
+(lab/migration/echo_hops.py). On a lab of the module's own, on the pinned stack."""
 from __future__ import annotations
+
+import threading
+import time
 
 import pytest
 
 from lab.migration import calibrate as measure
 from lab.calibration.model import PROBES, Setting, expect, expect_cold
-from lab.config.thresholds import load_thresholds
+from lab.config.thresholds import Limits, load_thresholds
 from lab.guest.domain import create_guest, remove_guest
 from lab.migration.cold import cold_migrate, interruption_s, wait_echo
 from lab.migration.live import MigrationParams
@@ -80,3 +84,49 @@ def test_a_cold_move_slower_than_the_calibration_allows_fails_the_cold_limit(pin
         assert interruption > limit_s, f"a cold move of {interruption:.1f} s passed the limit of {limit_s} s ({basis})"
     finally:
         remove_guest(pinned_lab, guest)
+
+
+HOLD_ECHO_S = 0.8
+ECHO_HELD = "printf 'table bridge labechohold {\\n chain forward {\\n  type filter hook forward priority -10;\\n" \
+            "  udp dport 7777 drop;\\n }\\n}\\n' | nft -f -"
+
+
+def test_an_echo_held_on_the_way_after_the_guest_runs_again_is_named_the_networks_hop(pinned_lab, pinned_guest):
+    """The precondition broken for real: the destination's bridge drops the runner's echo requests (not the
+    guest's heartbeats) until 0.8 s after the guest runs there, as a late announce or a stale bridge would. The
+    record must put the echo's extra time on the way to the guest, and the network limit's line must say so."""
+    src, dst = pinned_lab.hosts
+    dst.run(ECHO_HELD)
+    released = threading.Event()
+
+    def release_after_resume():
+        deadline = time.monotonic() + 120
+        try:
+            while time.monotonic() < deadline:
+                doms = [d for d in dst.connect(fresh=True).listAllDomains() if d.name() == pinned_guest.name]
+                if doms and doms[0].isActive() and doms[0].state()[0] == 1:  # VIR_DOMAIN_RUNNING
+                    time.sleep(HOLD_ECHO_S)
+                    return
+                time.sleep(0.02)
+        finally:
+            dst.run("nft delete table bridge labechohold", check=False)
+            released.set()
+
+    releaser = threading.Thread(target=release_after_resume, daemon=True)
+    releaser.start()
+    try:
+        params = MigrationParams(migrate_uri=f"tcp://{dst.address}", unsafe=pinned_lab.needs_unsafe("shared"))
+        m = measure_migration("precopy-idle", pinned_guest, src, dst, params, 1.0, load_thresholds().tolerance)
+    finally:
+        released.wait(130)
+        dst.run("nft delete table bridge labechohold", check=False)
+    assert m.result.ok, m.result.error
+    hops = m.echo["beyond_guest"]
+    assert hops["hop"] == "network", hops
+    assert hops["first_answered_sent_after_guest_back_ms"] > 400 and hops["excess_ms"] > 400, hops
+    # Held to a network limit the guest's own stop fits in: the line that fails it says where the rest went.
+    tight = Limits(downtime_ms={"hypervisor": 60_000, "guest": 60_000, "network": m.downtime_ms["guest"] + 100},
+                   total_s=600)
+    findings, _ = verdict("precopy-idle", [m], tight)
+    text = " | ".join(map(str, findings))
+    assert "where the echo's time went: move 1: " in text and "on the way to it" in text, text

@@ -239,12 +239,14 @@ def test_the_timeline_draws_the_guests_work_pace_beside_the_gaps(tmp_path):
     records(run / "results.jsonl", [
         {"kind": "live-migration", "scenario": "precopy-dirty", "test": test, "ok": True, "repetition": i,
          "downtime_ms": {"hypervisor": 80.0, "guest": 100.0, "network": 150.0}, "total_s": 3.0,
+         "echo": {"beyond_guest": {"hop": "guest", "text": f"echo gap 150 ms = the guest's stop 100 ms + 50 ms #{i}"}},
          "series": f"series/{name}.json"} for i, name in ((1, "with-pace"), (2, "without"))])
 
     line = timeline(json.loads((run / "series" / "with-pace.json").read_text()), {}, {})
     assert line.pace[0] == (-2.0, 100.0) and line.pace[25] == (0.5, 50.0) and line.pace[50] == (3.0, None)
     html = build_report(run).read_text()
     assert "slowest window during the move 50% of its pace before" in html
+    assert "before. Echo against the guest's stop: echo gap 150 ms = the guest&#39;s stop 100 ms + 50 ms #1." in html
     assert "Work pace <span class=\"absent\">absent</span>: the series has no work pace" in html
     plots = sorted((run / "report-assets" / "plots").glob("timeline-*.png"))
     assert len(plots) == 2 and all(p.read_bytes()[:8] == PNG for p in plots)

@@ -17,6 +17,7 @@ from lab.config.thresholds import PROBES, Limits, Thresholds, Tolerance
 from lab.guest.domain import Guest
 from lab.guest.probes import GapStats
 from lab.migration.degradation import degradation, pace_series
+from lab.migration.echo_hops import echo_beyond_guest
 from lab.migration.honoured import (ConnectionCounter, Observed, dirty_rate_before, settings_findings,
                                     statistics_findings)
 from lab.migration.live import MigrationParams, MigrationResult, migrate
@@ -115,12 +116,14 @@ def measure_migration(scenario: str, guest: Guest, src: Host, dst: Host, params:
     slowed = degradation(guest.heartbeats, prober, result.started_ns, result.finished_ns, pace_end_ns,
                          gap=(hb.gap_start_ns, hb.gap_start_ns + int(hb.max_gap_ms * 1e6)))
     series.update(pace_series(guest.heartbeats, result.started_ns, pace_end_ns))
+    beyond = echo_beyond_guest(prober, hb, echo)
     prober.close()
     guest.probes.remove(prober)
     hypervisor = result.stats.get("downtime") if result.ok else None
     downtime = {"hypervisor": None if hypervisor is None else float(hypervisor),
                 "guest": round(hb.max_gap_ms, 3), "network": round(echo.max_gap_ms, 3)}
-    m = Measurement(scenario, result, downtime, _probe_doc(hb), {**_probe_doc(echo), "period_ms": echo_interval_us / 1000},
+    m = Measurement(scenario, result, downtime, _probe_doc(hb), {**_probe_doc(echo), "period_ms": echo_interval_us / 1000,
+                                                   "beyond_guest": beyond},
                     baseline_gap_ms=round(baseline.max_gap_ms, 3) if baseline.received else None, series=series,
                     observed=observed, degradation=slowed)
     if result.ok:
@@ -210,7 +213,7 @@ def verdict(scenario: str, measurements: list[Measurement], limits: Limits) -> t
         if summary.judged > limit:
             findings.append(Finding(Kind.THRESHOLD, f"{scenario}: {probe} downtime {summary.basis} "
                                     f"{summary.judged:.1f} ms exceeds the limit of {limit:g} ms{_basis(limits, probe)} ({summary}); "
-                                    f"over it: {_moves_over(values, limit, '{:.1f} ms')}"))
+                                    f"over it: {_moves_over(values, limit, '{:.1f} ms')}{_echo_hops(measurements, probe, limit)}"))
     totals = [m.total_s for m in measurements if m.total_s is not None]
     if totals:
         total = summaries["total_s"] = Summary.of(totals)
@@ -225,6 +228,16 @@ def _basis(limits: Limits, figure: str) -> str:
     """Where the limit came from: "(model 120 ms, factor 3)", or an override's reason."""
     basis = getattr(limits, "basis", {})
     return f" ({basis[figure]})" if figure in basis else ""
+
+
+def _echo_hops(measurements: list[Measurement], probe: str, limit: float) -> str:
+    """For the network probe: where each move's echo time beyond the guest's stop went (echo_hops)."""
+    if probe != "network":
+        return ""
+    said = [f"move {i}: {m.echo['beyond_guest']['text']}" for i, m in enumerate(measurements, 1)
+            if (m.downtime_ms["network"] or 0) > limit and (m.echo.get("beyond_guest") or {}).get("hop") != "none"
+            and m.echo.get("beyond_guest")]
+    return f"; where the echo's time went: {' | '.join(said)}" if said else ""
 
 
 def _moves_over(values: list[float], limit: float, fmt: str) -> str:

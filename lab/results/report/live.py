@@ -56,7 +56,8 @@ def _migration(run: RunData, record: dict, scenario: str, index: int, out_dir: P
             "findings": findings_of(record, "invariant_failures", "findings", "integrity"),
             "baseline_gap_ms": _number(record.get("baseline_gap_ms")), "timeline": None, "timeline_absent": "",
             "threshold_ms": None, "origin": "migration start", "absent_markers": [], "largest": {},
-            "pace_absent": "", "pace_lowest": None}
+            "pace_absent": "", "pace_lowest": None,
+            "echo_beyond": ((record.get("echo") or {}).get("beyond_guest") or {}).get("text", "")}
     series, why = load_series(run.run_dir, record)
     line = timeline(series, record, run.facts) if series is not None else None
     if line is not None and not line.heartbeat and not line.echo:
