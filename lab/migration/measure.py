@@ -116,9 +116,9 @@ def measure_migration(scenario: str, guest: Guest, src: Host, dst: Host, params:
     slowed = degradation(guest.heartbeats, prober, result.started_ns, result.finished_ns, pace_end_ns,
                          gap=(hb.gap_start_ns, hb.gap_start_ns + int(hb.max_gap_ms * 1e6)))
     series.update(pace_series(guest.heartbeats, result.started_ns, pace_end_ns))
-    beyond = echo_beyond_guest(prober, hb, echo)
-    prober.close()
+    prober.close()  # its replies stand still from here
     guest.probes.remove(prober)
+    beyond = echo_beyond_guest(prober, hb, echo)
     hypervisor = result.stats.get("downtime") if result.ok else None
     downtime = {"hypervisor": None if hypervisor is None else float(hypervisor),
                 "guest": round(hb.max_gap_ms, 3), "network": round(echo.max_gap_ms, 3)}
