@@ -167,7 +167,8 @@ def cmd_mutants_run(args) -> int:
     selection = [a for a in args.pytest_args if a != "--"]
     out = Path(args.out or f"reports/mutants-{time.strftime('%Y%m%d-%H%M%S')}")
     result = run_mutants(load_corpus(Path(args.corpus) if args.corpus else CORPUS, args.only), selection, out,
-                         _progress, clean=Path(args.clean) if args.clean else None, resume=args.resume)
+                         _progress, clean=Path(args.clean) if args.clean else None, resume=args.resume,
+                         again=tuple(args.again or ()))
     print(table(result))
     print(f"written: {out / 'mutants.md'}, {out / 'mutants.json'}")
     s = result["summary"]
@@ -276,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     mutants_run.add_argument("--out", metavar="DIR", help="where the runs and mutants.md go (default reports/mutants-TIME)")
     mutants_run.add_argument("--resume", action="store_true", help="keep the decided outcomes of an earlier, cut-off "
                                                                    "run into --out with the same selection; run the rest")
+    mutants_run.add_argument("--again", nargs="+", metavar="ID", help="with --resume: run these anew although "
+                                                                        "decided (after a harness fix)")
     mutants_run.add_argument("pytest_args", nargs=argparse.REMAINDER, metavar="-- PYTEST_ARGS",
                              help="the pytest selection each mutant is run with")
     mutants_run.set_defaults(func=cmd_mutants_run)

@@ -141,6 +141,15 @@ def test_resume_keeps_decided_outcomes_and_runs_only_the_rest(tmp_path, monkeypa
     assert result["wall_s"] == 350.0  # the earlier part's time counts
     with pytest.raises(ConfigError, match="not this one"):
         runner.run_mutants([left], ["suites/faults"], out, lambda line: None, resume=True)
+    # --again: a decided mutant run anew (after a harness fix), its outcome replaced in place, the others kept.
+    ran.clear()
+    again = runner.run_mutants([done, left], selection, out, lambda line: None, resume=True, again=(done.id,))
+    assert ran == [done.id] and [o["id"] for o in again["outcomes"]] == ["clean", done.id, left.id]
+    assert again["outcomes"][1]["wall_s"] == 50.0 and again["wall_s"] == 200.0
+    with pytest.raises(ConfigError, match="no such mutant"):
+        runner.run_mutants([done, left], selection, out, lambda line: None, resume=True, again=("nope",))
+    with pytest.raises(ConfigError, match="goes with --resume"):
+        runner.run_mutants([done, left], selection, out, lambda line: None, again=(done.id,))
 
 
 def test_every_mutant_is_judged_by_the_clean_builds_calibration(tmp_path, monkeypatch):

@@ -123,12 +123,18 @@ def _earlier(out: Path, selection: list[str]) -> dict[str, Outcome]:
 
 
 def run_mutants(mutants: list[Mutant], selection: list[str], out: Path, say: Callable[[str], None],
-                base: Path = BASE_LAB, clean: Path | None = None, resume: bool = False) -> dict:
+                base: Path = BASE_LAB, clean: Path | None = None, resume: bool = False,
+                again: tuple[str, ...] = ()) -> dict:
     """`clean`: an earlier run of the clean build with the same selection, to judge against instead of a new one.
-    `resume`: keep the decided outcomes an earlier, cut-off run left in `out`; run the others."""
+    `resume`: keep the decided outcomes an earlier, cut-off run left in `out`; run the others. `again` (with
+    `resume`): these are run anew although decided, e.g. after a harness fix; their earlier outcome is replaced."""
     if not selection:
         raise ConfigError("mutants run: give the pytest selection after --, e.g. -- suites/live_migration -k dirty")
-    kept = _earlier(out, selection) if resume else {}
+    unknown = sorted(set(again) - {m.id for m in mutants})
+    if unknown or (again and not resume):
+        raise ConfigError(f"mutants run --again {' '.join(again)}: " + (f"no such mutant among those run "
+                          f"({', '.join(unknown)})" if unknown else "goes with --resume (it re-runs decided ones)"))
+    kept = {k: o for k, o in (_earlier(out, selection) if resume else {}).items() if k not in again}
     if kept:
         say(f"mutants: --resume keeps {len(kept)} decided outcome(s) from {out / 'mutants.json'}")
     if CLEAN in kept and clean is None:
