@@ -3,6 +3,7 @@ The runs themselves (a QEMU build and the suites per mutant) are `python -m lab 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,7 @@ def test_resume_keeps_decided_outcomes_and_runs_only_the_rest(tmp_path, monkeypa
 
     def run_one(name, patch, base, out_dir, sel, say):  # stands in for build + lab + selection: only the order is tested
         ran.append(name)
+        shutil.rmtree(out_dir / name, ignore_errors=True)  # as the real one does
         run_folder(out_dir / name, "fail", ("lost-pages",))
         return 1, 50.0
 
@@ -146,6 +148,9 @@ def test_resume_keeps_decided_outcomes_and_runs_only_the_rest(tmp_path, monkeypa
     again = runner.run_mutants([done, left], selection, out, lambda line: None, resume=True, again=(done.id,))
     assert ran == [done.id] and [o["id"] for o in again["outcomes"]] == ["clean", done.id, left.id]
     assert again["outcomes"][1]["wall_s"] == 50.0 and again["wall_s"] == 200.0
+    ran.clear()
+    anew = runner.run_mutants([done, left], selection, out, lambda line: None, resume=True, again=("clean",))
+    assert ran == ["clean"] and [o["state"] for o in anew["outcomes"]] == ["false-alarm", "caught", "caught"]
     with pytest.raises(ConfigError, match="no such mutant"):
         runner.run_mutants([done, left], selection, out, lambda line: None, resume=True, again=("nope",))
     with pytest.raises(ConfigError, match="goes with --resume"):

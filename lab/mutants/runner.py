@@ -127,10 +127,11 @@ def run_mutants(mutants: list[Mutant], selection: list[str], out: Path, say: Cal
                 again: tuple[str, ...] = ()) -> dict:
     """`clean`: an earlier run of the clean build with the same selection, to judge against instead of a new one.
     `resume`: keep the decided outcomes an earlier, cut-off run left in `out`; run the others. `again` (with
-    `resume`): these are run anew although decided, e.g. after a harness fix; their earlier outcome is replaced."""
+    `resume`): these are run anew although decided, e.g. after a harness fix; their earlier outcome is replaced
+    ("clean": the clean build too, which the mutants run from then on are judged against)."""
     if not selection:
         raise ConfigError("mutants run: give the pytest selection after --, e.g. -- suites/live_migration -k dirty")
-    unknown = sorted(set(again) - {m.id for m in mutants})
+    unknown = sorted(set(again) - {m.id for m in mutants} - {CLEAN})
     if unknown or (again and not resume):
         raise ConfigError(f"mutants run --again {' '.join(again)}: " + (f"no such mutant among those run "
                           f"({', '.join(unknown)})" if unknown else "goes with --resume (it re-runs decided ones)"))
