@@ -93,6 +93,7 @@ class MigrationResult:
     dirty_rate_reported_mibs: float | None = None  # the largest dirty rate QEMU reported while it ran (None: never)
     aborted: bool = False
     error: str = ""
+    call_hung: bool = False  # the migration call had not returned ABORT_GRACE_S after the abort (left blocked)
 
     @property
     def ok(self) -> bool:
@@ -105,6 +106,9 @@ class MigrationResult:
 
 
 PROGRESS_EVERY_S = 5.0
+# After the watchdog's abort, the migration call must return within this: libvirt waits for QEMU's migration
+# to end, and one that never reaches "cancelled" would otherwise hold the test for ever.
+ABORT_GRACE_S = 60.0
 
 
 def completed_job_stats(dom: libvirt.virDomain, where: str) -> tuple[dict, str]:
@@ -124,6 +128,7 @@ class _Watchdog:
     def __init__(self, dom: libvirt.virDomain, params: MigrationParams, progress: Callable[[str], None] | None = None):
         self.dom, self.params, self.progress = dom, params, progress
         self.fired = ""
+        self.aborted_at: float | None = None  # monotonic time of the abort
         self.postcopy_switched = False
         self.postcopy_error = ""
         self.stats_at_fire: dict = {}
@@ -164,6 +169,7 @@ class _Watchdog:
                         self.stats_at_fire = dict(self.dom.jobStats())
                     except libvirt.libvirtError:
                         pass
+                    self.aborted_at = time.monotonic()
                     self.dom.abortJob()
                     self.fired = f"budget {self.params.timeout_s:.0f} s exceeded: aborted"
                     return
@@ -231,15 +237,29 @@ def migrate(name: str, src: Host, dst: Host, params: MigrationParams,
     event = watch_conn.domainEventRegisterAny(
         watch_conn.lookupByName(name), libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
         lambda _conn, _dom, stats, _opaque: source_stats.update(stats), None)
-    with _Watchdog(watch_conn.lookupByName(name), params, progress) as watchdog:
+    box: dict = {}
+
+    def call() -> None:
         try:
             if params.p2p or params.tunnelled:
                 dom.migrateToURI3(dst.libvirt_uri, params.typed_params(), params.flags())
             else:
                 dom.migrate3(dst.connect(), params.typed_params(), params.flags())
         except libvirt.libvirtError as exc:
-            error = exc.get_error_message()
-            aborted = bool(watchdog.fired)
+            box["error"] = exc.get_error_message()
+
+    with _Watchdog(watch_conn.lookupByName(name), params, progress) as watchdog:
+        worker = threading.Thread(target=call, daemon=True, name=f"migrate {name}")
+        worker.start()
+        while worker.is_alive() and not (watchdog.aborted_at and time.monotonic() - watchdog.aborted_at > ABORT_GRACE_S):
+            worker.join(0.2)
+        hung = worker.is_alive()
+        if hung:  # left blocked on the shared connection: later calls get another one
+            src.forget_connection()
+            error, aborted = (f"{watchdog.fired}, and the migration call had not returned {ABORT_GRACE_S:.0f} s later: "
+                              "the job never ended"), True
+        elif "error" in box:
+            error, aborted = box["error"], bool(watchdog.fired)
             if watchdog.fired:
                 error = f"{watchdog.fired}: {error}"
     if not error:
@@ -252,10 +272,14 @@ def migrate(name: str, src: Host, dst: Host, params: MigrationParams,
     result = MigrationResult(src.name, dst.name, params, started_ns, time.time_ns(), time.monotonic() - t0,
                              switched_to_postcopy=watchdog.postcopy_switched, aborted=aborted, error=error,
                              watchdog_note=watchdog.postcopy_error, throttle_max_pct=watchdog.throttle_max,
-                             dirty_rate_reported_mibs=watchdog.dirty_rate_max)
+                             dirty_rate_reported_mibs=watchdog.dirty_rate_max, call_hung=hung)
     if error:
-        result.stats, result.stats_note = (watchdog.stats_at_fire, "") if watchdog.stats_at_fire else \
-            completed_job_stats(dom, src.name)
+        if watchdog.stats_at_fire:
+            result.stats = watchdog.stats_at_fire
+        elif hung:  # its domain object is on the blocked connection
+            result.stats_note = "the job never ended: no completed-job stats"
+        else:
+            result.stats, result.stats_note = completed_job_stats(dom, src.name)
         return result
     try:
         result.stats, result.stats_note = completed_job_stats(dst.connect().lookupByName(name), dst.name)

@@ -92,6 +92,11 @@ class Host:
                 _conn_cache[self.libvirt_uri] = conn
             return conn
 
+    def forget_connection(self) -> None:
+        """Drop the shared connection (one a call stays blocked on): the next connect() opens another."""
+        with _conn_lock:
+            _conn_cache.pop(self.libvirt_uri, None)
+
     def testinfra(self):
         """A testinfra host over SSH (the lab's client config when there is one), for testinfra-style checks."""
         if self.ssh_config:
