@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from lab.guest.image import agent_gcc_argv
+from lab.migration.external_oracle import one_boundary_violations, stamp
 
 # Runs inside `unshare --net --mount`: loopback only, and /dev/console bound to a file.
 DRIVER = r'''
@@ -107,3 +108,71 @@ def test_an_untouched_agent_reports_no_wrong_page(agent, tmp_path):
         assert (seen[reading]["scan_wrong"], seen[reading]["sweep_wrong"], seen[reading]["hot_wrong"]) == ("0", "0", "0")
     assert seen["verify"]["bad_words"] == "0", seen["verify"]
     assert "LAB-ORACLE-WRONG" not in console.read_text()
+
+
+# A page the sweep wrote all-zero in this round, given back its older data: what a destination that keeps a
+# zero page's old contents (mutant zero-page-decode-keeps-stale-data) leaves behind.
+ZERO_DRIVER = r'''
+import json, socket, struct, subprocess, sys, time
+agent_bin, console = sys.argv[1], sys.argv[2]
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+subprocess.run(["mount", "--bind", console, "/dev/console"], check=True)
+agent = subprocess.Popen([agent_bin], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.5)
+def cmd(text):
+    for _ in range(40):
+        try:
+            s.sendto(f"C {time.time_ns()} {text}".encode(), ("127.0.0.1", 7777))
+            return dict(kv.split("=", 1) for kv in s.recvfrom(2048)[0].decode().split()[3:])
+        except (ConnectionRefusedError, socket.timeout):
+            time.sleep(0.1)
+    raise SystemExit("agent did not answer")
+try:
+    cmd("dirty 8 4")  # 2 rounds a second over 1024 pages
+    where = cmd("oracle_map")
+    every, vpn, skip = int(where["zero_every"]), int(where["sweep_vpn"], 16), int(where["skip_classes"], 16)
+    time.sleep(1.2)
+    clean = cmd("oracle")
+    while True:
+        state = cmd("oracle")
+        rnd, pos, base = int(state["sweep_round"]), int(state["sweep_pos"]), int(state["sweep_base"], 16)
+        behind = [p for p in range(pos - 60, pos) if p >= 0 and (p + rnd) % every == 0
+                  and not (skip >> ((vpn + p) % 64)) & 1]
+        if rnd >= 2 and pos >= 60 and behind:
+            break
+        time.sleep(0.05)
+    page = behind[-1]
+    with open(f"/proc/{agent.pid}/mem", "r+b", buffering=0) as mem:
+        mem.seek(base + page * 4096)
+        mem.write(struct.pack("<Q", rnd - 1))  # its last round's value back, where this round left a zero page
+    time.sleep(0.05)
+    print(json.dumps({"clean": clean, "seen": cmd("oracle"), "addr": base + page * 4096, "round": rnd,
+                      "every": every}))
+finally:
+    agent.kill()
+'''
+
+
+def test_a_zero_page_given_back_its_old_data_is_named(agent, tmp_path):
+    """The sweep writes each page all-zero in one round of every ZERO_EVERY, so that QEMU sends it as a zero
+    page; a page holding its older round where this round left zeros is a wrong page."""
+    seen, _console = _drive(agent, tmp_path, ZERO_DRIVER)
+    assert seen["every"] == 7 and seen["clean"]["scan_wrong"] == "0" and seen["clean"]["sweep_wrong"] == "0", seen
+    wrong = seen["seen"]["first"].split(",")
+    assert f"{hex(seen['addr'])}:{seen['round'] - 1}:0" in wrong, seen["seen"]
+
+
+def test_the_outside_oracle_reads_zero_pages_as_the_agent_writes_them():
+    """The outside check (a paused destination's memory) follows the same stamp(): a round in progress with its
+    zero pages is clean; a zero page holding an older round, or a page holding zero where it should not, is not."""
+    every, pages = 7, list(range(40))
+    written = [stamp(p, 5 if p < 23 else 4, every) for p in pages]  # round 5 up to page 22, round 4 after
+    assert 0 in written and one_boundary_violations(written, pages, every) == []
+    stale = list(written)
+    zero_now = next(p for p in range(23) if stamp(p, 5, every) == 0)
+    stale[zero_now] = 4  # kept its round-4 data where round 5 wrote zeros
+    assert one_boundary_violations(stale, pages, every) == [(zero_now, 4, 0)]
+    first_round = [stamp(p, 1 if p < 10 else 0, every) for p in pages]  # round 1 in progress over fresh pages
+    assert one_boundary_violations(first_round, pages, every) == []
+    assert one_boundary_violations([3, 3, 2, 2]) == [] and one_boundary_violations([3, 1, 3, 2]) == [(1, 1, 3)]

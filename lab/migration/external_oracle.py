@@ -36,6 +36,7 @@ class OracleMap:
     tlb_classes: int = 64  # the sweep skips pages whose vpn modulo this is in skip_classes (the hot set's)
     skip_classes: int = 0
     hot_small: tuple[int, ...] = ()  # guest-physical address of each 4 KiB page of the small hot set
+    zero_every: int = 0  # the sweep writes a page all-zero in one round of every this many (0: never; stamp())
 
     def swept(self, index: int) -> bool:
         return not (self.skip_classes >> ((self.sweep_vpn + index) % self.tlb_classes)) & 1
@@ -47,20 +48,33 @@ def oracle_map(guest: Guest) -> OracleMap:
     small = tuple(int(a, 16) for a in reply.get("hot_small", "").split(",") if a)
     return OracleMap(reply.get("huge") == "1" and all(sweep) and all(small), int(reply["hot"], 16), sweep,
                      int(reply["sweep_pages"]), int(reply.get("sweep_vpn", "0"), 16),
-                     int(reply.get("tlb_classes", "64")), int(reply.get("skip_classes", "0"), 16), small)
+                     int(reply.get("tlb_classes", "64")), int(reply.get("skip_classes", "0"), 16), small,
+                     int(reply.get("zero_every", "0")))
 
 
-def one_boundary_violations(words: list[int]) -> list[tuple[int, int, int]]:
-    """(index, found, expected) of every page off the pattern `r ... r, r-1 ... r-1` (one boundary).
+def stamp(page: int, rnd: int, zero_every: int = 0) -> int:
+    """What sweep page `page` holds after round `rnd` (the agent's stamp(), memory.c): the round, or 0 in the
+    rounds it writes the page all-zero (so that QEMU sends it as a zero page)."""
+    return 0 if rnd and zero_every and (page + rnd) % zero_every == 0 else rnd
+
+
+def one_boundary_violations(words: list[int], pages: list[int] | None = None,
+                            zero_every: int = 0) -> list[tuple[int, int, int]]:
+    """(index, found, expected) of every page off the pattern `r ... r, r-1 ... r-1` (one boundary), each
+    round's value as stamp() has it for the page (`pages`: each word's page number in the sweep).
 
     A stale page right at the boundary cannot be told from the boundary itself: it is not counted.
     """
     if not words:
         return []
+    pages = list(range(len(words))) if pages is None else pages
     top = max(words)
-    boundary = max(i for i, w in enumerate(words) if w == top) + 1
-    return [(i, w, top if i < boundary else top - 1) for i, w in enumerate(words)
-            if w != (top if i < boundary else max(top - 1, 0))]
+    now = [stamp(p, top, zero_every) for p in pages]
+    last = [stamp(p, max(top - 1, 0), zero_every) for p in pages]
+    # The boundary: after the last page holding this round's value where it differs from the last round's.
+    boundary = max((i for i, w in enumerate(words) if w == now[i] != last[i]), default=-1) + 1
+    return [(i, w, now[i] if i < boundary else last[i]) for i, w in enumerate(words)
+            if w != (now[i] if i < boundary else last[i])]
 
 
 def first_words(host: Host, domain: str, regions: list[tuple[int, int]], folder: str) -> list[list[int]]:
@@ -103,7 +117,7 @@ def check_paused(guest: Guest, host: Host, where: OracleMap) -> tuple[dict, Find
     hot = regions[len(where.sweep)][:HOT_PAGES] + [r[0] for r in regions[len(where.sweep) + 1:]]
     hot_addresses = [where.hot + i * PAGE for i in range(HOT_PAGES)] + small
     wrong = [("sweep", where.sweep[swept[i] * PAGE // HUGE] + (swept[i] * PAGE) % HUGE, f, e)
-             for i, f, e in one_boundary_violations(sweep)]
+             for i, f, e in one_boundary_violations(sweep, swept, where.zero_every)]
     wrong += [("hot" if i < HOT_PAGES else "hot-4k", hot_addresses[i], f, e)
               for i, f, e in one_boundary_violations(hot)]
     report = {"checked_pages": len(sweep) + len(hot), "sweep_round": max(sweep, default=0),

@@ -11,6 +11,10 @@
  * the previous round's value before it rewrites it, and `oracle` scans the
  * whole region with the writer stopped (under its mutex).
  *
+ * One round in ZERO_EVERY writes a page all-zero instead (its first word 0; the rest of a page is never
+ * written), shifting with the round: QEMU sends such a page as a zero page, so a destination that keeps a
+ * zero page's old data shows here as a page holding an older round (stamp() says what each page holds).
+ *
  * A large sweep keeps evicting TCG's TLB entries, and the writes QEMU 7.2 loses
  * under TCG (upstream 03bfc2188f06) are those made through entries that stay
  * resident. So a second thread rewrites a small hot set of pages (far fewer
@@ -19,6 +23,14 @@
  * a local the compiler keeps in a register: CPU state always migrates whole,
  * so the counter is right on the destination even when memory is not.
  */
+
+#define ZERO_EVERY 7
+
+/* What page `page` of the sweep holds after round `round` (round 0: never written). */
+static uint64_t stamp(size_t page, uint64_t round)
+{
+    return round && (page + round) % ZERO_EVERY == 0 ? 0 : round;
+}
 
 #define HOT_PAGES 8 /* on one 2 MiB page when the guest has them */
 #define HOT_SMALL_PAGES 8 /* on ordinary 4 KiB pages: the kernel's own hot data (stacks) is there, and
@@ -146,10 +158,10 @@ static void *dirty_main(void *unused)
                 dirty.round++;
             volatile uint64_t *word = dirty.base + dirty.pos * (PAGE / 8);
             if (!sweep_skips(word)) {
-                uint64_t found = *word;
-                if (found != dirty.round - 1)
-                    note_wrong(&sweep_found, word, found, dirty.round - 1);
-                *word = dirty.round;
+                uint64_t found = *word, want = stamp(dirty.pos, dirty.round - 1);
+                if (found != want)
+                    note_wrong(&sweep_found, word, found, want);
+                *word = stamp(dirty.pos, dirty.round);
                 written++;
             }
             if (++dirty.pos == dirty.pages)
@@ -247,9 +259,7 @@ int cmd_oracle(char *out, size_t outsz)
     for (size_t i = 0; i < dirty.pages; i++) {
         /* Position 0 with a round begun means that round is complete (the next one starts at the next write):
          * every page holds it. Otherwise the pages before the position hold this round, the rest the last. */
-        uint64_t want = (i < dirty.pos || dirty.pos == 0) ? dirty.round : dirty.round - 1;
-        if (dirty.round == 0)
-            want = 0;
+        uint64_t want = dirty.round == 0 ? 0 : stamp(i, (i < dirty.pos || dirty.pos == 0) ? dirty.round : dirty.round - 1);
         volatile uint64_t *word = dirty.base + i * (PAGE / 8);
         if (sweep_skips(word))
             want = 0; /* never written */
@@ -286,9 +296,9 @@ int cmd_oracle_map(char *out, size_t outsz)
 {
     pthread_mutex_lock(&dirty.mu);
     int n = snprintf(out, outsz, "ok huge=%d hot=0x%llx sweep_pages=%zu sweep_vpn=0x%lx tlb_classes=%d "
-                     "skip_classes=0x%llx sweep=", dirty.huge && hot_huge, (unsigned long long)phys_of(hot_base),
-                     dirty.pages, (unsigned long)((uintptr_t)dirty.base / PAGE), TLB_CLASSES,
-                     (unsigned long long)hot_classes);
+                     "skip_classes=0x%llx zero_every=%d sweep=", dirty.huge && hot_huge,
+                     (unsigned long long)phys_of(hot_base), dirty.pages, (unsigned long)((uintptr_t)dirty.base / PAGE),
+                     TLB_CLASSES, (unsigned long long)hot_classes, ZERO_EVERY);
     for (size_t off = 0; dirty.huge && off < dirty.pages * PAGE && (size_t)n < outsz; off += HUGE)
         n += snprintf(out + n, outsz - (size_t)n, "%s0x%llx", off ? "," : "",
                       (unsigned long long)phys_of((const volatile uint8_t *)dirty.base + off));
