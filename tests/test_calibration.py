@@ -91,7 +91,8 @@ ECHO_HELD = "printf 'table bridge labechohold {\\n chain forward {\\n  type filt
             "  udp dport 7777 drop;\\n }\\n}\\n' | nft -f -"
 
 
-def test_an_echo_held_on_the_way_after_the_guest_runs_again_is_named_the_networks_hop(pinned_lab, pinned_guest):
+def test_an_echo_held_on_the_way_after_the_guest_runs_again_is_named_the_networks_hop(pinned_lab, pinned_guest,
+                                                                                     record_property):
     """The precondition broken for real: the destination's bridge drops the runner's echo requests (not the
     guest's heartbeats) until 0.8 s after the guest runs there, as a late announce or a stale bridge would. The
     record must put the echo's extra time on the way to the guest, and the network limit's line must say so."""
@@ -122,6 +123,7 @@ def test_an_echo_held_on_the_way_after_the_guest_runs_again_is_named_the_network
         dst.run("nft delete table bridge labechohold", check=False)
     assert m.result.ok, m.result.error
     hops = m.echo["beyond_guest"]
+    record_property("echo_beyond_guest", hops["text"])  # in junit.xml: the figures, as evidence
     assert hops["hop"] == "network", hops
     assert hops["first_answered_sent_after_guest_back_ms"] > 400 and hops["excess_ms"] > 400, hops
     # Held to a network limit the guest's own stop fits in: the line that fails it says where the rest went.
