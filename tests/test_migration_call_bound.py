@@ -9,7 +9,9 @@ from __future__ import annotations
 import threading
 
 import libvirt
+import pytest
 
+from lab.errors import LabError
 from lab.migration import live
 from lab.migration.live import MigrationParams, migrate
 
@@ -95,3 +97,15 @@ def test_a_call_that_returns_in_time_after_the_abort_is_no_hang(monkeypatch):
     result = migrate("g", src, dst, MigrationParams(timeout_s=0.3, migrate_uri="tcp://198.19.1.12"))
     assert not result.call_hung and result.aborted and src.forgotten == 0
     assert result.error.startswith("budget 0 s exceeded: aborted: "), result.error
+
+
+def test_an_error_other_than_libvirts_in_the_call_reaches_the_caller():
+    """The call runs in a thread: what it raises must not turn into a migration that "succeeded"."""
+    dom = StuckDomain()
+
+    def refuse(*_args):
+        raise LabError("hv2: cannot connect")
+
+    dom.migrateToURI3 = refuse
+    with pytest.raises(LabError, match="cannot connect"):
+        migrate("g", Host("hv1", dom), Host("hv2", dom), MigrationParams(timeout_s=5, migrate_uri="tcp://198.19.1.12"))

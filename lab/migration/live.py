@@ -247,6 +247,8 @@ def migrate(name: str, src: Host, dst: Host, params: MigrationParams,
                 dom.migrate3(dst.connect(), params.typed_params(), params.flags())
         except libvirt.libvirtError as exc:
             box["error"] = exc.get_error_message()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread, never lost here
+            box["raised"] = exc
 
     with _Watchdog(watch_conn.lookupByName(name), params, progress) as watchdog:
         worker = threading.Thread(target=call, daemon=True, name=f"migrate {name}")
@@ -254,6 +256,8 @@ def migrate(name: str, src: Host, dst: Host, params: MigrationParams,
         while worker.is_alive() and not (watchdog.aborted_at and time.monotonic() - watchdog.aborted_at > ABORT_GRACE_S):
             worker.join(0.2)
         hung = worker.is_alive()
+        if "raised" in box:
+            raise box["raised"]
         if hung:  # left blocked on the shared connection: later calls get another one
             src.forget_connection()
             error, aborted = (f"{watchdog.fired}, and the migration call had not returned {ABORT_GRACE_S:.0f} s later: "
