@@ -19,8 +19,8 @@ import pytest
 from lab.guest.image import agent_gcc_argv
 from lab.migration.external_oracle import one_boundary_violations, stamp
 
-# Runs inside `unshare --net --mount`: loopback only, and /dev/console bound to a file.
-DRIVER = r'''
+# Runs inside `unshare --net --mount`: loopback only, and /dev/console bound to a file; `cmd` asks the agent.
+START = r'''
 import json, socket, struct, subprocess, sys, time
 agent_bin, console = sys.argv[1], sys.argv[2]
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
@@ -36,6 +36,9 @@ def cmd(text):
         except (ConnectionRefusedError, socket.timeout):
             time.sleep(0.1)
     raise SystemExit("agent did not answer")
+'''
+
+DRIVER = START + r'''
 try:
     cmd("dirty 1 4")  # 1 MiB/s over 4 MiB: the writer needs 4 s per round
     fill = int(cmd("fill 5 2")["base"], 16)
@@ -112,22 +115,7 @@ def test_an_untouched_agent_reports_no_wrong_page(agent, tmp_path):
 
 # A page the sweep wrote all-zero in this round, given back its older data: what a destination that keeps a
 # zero page's old contents (mutant zero-page-decode-keeps-stale-data) leaves behind.
-ZERO_DRIVER = r'''
-import json, socket, struct, subprocess, sys, time
-agent_bin, console = sys.argv[1], sys.argv[2]
-subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-subprocess.run(["mount", "--bind", console, "/dev/console"], check=True)
-agent = subprocess.Popen([agent_bin], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(0.5)
-def cmd(text):
-    for _ in range(40):
-        try:
-            s.sendto(f"C {time.time_ns()} {text}".encode(), ("127.0.0.1", 7777))
-            return dict(kv.split("=", 1) for kv in s.recvfrom(2048)[0].decode().split()[3:])
-        except (ConnectionRefusedError, socket.timeout):
-            time.sleep(0.1)
-    raise SystemExit("agent did not answer")
+ZERO_DRIVER = START + r'''
 try:
     cmd("dirty 8 4")  # 2 rounds a second over 1024 pages
     where = cmd("oracle_map")
