@@ -5,12 +5,14 @@ scenario reads as data and the record says exactly what was asked.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import libvirt
+import libvirt_qemu
 
 from lab.errors import MigrationError
 from lab.runtime.hosts import Host
@@ -94,6 +96,8 @@ class MigrationResult:
     aborted: bool = False
     error: str = ""
     call_hung: bool = False  # the migration call had not returned ABORT_GRACE_S after the abort (left blocked)
+    # QEMU's own STOP and MIGRATION events on the source, stamped by QEMU (`us`: its wall clock in microseconds)
+    qemu_events: list[dict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -237,6 +241,8 @@ def migrate(name: str, src: Host, dst: Host, params: MigrationParams,
     event = watch_conn.domainEventRegisterAny(
         watch_conn.lookupByName(name), libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
         lambda _conn, _dom, stats, _opaque: source_stats.update(stats), None)
+    qemu_events: list[dict] = []
+    monitor_ids = _watch_qemu_events(watch_conn, watch_conn.lookupByName(name), qemu_events)
     box: dict = {}
 
     def call() -> None:
@@ -268,15 +274,19 @@ def migrate(name: str, src: Host, dst: Host, params: MigrationParams,
                 error = f"{watchdog.fired}: {error}"
     if not error:
         _wait_for_event(source_stats, 2.0)
+        _wait_for_event(lambda: any(e["data"].get("status") == "completed" for e in qemu_events), 2.0)
     try:
         watch_conn.domainEventDeregisterAny(event)
+        for monitor_id in monitor_ids:
+            libvirt_qemu.qemuMonitorEventDeregister(watch_conn, monitor_id)
         watch_conn.close()
     except libvirt.libvirtError:
         pass
     result = MigrationResult(src.name, dst.name, params, started_ns, time.time_ns(), time.monotonic() - t0,
                              switched_to_postcopy=watchdog.postcopy_switched, aborted=aborted, error=error,
                              watchdog_note=watchdog.postcopy_error, throttle_max_pct=watchdog.throttle_max,
-                             dirty_rate_reported_mibs=watchdog.dirty_rate_max, call_hung=hung)
+                             dirty_rate_reported_mibs=watchdog.dirty_rate_max, call_hung=hung,
+                             qemu_events=list(qemu_events))
     if error:
         if watchdog.stats_at_fire:
             result.stats = watchdog.stats_at_fire
@@ -298,11 +308,23 @@ def migrate(name: str, src: Host, dst: Host, params: MigrationParams,
     return result
 
 
-def _wait_for_event(received: dict, timeout: float) -> None:
-    """The event arrives on libvirt's event loop thread, shortly after the migration call returns."""
+def _wait_for_event(received, timeout: float) -> None:
+    """The event arrives on libvirt's event loop thread, shortly after the migration call returns.
+
+    received: what the callback fills (done when not empty), or a condition to wait for."""
+    done = received if callable(received) else lambda: bool(received)
     deadline = time.monotonic() + timeout
-    while not received and time.monotonic() < deadline:
+    while not done() and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def _watch_qemu_events(conn: libvirt.virConnect, dom: libvirt.virDomain, into: list[dict]) -> list[int]:
+    """Collect the source QEMU's STOP and MIGRATION events with QEMU's own timestamps: its downtime figure is
+    held to them (honoured.downtime_statistic_finding), which libvirt's lifecycle events, stamped on arrival,
+    could not do to the millisecond."""
+    def received(_conn, _dom, event, seconds, micros, details, _opaque):
+        into.append({"event": event, "us": seconds * 1_000_000 + micros, "data": json.loads(details) if details else {}})
+    return [libvirt_qemu.qemuMonitorEventRegister(conn, dom, event, received, None, 0) for event in ("STOP", "MIGRATION")]
 
 
 def get_max_downtime_ms(host: Host, name: str) -> int:

@@ -72,6 +72,7 @@ class Measurement:
             "versions": versions, "observed": asdict(self.observed), "degradation": self.degradation,
             "throttle_max_pct": self.result.throttle_max_pct,
             "dirty_rate_reported_mibs": self.result.dirty_rate_reported_mibs,
+            "qemu_events": self.result.qemu_events,
         }
 
 
