@@ -10,7 +10,7 @@ import pytest
 
 from lab.migration import calibrate as measure
 from lab.calibration.model import PROBES, Setting, expect, expect_cold
-from lab.config.thresholds import Limits, load_thresholds
+from lab.config.thresholds import JudgedLimits, load_thresholds
 from lab.guest.domain import create_guest, remove_guest
 from lab.migration.cold import cold_migrate, interruption_s, wait_echo
 from lab.migration.live import MigrationParams
@@ -127,7 +127,7 @@ def test_an_echo_held_on_the_way_after_the_guest_runs_again_is_named_the_network
     assert hops["hop"] == "network", hops
     assert hops["first_answered_sent_after_guest_back_ms"] > 400 and hops["excess_ms"] > 400, hops
     # Held to a network limit the guest's own stop fits in: the line that fails it says where the rest went.
-    tight = Limits(downtime_ms={"hypervisor": 60_000, "guest": 60_000, "network": m.downtime_ms["guest"] + 100},
+    tight = JudgedLimits(downtime_ms={"hypervisor": 60_000, "guest": 60_000, "network": m.downtime_ms["guest"] + 100},
                    total_s=600)
     findings, _ = verdict("precopy-idle", [m], tight)
     text = " | ".join(map(str, findings))

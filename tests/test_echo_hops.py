@@ -70,14 +70,14 @@ def test_an_echo_gap_somewhere_else_is_not_blamed_on_the_stop():
 
 
 def test_the_network_limits_line_says_where_the_echos_time_went():
-    from lab.config.thresholds import Limits
+    from lab.config.thresholds import JudgedLimits
     from lab.migration.live import MigrationParams, MigrationResult
     from lab.migration.measure import Measurement, verdict
     doc = hops([(t, 0.3) for t in range(0, 1000)] + [(t, 0.3) for t in range(1700, 3000)])
     result = MigrationResult("hv1", "hv2", MigrationParams(), T0, T0 + 2000 * MS, 2.0, {"time_elapsed": 2000})
     moved = Measurement("precopy-idle", result, {"hypervisor": 150.0, "guest": 200.0, "network": 700.3}, {},
                         {"beyond_guest": doc})
-    limits = Limits(downtime_ms={"hypervisor": 1000.0, "guest": 1000.0, "network": 500.0}, total_s=60.0)
+    limits = JudgedLimits(downtime_ms={"hypervisor": 1000.0, "guest": 1000.0, "network": 500.0}, total_s=60.0)
     findings, _ = verdict("precopy-idle", [moved], limits)
     assert len(findings) == 1 and "where the echo's time went: move 1: echo gap 701 ms = the guest's stop 200 ms" \
         in findings[0].text, findings

@@ -69,7 +69,7 @@ def _kinds(findings):
 
 def test_the_verdict_is_on_the_maximum_and_names_the_move_over_the_limit():
     limits = parse_thresholds({"defaults": {"downtime_ms": {"hypervisor": 100, "guest": 150, "network": 150},
-                                            "total_s": 5}}).defaults
+                                            "total_s": 5}}).for_scenario("precopy-idle")
     ms = [_measurement(50, 60, 70), _measurement(60, 70, 80), _measurement(300, 320, 330)]
     findings, summaries = verdict("precopy-idle", ms, limits)
     assert summaries["hypervisor"].judged == 300 and "p95" not in str(summaries["hypervisor"])
@@ -82,7 +82,7 @@ def test_the_verdict_is_on_the_maximum_and_names_the_move_over_the_limit():
 def test_an_outlier_among_many_moves_is_not_forgiven():
     """20 moves at 250 ms and one at 60 s: a p95 would pass it (issue 24); every move is held to the limit."""
     limits = parse_thresholds({"defaults": {"downtime_ms": {"hypervisor": 800, "guest": 800, "network": 800},
-                                            "total_s": 90}}).defaults
+                                            "total_s": 90}}).for_scenario("precopy-idle")
     ms = [_measurement(250, 260, 270) for _ in range(20)] + [_measurement(60000, 60010, 60020)]
     findings, summaries = verdict("precopy-idle", ms, limits)
     assert summaries["hypervisor"].p95 < 800 < summaries["hypervisor"].judged  # the p95 would have forgiven it

@@ -13,7 +13,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 from lab.calibration.model import throttle_sleep_ms
-from lab.config.thresholds import PROBES, Limits, Thresholds, Tolerance
+from lab.config.thresholds import PROBES, JudgedLimits, Thresholds, Tolerance
 from lab.guest.domain import Guest
 from lab.guest.probes import GapStats
 from lab.migration.degradation import degradation, pace_series
@@ -57,7 +57,7 @@ class Measurement:
         elapsed = self.result.stats.get("time_elapsed")
         return None if elapsed is None else elapsed / 1000.0
 
-    def record(self, versions: dict, limits: Limits) -> dict:
+    def record(self, versions: dict, limits: JudgedLimits) -> dict:
         return {
             "kind": "live-migration", "scenario": self.scenario, "mode": self.result.params.mode,
             "params": asdict(self.result.params), "src": self.result.src, "dst": self.result.dst,
@@ -68,7 +68,7 @@ class Measurement:
             "libvirt_stats": self.result.stats, "libvirt_stats_note": self.result.stats_note,
             "heartbeats": self.heartbeats, "echo": self.echo, "baseline_gap_ms": self.baseline_gap_ms,
             "findings": [{"kind": f.kind.value, "text": f.text} for f in self.findings], "harness_s": self.harness_s,
-            "thresholds": {"downtime_ms": limits.downtime_ms, "total_s": limits.total_s, "basis": getattr(limits, "basis", {})},
+            "thresholds": {"downtime_ms": limits.downtime_ms, "total_s": limits.total_s, "basis": limits.basis},
             "versions": versions, "observed": asdict(self.observed), "degradation": self.degradation,
             "throttle_max_pct": self.result.throttle_max_pct,
             "dirty_rate_reported_mibs": self.result.dirty_rate_reported_mibs,
@@ -196,7 +196,7 @@ def check_invariants(m: Measurement, period_ms: float, tolerance: Tolerance) -> 
     return findings
 
 
-def verdict(scenario: str, measurements: list[Measurement], limits: Limits) -> tuple[list[Finding], dict[str, Summary]]:
+def verdict(scenario: str, measurements: list[Measurement], limits: JudgedLimits) -> tuple[list[Finding], dict[str, Summary]]:
     """Threshold findings (one line each, naming scenario, probe, statistic, figure, limit) and the summaries.
 
     Every move is held to the limit (the summary's maximum), and each move over it is named: a p95 is
@@ -225,10 +225,9 @@ def verdict(scenario: str, measurements: list[Measurement], limits: Limits) -> t
     return findings, summaries
 
 
-def _basis(limits: Limits, figure: str) -> str:
+def _basis(limits: JudgedLimits, figure: str) -> str:
     """Where the limit came from: "(model 120 ms, factor 3)", or an override's reason."""
-    basis = getattr(limits, "basis", {})
-    return f" ({basis[figure]})" if figure in basis else ""
+    return f" ({limits.basis[figure]})" if figure in limits.basis else ""
 
 
 def _echo_hops(measurements: list[Measurement], probe: str, limit: float) -> str:
