@@ -1,16 +1,18 @@
 """Every check of lab.migration.integrity.inspect (the verdict each migration ends with) sees its own
 failure, made for real on a running guest: the guest on the wrong host, its disk rewritten behind the
-fingerprint's back, a hard reset, its network link down, the oracle's own settings gone or its sweep
+fingerprint's back, its disk failing writes in QEMU's block layer, a hard reset, its network link down, the oracle's own settings gone or its sweep
 standing still (its agent told behind the harness's back). The memory checks (the fill pattern and the
 dirty-page oracle's wrong pages) are broken for real in tests/test_agent_oracle.py.
 """
 from __future__ import annotations
 
+import json
 import time
 import xml.etree.ElementTree as ET
 from types import SimpleNamespace
 
 import libvirt
+import libvirt_qemu
 import pytest
 
 from lab.errors import GuestError
@@ -42,6 +44,40 @@ def test_a_disk_rewritten_after_the_fingerprint_is_a_changed_disk(lab, guest, sr
     guest.agent("diskwrite", 4321, 4, timeout=60)  # other data over the same 4 MiB
     found = inspect(guest, before, lab.hosts, src_host).findings
     assert _kinds(found) == {Kind.DISK_CHANGED}, found
+
+
+def _qmp(guest, command: str, **arguments) -> dict:
+    reply = libvirt_qemu.qemuMonitorCommand(guest.domain(), json.dumps({"execute": command, "arguments": arguments}), 0)
+    return json.loads(reply)
+
+
+def _fail_writes(guest, failing: bool) -> None:
+    """Put a blkdebug node that fails every write (EIO) under the disk's qcow2 node, or take it out again
+    (blockdev-reopen): QEMU's block layer refusing writes, as it does to an image left inactive."""
+    nodes = _qmp(guest, "query-named-block-nodes", flat=True)["return"]
+    qcow2 = next(n for n in nodes if n["drv"] == "qcow2" and not n["node-name"].startswith("lab-"))
+    storage = next(n["node-name"] for n in nodes if n["drv"] == "file" and n["file"] == qcow2["image"]["filename"])
+    if failing:
+        _qmp(guest, "blockdev-add", driver="blkdebug", **{"node-name": "lab-fail-writes"}, image=storage,
+             **{"inject-error": [{"event": "pwritev", "errno": 5, "iotype": "write"}]})
+    reopened = _qmp(guest, "blockdev-reopen", options=[{"driver": "qcow2", "node-name": qcow2["node-name"],
+                                                         "file": "lab-fail-writes" if failing else storage}])
+    assert "error" not in reopened, reopened
+    if not failing:
+        _qmp(guest, "blockdev-del", **{"node-name": "lab-fail-writes"})
+
+
+def test_a_disk_that_refuses_writes_is_unwritable(lab, guest, src_host):
+    """Reading the disk back shows nothing; writing to it does. The guest keeps running, its disk fails writes."""
+    before = take_fingerprint(guest)
+    _fail_writes(guest, True)
+    try:
+        found = inspect(guest, before, lab.hosts, src_host).findings
+    finally:
+        _fail_writes(guest, False)
+    assert _kinds(found) == {Kind.DISK_UNWRITABLE}, found
+    assert f"does not take writes on {src_host.name}" in found[0].text
+    assert inspect(guest, before, lab.hosts, src_host).findings == []  # the disk back as it was
 
 
 def test_a_hard_reset_is_a_reboot(lab, guest, src_host):

@@ -20,6 +20,7 @@ class Fingerprint:
     boot_id: str
     fill_mib: int
     disk_sum: str | None
+    seed: int = 1234  # what the disk's data was made from (written again to show the disk takes writes)
 
 
 def take_fingerprint(guest: Guest, seed: int = 1234, fill_mib: int = 32, disk_mib: int = 4) -> Fingerprint:
@@ -30,7 +31,7 @@ def take_fingerprint(guest: Guest, seed: int = 1234, fill_mib: int = 32, disk_mi
     guest.agent("fill", seed, fill_mib, timeout=60)
     disk_sum = guest.agent("diskwrite", seed, disk_mib, timeout=60)["sum"] if guest.config.disk else None
     memory_oracle(guest)
-    return Fingerprint(guest.info()["boot_id"], fill_mib, disk_sum)
+    return Fingerprint(guest.info()["boot_id"], fill_mib, disk_sum, seed)
 
 
 ORACLE_FIELDS = ("sweep_pages", "sweep_round", "sweep_pos", "scan_wrong", "sweep_wrong", "hot_pages", "hot_rounds",
@@ -164,10 +165,24 @@ def inspect(guest: Guest, before: Fingerprint, hosts: tuple[Host, ...], expected
         now = guest.agent("disksum", disk_mib, timeout=60)["sum"]
         if now != before.disk_sum:
             findings.append(Finding(Kind.DISK_CHANGED, f"disk checksum changed: {before.disk_sum} became {now}"))
+        else:
+            findings += disk_write_findings(guest, before, disk_mib, expected_host)
     silent = echo_silence(guest, expected_host)
     if silent:
         findings.append(silent)
     return Inspection(findings, oracle, float(info["dirty_mibs"]) if "dirty_mibs" in info else None)
+
+
+def disk_write_findings(guest: Guest, before: Fingerprint, disk_mib: int, host: Host) -> list[Finding]:
+    """The guest's disk must still take writes where it runs. A migration hands the disk images over at the
+    switchover (the source inactivates them); a source that gets its guest back after a failure or a cancel
+    there must take them back first, or the guest's next write fails, or aborts QEMU (QEMU < 8.1 without
+    6dab4c93ecfa). Reading shows nothing of it: the same data is written again, so the checksum stays."""
+    try:
+        guest.agent("diskwrite", before.seed, disk_mib, timeout=60)  # written and fsync'ed, or an error
+    except GuestError as exc:
+        return [Finding(Kind.DISK_UNWRITABLE, f"the guest's disk does not take writes on {host.name}: {exc}")]
+    return []
 
 
 ECHO_ANSWERS = 10

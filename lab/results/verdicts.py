@@ -35,6 +35,7 @@ class Kind(str, Enum):
     SPLIT_BRAIN = "split-brain"  # the guest runs on a number of hosts other than one
     MEMORY_PATTERN = "memory-pattern"  # the fill pattern written before the migration changed
     DISK_CHANGED = "disk-changed"
+    DISK_UNWRITABLE = "disk-unwritable"  # the guest's disk refuses writes where it runs (e.g. an image left inactive)
     ECHO_SILENT = "echo-silent"  # the guest stopped answering after the migration
     MIGRATION_FAILED = "migration-failed"
     DOWNTIME_ABSENT = "downtime-absent"  # libvirt's job stats lack `downtime`
