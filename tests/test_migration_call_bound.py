@@ -51,6 +51,12 @@ class Conn:
         pass
 
 
+@pytest.fixture(autouse=True)
+def no_monitor_events(monkeypatch):
+    """The fake connection has no QEMU monitor to listen to (libvirt_qemu needs a real one)."""
+    monkeypatch.setattr(live, "_watch_qemu_events", lambda *_args: [])
+
+
 class Host:
     def __init__(self, name, dom):
         self.name, self.libvirt_uri, self.conn, self.forgotten = name, f"test:///{name}", Conn(dom), 0
