@@ -320,7 +320,7 @@ def _wait_for_event(received, timeout: float) -> None:
 
 def _watch_qemu_events(conn: libvirt.virConnect, dom: libvirt.virDomain, into: list[dict]) -> list[int]:
     """Collect the source QEMU's STOP and MIGRATION events with QEMU's own timestamps: its downtime figure is
-    held to them (honoured.downtime_statistic_finding), which libvirt's lifecycle events, stamped on arrival,
+    held to them (honoured.downtime_statistic_findings), which libvirt's lifecycle events, stamped on arrival,
     could not do to the millisecond."""
     def received(_conn, _dom, event, seconds, micros, details, _opaque):
         into.append({"event": event, "us": seconds * 1_000_000 + micros, "data": json.loads(details) if details else {}})
