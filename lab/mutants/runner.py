@@ -10,7 +10,8 @@ against the clean run the way the release gate judges a candidate (gate.compare)
 - excused: no such test, but a test was excused by a registered known defect (named: an excuse that hides a
   mutant is a finding of its own);
 - missed: every test of the selection ran and nothing got worse;
-- undecided: the build failed, the lab did not come up, or a test the clean run judged was not run.
+- undecided: the build failed, the lab did not come up, or a test the clean run judged was not run; or a catch
+  made by limits alone did not repeat when its tests ran again (confirm_catch).
 A negative control (no behaviour changed) that is caught is a false alarm; so is a clean run that fails.
 """
 from __future__ import annotations
@@ -31,10 +32,12 @@ from lab.mutants.corpus import Mutant
 from lab.results.gate import compare, load
 from lab.results.gate_run import pin_calibration, run_side
 from lab.results.report.junit import EXCUSED, read_junit
+from lab.results.verdicts import Kind
 from lab.util.files import atomic_write_json, atomic_write_text
 
 BASE_LAB = Path(__file__).resolve().parents[2] / "labs" / "fixed-qemu.yaml"
 CLEAN = "clean"
+THRESHOLD = Kind.THRESHOLD.value
 
 
 @dataclass
@@ -46,6 +49,9 @@ class Outcome:
     why: str
     by: list[str] = field(default_factory=list)  # test (new finding kinds) that caught it
     wall_s: float = 0.0
+    # The tests of a catch made by limits alone (threshold findings, no other new kind, no pages lost): run
+    # again before the catch counts (confirm_catch).
+    shaky: list[str] = field(default_factory=list)
 
 
 def lab_document(base: Path, name: str, extra_patch: Path | None) -> dict:
@@ -62,13 +68,14 @@ def lab_document(base: Path, name: str, extra_patch: Path | None) -> dict:
 
 
 def _run_one(name: str, patch: Path | None, base: Path, out: Path, selection: list[str],
-             say: Callable[[str], None]) -> tuple[int, float]:
+             say: Callable[[str], None], stack_of: str = "") -> tuple[int, float]:
+    """`stack_of`: the run whose stack this one reuses (a second run of the same mutant), else `name`'s own."""
     folder = out / name
     if folder.exists():  # a run appends to its folder's records: an earlier attempt's would count twice
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     lab_file = folder / "mutant-lab.yaml"
-    stack = f"mut-{name}"[:32].rstrip("-")  # a stack name: at most 32 characters
+    stack = f"mut-{stack_of or name}"[:32].rstrip("-")  # a stack name: at most 32 characters
     started = time.monotonic()
     try:
         lab_file.write_text(yaml.safe_dump(lab_document(base, stack, patch), sort_keys=False))
@@ -97,6 +104,8 @@ def judge_mutant(mutant: Mutant, clean_dir: Path, run_dir: Path, status: int, wa
                   [f"{m['scenario']}: more pages lost per move" for m in memory]
         base.state = "false-alarm" if mutant.negative else "caught"
         base.why = f"{len(worse)} test(s) worse, {len(memory)} scenario(s) with more pages lost"
+        if not memory and all(set(t["new_findings"]) <= {THRESHOLD} for t in worse):
+            base.shaky = [t["test"] for t in worse]
         return base
     if excused:  # what the mutant did was excused as a known defect: the excuse hides it, a finding of its own
         base.state = "excused"
@@ -108,6 +117,44 @@ def judge_mutant(mutant: Mutant, clean_dir: Path, run_dir: Path, status: int, wa
     base.state = "missed"
     base.why = f"{len(result['tests'])} test(s) ran, none worse than on the clean build"
     return base
+
+
+def confirm_catch(mutant: Mutant, first: Outcome, clean_dir: Path, base: Path, out: Path, selection: list[str],
+                  say: Callable[[str], None]) -> Outcome:
+    """A catch made by limits alone in one run may be the runner's own noise at a limit (seen: the tunnelled move's
+    hypervisor downtime 152 ms against 150 on a mutant that changes only a cancel). Those tests run again on the
+    mutant: a catch that repeats stands; one that does not is undecided, since the run stopped at it (--maxfail)
+    and what the rest of the selection would have shown is unknown (`--resume --again ID` runs it anew)."""
+    name = f"{mutant.id}.again"
+    say(f"mutants: {mutant.id}: caught by limits alone ({', '.join(first.shaky)}): run again to confirm")
+    status, wall = _run_one(name, mutant.path, base, out, [*first.shaky, *options_of(selection)], say,
+                            stack_of=mutant.id)
+    again = judge_mutant(mutant, clean_dir, out / name, status, wall)
+    first.wall_s = round(first.wall_s + wall, 1)
+    if again.state == first.state:
+        first.why += f"; confirmed by a second run of those tests ({again.why})"
+        first.by = again.by
+    else:
+        first.why = (f"caught by limits alone once ({'; '.join(first.by)}), not in a second run of those tests "
+                     f"({again.state}: {again.why}): noise at a limit; the rest of the selection did not run after it")
+        first.state, first.by = "undecided", []
+    return first
+
+
+def options_of(selection: list[str]) -> list[str]:
+    """The selection's options with their values (e.g. -m "not slow" --repeat 1), without its paths."""
+    kept, i = [], 0
+    while i < len(selection):
+        token = selection[i]
+        if token.startswith("-"):
+            kept.append(token)
+            following = selection[i + 1] if i + 1 < len(selection) else None
+            if "=" not in token and following is not None and not following.startswith("-") \
+                    and not Path(following.split("::")[0]).exists():
+                kept.append(following)
+                i += 1
+        i += 1
+    return kept
 
 
 def _earlier(out: Path, selection: list[str]) -> dict[str, Outcome]:
@@ -161,6 +208,8 @@ def run_mutants(mutants: list[Mutant], selection: list[str], out: Path, say: Cal
         say(f"mutants: {i} of {len(mutants)}: {mutant.id} ({mutant.kind}): {mutant.breaks}")
         status, wall = _run_one(mutant.id, mutant.path, base, out, selection, say)
         outcome = judge_mutant(mutant, clean_dir, out / mutant.id, status, wall)
+        if outcome.shaky:
+            outcome = confirm_catch(mutant, outcome, clean_dir, base, out, selection, say)
         say(f"mutants: {mutant.id}: {outcome.state.upper()} ({outcome.why}) in {wall:.0f} s")
         outcomes.append(outcome)
         _write(out, outcomes, selection)  # after each: a cut-off run keeps what it has (--resume goes on from it)
