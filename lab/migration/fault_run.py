@@ -20,7 +20,7 @@ import libvirt_qemu
 from lab.errors import MigrationError
 from lab.guest.domain import Guest
 from lab.migration.live import MigrationParams, MigrationResult, migrate
-from lab.runtime.hosts import Host
+from lab.runtime.hosts import Host, close_connection
 
 MIB = 2**20
 # "Precopy under way": the first iteration is running and has sent this much, with as much left.
@@ -87,11 +87,7 @@ class SourceWatch:
 
     def close(self) -> None:
         for conn, event_id in self._ids:
-            try:
-                conn.domainEventDeregisterAny(event_id)
-                conn.close()
-            except libvirt.libvirtError:
-                pass
+            close_connection(conn, lambda c=conn, e=event_id: c.domainEventDeregisterAny(e))
 
 
 def precopy_under_way(stats: dict) -> bool:

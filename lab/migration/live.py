@@ -15,7 +15,7 @@ import libvirt
 import libvirt_qemu
 
 from lab.errors import MigrationError
-from lab.runtime.hosts import Host
+from lab.runtime.hosts import Host, close_connection
 
 MODES = ("precopy", "postcopy")
 
@@ -275,13 +275,11 @@ def migrate(name: str, src: Host, dst: Host, params: MigrationParams,
     if not error:
         _wait_for_event(source_stats, 2.0)
         _wait_for_event(lambda: any(e["data"].get("status") == "completed" for e in qemu_events), 2.0)
-    try:
+    def deregister() -> None:
         watch_conn.domainEventDeregisterAny(event)
         for monitor_id in monitor_ids:
             libvirt_qemu.qemuMonitorEventDeregister(watch_conn, monitor_id)
-        watch_conn.close()
-    except libvirt.libvirtError:
-        pass
+    close_connection(watch_conn, deregister)
     result = MigrationResult(src.name, dst.name, params, started_ns, time.time_ns(), time.monotonic() - t0,
                              switched_to_postcopy=watchdog.postcopy_switched, aborted=aborted, error=error,
                              watchdog_note=watchdog.postcopy_error, throttle_max_pct=watchdog.throttle_max,

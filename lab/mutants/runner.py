@@ -90,7 +90,8 @@ def _run_one(name: str, patch: Path | None, base: Path, out: Path, selection: li
 def judge_mutant(mutant: Mutant, clean_dir: Path, run_dir: Path, status: int, wall_s: float) -> Outcome:
     base = Outcome(mutant.id, mutant.kind, mutant.expect, "undecided", "", wall_s=round(wall_s, 1))
     if not (run_dir / "junit.xml").exists() or not (run_dir / "results.jsonl").exists():
-        base.why = f"no run to judge (exit status {status}: the build or `lab up` failed; see {run_dir})"
+        base.why = (f"no run to judge (exit status {status}: the build or `lab up` failed, or the run ended before "
+                    f"pytest wrote its results; see {run_dir})")
         return base
     result = compare(load(clean_dir), load(run_dir))
     worse = [t for t in result["tests"] if t["regression"] and t["cand"] != EXCUSED]  # ends in fail

@@ -20,7 +20,7 @@ from lab.migration.integrity import Fingerprint, inspect, take_fingerprint
 from lab.migration.live import migrate
 from lab.results.verdicts import Finding, Kind
 from lab.runtime.faults import FAST_TCP, LIBVIRT_PORTS, MIGRATION_PORTS, FaultInjector
-from lab.runtime.hosts import Host
+from lab.runtime.hosts import Host, close_connection
 from suites.faults.scenarios import FILL_MIB, LINK_MIBS, POSTCOPY_LINK_MIBS, SHORT_CUT_S, FaultScenario
 
 RESUME_TIMEOUT_S = 300  # the rest of the guest's memory at 4 MiB/s under TCG, with room
@@ -227,6 +227,7 @@ class FaultCase:
             self.undo()
             for host, previous in tcp_before.items():
                 self.faults.set_tcp(host, previous)
+            close_connection(self.abort_conn)
             out.findings += [Finding(Kind.INVARIANT, f"the harness could not undo its fault: {u}")
                              for u in self.undo_failures]
         if s.expect != "lost" and out.ended_on and not any(f.kind == Kind.SPLIT_BRAIN for f in out.findings):
