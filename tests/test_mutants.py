@@ -157,7 +157,7 @@ def test_resume_keeps_decided_outcomes_and_runs_only_the_rest(tmp_path, monkeypa
         runner.run_mutants([done, left], selection, out, lambda line: None, again=(done.id,))
 
 
-def test_a_catch_by_limits_alone_counts_only_when_it_repeats(tmp_path, monkeypatch):
+def test_a_catch_by_verdicts_alone_counts_only_when_it_repeats(tmp_path, monkeypatch):
     """Seen: cancel-leaves-disks-inactive "caught" by the tunnelled move's hypervisor downtime, 152 ms against 150,
     which that mutant cannot change. Its tests run again on the same stack; a catch that does not repeat is undecided."""
     from lab.mutants import runner

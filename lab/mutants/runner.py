@@ -11,7 +11,7 @@ against the clean run the way the release gate judges a candidate (gate.compare)
   mutant is a finding of its own);
 - missed: every test of the selection ran and nothing got worse;
 - undecided: the build failed, the lab did not come up, or a test the clean run judged was not run; or a catch
-  made by limits alone did not repeat when its tests ran again (confirm_catch).
+  resting on verdicts alone (a limit, say) did not repeat when its tests ran again (confirm_catch).
 A negative control (no behaviour changed) that is caught is a false alarm; so is a clean run that fails.
 """
 from __future__ import annotations
@@ -49,8 +49,8 @@ class Outcome:
     why: str
     by: list[str] = field(default_factory=list)  # test (new finding kinds) that caught it
     wall_s: float = 0.0
-    # The tests of a catch made by limits alone (threshold findings, no other new kind, no pages lost): run
-    # again before the catch counts (confirm_catch).
+    # The tests of a catch that rests on their verdicts alone (no new finding kind in the moves' records but a
+    # limit's, no pages lost): run again before the catch counts (confirm_catch).
     shaky: list[str] = field(default_factory=list)
 
 
@@ -122,12 +122,12 @@ def judge_mutant(mutant: Mutant, clean_dir: Path, run_dir: Path, status: int, wa
 
 def confirm_catch(mutant: Mutant, first: Outcome, clean_dir: Path, base: Path, out: Path, selection: list[str],
                   say: Callable[[str], None]) -> Outcome:
-    """A catch made by limits alone in one run may be the runner's own noise at a limit (seen: the tunnelled move's
+    """A catch resting on a verdict alone in one run may be the runner's own noise at a limit (seen: the tunnelled move's
     hypervisor downtime 152 ms against 150 on a mutant that changes only a cancel). Those tests run again on the
     mutant: a catch that repeats stands; one that does not is undecided, since the run stopped at it (--maxfail)
     and what the rest of the selection would have shown is unknown (`--resume --again ID` runs it anew)."""
     name = f"{mutant.id}.again"
-    say(f"mutants: {mutant.id}: caught by limits alone ({', '.join(first.shaky)}): run again to confirm")
+    say(f"mutants: {mutant.id}: caught by verdicts alone ({', '.join(first.shaky)}): run again to confirm")
     status, wall = _run_one(name, mutant.path, base, out, [*first.shaky, *options_of(selection)], say,
                             stack_of=mutant.id)
     again = judge_mutant(mutant, clean_dir, out / name, status, wall)
@@ -136,7 +136,7 @@ def confirm_catch(mutant: Mutant, first: Outcome, clean_dir: Path, base: Path, o
         first.why += f"; confirmed by a second run of those tests ({again.why})"
         first.by = again.by
     else:
-        first.why = (f"caught by limits alone once ({'; '.join(first.by)}), not in a second run of those tests "
+        first.why = (f"caught by verdicts alone once ({'; '.join(first.by)}), not in a second run of those tests "
                      f"({again.state}: {again.why}): noise at a limit; the rest of the selection did not run after it")
         first.state, first.by = "undecided", []
     return first
