@@ -55,8 +55,10 @@ def _fail_writes(guest, failing: bool) -> None:
     """Put a blkdebug node that fails every write (EIO) under the disk's qcow2 node, or take it out again
     (blockdev-reopen): QEMU's block layer refusing writes, as it does to an image left inactive."""
     nodes = _qmp(guest, "query-named-block-nodes", flat=True)["return"]
-    qcow2 = next(n for n in nodes if n["drv"] == "qcow2" and not n["node-name"].startswith("lab-"))
-    storage = next(n["node-name"] for n in nodes if n["drv"] == "file" and n["file"] == qcow2["image"]["filename"])
+    # libvirt's -blockdev names: libvirt-N-format (the qcow2 node the disk uses) over libvirt-N-storage (the file)
+    qcow2 = next(n for n in nodes if n["drv"] == "qcow2" and n["node-name"].endswith("-format"))
+    storage = qcow2["node-name"].removesuffix("-format") + "-storage"
+    assert storage in {n["node-name"] for n in nodes}, [(n["node-name"], n["drv"]) for n in nodes]
     if failing:
         _qmp(guest, "blockdev-add", driver="blkdebug", **{"node-name": "lab-fail-writes"}, image=storage,
              **{"inject-error": [{"event": "pwritev", "errno": 5, "iotype": "write"}]})

@@ -317,9 +317,9 @@ def _wait_for_event(received, timeout: float) -> None:
 
 
 def _watch_qemu_events(conn: libvirt.virConnect, dom: libvirt.virDomain, into: list[dict]) -> list[int]:
-    """Collect the source QEMU's STOP and MIGRATION events with QEMU's own timestamps: its downtime figure is
-    held to them (honoured.downtime_statistic_findings), which libvirt's lifecycle events, stamped on arrival,
-    could not do to the millisecond."""
+    """Collect the source QEMU's STOP and MIGRATION events with QEMU's own timestamps (every record keeps them:
+    QEMU's own timeline of the switchover, to the microsecond, where libvirt's lifecycle events are stamped on
+    arrival)."""
     def received(_conn, _dom, event, seconds, micros, details, _opaque):
         into.append({"event": event, "us": seconds * 1_000_000 + micros, "data": json.loads(details) if details else {}})
     return [libvirt_qemu.qemuMonitorEventRegister(conn, dom, event, received, None, 0) for event in ("STOP", "MIGRATION")]

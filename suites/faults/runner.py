@@ -26,7 +26,6 @@ from suites.faults.scenarios import FILL_MIB, LINK_MIBS, POSTCOPY_LINK_MIBS, SHO
 RESUME_TIMEOUT_S = 300  # the rest of the guest's memory at 4 MiB/s under TCG, with room
 UNNOTICED_S = 10.0  # a postcopy cut: how long the destination may lag behind the source in noticing it
 RECOVERY_TIMEOUT_S = 180  # TCG on a shared two-core runner: a restarted libvirtd re-probes, guests crawl
-QEMU_MAX_DOWNTIME_MS = 300  # QEMU's default, given back for the second migration where a scenario changed it
 OOM_HEADROOM = 64 * 2**20  # the destination libvirtd itself may grow this much under the limit
 STATE_NAMES = {None: "no domain", libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused",
                libvirt.VIR_DOMAIN_SHUTOFF: "shut off", libvirt.VIR_DOMAIN_CRASHED: "crashed"}
@@ -66,7 +65,7 @@ class FaultOutcome:
 def scenario_params(lab, scenario: FaultScenario, dst: Host) -> FaultParams:
     postcopy = scenario.mode == "postcopy"
     return FaultParams(bandwidth_mibs=LINK_MIBS, migrate_uri=f"tcp://{dst.address}", unsafe=lab.needs_unsafe("shared"),
-                       mode=scenario.mode, max_downtime_ms=scenario.max_downtime_ms, postcopy_after_iterations=1, postcopy_after_s=1.0,
+                       mode=scenario.mode, postcopy_after_iterations=1, postcopy_after_s=1.0,
                        postcopy_bandwidth_mibs=POSTCOPY_LINK_MIBS if postcopy else 0, timeout_s=240)
 
 
@@ -191,8 +190,6 @@ class FaultCase:
         s, guest, src, dst = self.scenario, self.guest, self.src, self.dst
         out = FaultOutcome(s)
         before = take_fingerprint(guest, fill_mib=FILL_MIB)
-        if s.max_downtime_ms:  # the harness's own setting, in place before the settings to be put back are read
-            src.connect().lookupByName(guest.name).migrateSetMaxDowntime(s.max_downtime_ms, 0)
         settings_before = migration_settings(src, guest.name)
         tcp_before = {h.name: self.faults.set_tcp(h.name, FAST_TCP) for h in (src, dst)}
         try:
@@ -336,7 +333,7 @@ class FaultCase:
         here = self.lab.host(out.ended_on)
         there = self.lab.other(here)
         params = FaultParams(migrate_uri=f"tcp://{there.address}", unsafe=self.lab.needs_unsafe("shared"),
-                             timeout_s=240, max_downtime_ms=QEMU_MAX_DOWNTIME_MS if self.scenario.max_downtime_ms else 0)
+                             timeout_s=240)
         result = migrate(self.guest.name, here, there, params)
         out.second_migration = {"src": here.name, "dst": there.name, "ok": result.ok, "error": result.error,
                                 "wall_s": round(result.wall_s, 2)}

@@ -21,10 +21,6 @@ LINK_MIBS = 8  # precopy bandwidth cap: ~48 MiB of filled memory keep precopy ru
 POSTCOPY_LINK_MIBS = 4  # postcopy bandwidth cap: pages are still being pulled when the fault lands
 FILL_MIB = 48
 SHORT_CUT_S = 2.0  # far below what the shrunk TCP retries tolerate (~12.6 s): the stream rides it out
-# QEMU switches over once what is left fits its max downtime at the measured bandwidth: 30 s at the capped link
-# is more than the guest, so the switchover comes after the first pass's first moments and the stop-and-copy
-# carries the guest's filled memory at full speed (hundreds of ms here), long enough for a fault to land inside.
-LONG_STOP_AND_COPY_MS = 30_000
 
 
 @dataclass(frozen=True)
@@ -36,7 +32,6 @@ class FaultScenario:
     documented: str
     mode: str = "precopy"
     hold_switchover: bool = False  # keep the source's switchover pause open (runner.hold_switchover)
-    max_downtime_ms: int = 0  # 0: QEMU's default; LONG_STOP_AND_COPY_MS: a fault inside QEMU's stop-and-copy
     smoke: bool = False
 
 
@@ -50,13 +45,6 @@ SCENARIOS = [
         "The source is paused for the switchover, QEMU's stream is complete, Finish on the destination "
         "fails because its QEMU is gone: libvirt's Confirm resumes the guest on the source.",
         hold_switchover=True),
-    FaultScenario(
-        "stop-and-copy-dst-qemu-killed", "switchover", "kill-dst-qemu", "source",
-        "The destination QEMU dies while the source QEMU writes the final state (a long stop-and-copy, the disk "
-        "images already handed over): the source's write fails, QEMU takes its disk images back and resumes the "
-        "guest, libvirt fails the job. The guest's disk takes writes on the source (QEMU before 8.1 with "
-        "6dab4c93ecfa reverted resumed it with the images inactive, and its next write aborted QEMU).",
-        max_downtime_ms=LONG_STOP_AND_COPY_MS),
     FaultScenario(
         "precopy-dst-libvirtd-killed-p2p", "precopy", "kill-dst-libvirtd", "source",
         "The p2p connection to the destination closes: the source cancels the migration and keeps the "
@@ -95,13 +83,6 @@ SCENARIOS = [
         "the abort is too late: QEMU has nothing to cancel, libvirt's Finish completes the migration and the "
         "call succeeds. Either way the guest runs on exactly the host libvirt's answer names.",
         hold_switchover=True),
-    FaultScenario(
-        "stop-and-copy-abort-job", "switchover", "abort", "answer",
-        "virDomainAbortJob as the source stops the guest for a long stop-and-copy: QEMU runs the cancel once the "
-        "final state is written, while it waits for the destination's last word, and then takes its disk images "
-        "back and resumes the guest: 'canceled by client'. A destination that had already finished makes the "
-        "cancel too late and the call succeeds. Either way the guest runs on the host libvirt's answer names, "
-        "and its disk takes writes there.", max_downtime_ms=LONG_STOP_AND_COPY_MS),
     FaultScenario(
         "postcopy-network-cut-resumed", "postcopy", "cut-migration", "destination",
         "The migration connection is cut after the switch and held: the source's TCP gives up (tcp_retries2, "
