@@ -26,7 +26,7 @@ def _interval(stats: GapStats) -> tuple[int, int]:
 
 def echo_beyond_guest(prober: EchoProber, heartbeats: GapStats, echo: GapStats) -> dict:
     """The echo's largest gap set against the heartbeats': how much longer, and which hop held the difference
-    (`hop`: none | guest | network | elsewhere), with one sentence saying so (`text`)."""
+    (`hop`: none | guest | network), with one sentence saying so (`text`)."""
     h0, h1 = _interval(heartbeats)
     e0, e1 = _interval(echo)
     period_ms = prober.interval_ns / 1e6
@@ -35,9 +35,7 @@ def echo_beyond_guest(prober: EchoProber, heartbeats: GapStats, echo: GapStats) 
            "echo_stopped_before_guest_ms": round((h0 - e0) / 1e6, 1),
            "echo_back_after_guest_ms": round((e1 - h1) / 1e6, 1)}
     if e1 < h0 or h1 < e0:
-        return {**doc, "hop": "elsewhere",
-                "text": f"the echo's largest gap ({echo.max_gap_ms:.0f} ms) is not the guest's stop: it began "
-                        f"{(e0 - h0) / 1e6:+.0f} ms from the heartbeats' largest gap ({heartbeats.max_gap_ms:.0f} ms)"}
+        return {**doc, **_apart_from_stop(prober, heartbeats, echo, e0, e1, h0, h1)}
     if doc["excess_ms"] <= SAME_WITHIN_PERIODS * period_ms:
         return {**doc, "hop": "none", "text": f"the echo's gap ({echo.max_gap_ms:.0f} ms) is the guest's stop "
                                                f"({heartbeats.max_gap_ms:.0f} ms)"}
@@ -75,3 +73,31 @@ def echo_beyond_guest(prober: EchoProber, heartbeats: GapStats, echo: GapStats) 
             "text": f"{head}: echo replies stopped {doc['echo_stopped_before_guest_ms']:.0f} ms before the heartbeats "
                     f"did and those requests were never answered ({unanswered} in all): lost on the way to the guest "
                     "while it ran (the network's hop: the path moved before the guest did)"}
+
+
+def _apart_from_stop(prober: EchoProber, heartbeats: GapStats, echo: GapStats, e0: int, e1: int, h0: int,
+                     h1: int) -> dict:
+    """The echo's largest gap lies apart from the guest's stop: the guest ran (and sent heartbeats) all through
+    it. A few replies can slip through around the resume before the path to the destination settles, so this is
+    the shape of a late path too. The first reply after the gap says whose: it answers a request of the gap's
+    start (it waited in the guest) or one sent late in it (the earlier ones were lost on the way)."""
+    head = (f"the echo's largest gap ({echo.max_gap_ms:.0f} ms) is not the guest's stop ({heartbeats.max_gap_ms:.0f} ms): "
+            f"it began {(e0 - h0) / 1e6:+.0f} ms from the stop's start, while the guest ran")
+    first = bisect.bisect_left(prober.reply_times, e1)
+    if first >= len(prober.reply_times):
+        return {"hop": "network", "apart_from_stop": True,
+                "text": f"{head}; no echo reply after it: the runner could not reach the guest on the way to it"}
+    rtt_ms = prober.reply_rtt_ns[first] / 1e6
+    sent_ns = prober.reply_times[first] - prober.reply_rtt_ns[first]
+    before = prober.reply_seqs[first - 1] if first > 0 else prober.reply_seqs[first]
+    unanswered = max(0, prober.reply_seqs[first] - before - 1)
+    into_gap_ms = (sent_ns - e0) / 1e6
+    doc = {"apart_from_stop": True, "first_answered_sent_after_guest_back_ms": round((sent_ns - h1) / 1e6, 1),
+           "first_answer_rtt_ms": round(rtt_ms, 1), "unanswered": unanswered}
+    if into_gap_ms <= SAME_WITHIN_PERIODS * prober.interval_ns / 1e6:
+        return {**doc, "hop": "guest",
+                "text": f"{head}; the first reply after it answered a request sent at its start and took "
+                        f"{rtt_ms:.0f} ms: it waited in the guest"}
+    return {**doc, "hop": "network",
+            "text": f"{head}; requests sent in its first {into_gap_ms:.0f} ms got no answer ({unanswered} unanswered) "
+                    "on the way to it (the network's hop: announce, bridge or route still pointing at the source)"}
