@@ -38,8 +38,10 @@ gate: setup
 	$(PY) -m lab --lab-config $(GATE_LAB) gate --baseline $(BASELINE) --candidate $(CANDIDATE) --out reports/gate-$(RUN_ID) $(GATE_ARGS)
 
 # Hot patches end to end (slow: QEMU source build + libcare-patch-make); needs libcareplus on PATH.
+# Two workers: kpatch builds take turns (they share the build tree and swap cc), while one builds the other runs
+# its QEMU and loads its patch.
 hotpatch-test: setup
-	LAB_RUN_ID=$(RUN_ID) $(PY) -m pytest suites/hotpatch tests/test_hotpatch_driver.py tests/test_hotpatch_build_steps.py $(PYTEST_ARGS)
+	LAB_RUN_ID=$(RUN_ID) $(PY) -m pytest -n auto --dist loadgroup suites/hotpatch tests/test_hotpatch_driver.py tests/test_hotpatch_build_steps.py $(PYTEST_ARGS)
 
 # The Vagrant lab end to end (slow; not part of `make test` / .ci/run): the fast Vagrant and
 # provisioning checks, then the box (built locally if missing), `lab up` with the Vagrant backend

@@ -74,6 +74,7 @@ def qemu_process(target):
 
 
 def kpatch_for(target, libcare, build_progress, patch_id: str, patch: str) -> str:
+    """The kpatch of one patch; one that conftest's PATCH_SETS also has goes under the same id there (one build)."""
     return ensure_kpatch(target.build, libcare, [PATCHES / patch], patch_id, target_buildid=target.kpatch_buildid,
                          progress=build_progress).kpatch_paths[0]
 
@@ -197,7 +198,7 @@ def test_main_loop_change_is_refused_by_the_safety_check(libcare, target, doctor
     report = diagnose(PATCHES / patch, doctor_binary, pid=qemu_process.pid)
     assert {"main-loop", "on-stack"} <= {f.detail for f in report.findings}, report.text()
     with pytest.raises(HotpatchFailed) as caught:
-        libcare.apply(qemu_process.pid, kpatch_for(target, libcare, build_progress, "dmain", patch))
+        libcare.apply(qemu_process.pid, kpatch_for(target, libcare, build_progress, "stack", patch))
     diagnosis = caught.value.diagnosis
     record({"kind": "hotpatch-doctor-outcome", "case": "main-loop", "diagnosis": diagnosis.kind})
     assert diagnosis.kind == "unsafe-on-stack" and "qemu_main_loop" in diagnosis.verdict, diagnosis.report()
@@ -209,7 +210,7 @@ def test_too_small_change_is_refused_at_build_time(libcare, target, doctor_binar
     report = diagnose(PATCHES / patch, doctor_binary)
     assert "too-small" in report.kinds(), report.text()
     with pytest.raises(HotpatchFailed) as caught:
-        kpatch_for(target, libcare, build_progress, "dtiny", patch)
+        kpatch_for(target, libcare, build_progress, "tiny", patch)
     record({"kind": "hotpatch-doctor-outcome", "case": "too-small", "diagnosis": caught.value.diagnosis.kind})
     assert caught.value.diagnosis.kind == "function-too-small", caught.value.diagnosis.report()
 
