@@ -1,6 +1,6 @@
 """Every check of lab.migration.integrity.inspect (the verdict each migration ends with) sees its own
 failure, made for real on a running guest: the guest on the wrong host, its disk rewritten behind the
-fingerprint's back, its disk failing writes in QEMU's block layer, a hard reset, its network link down, the oracle's own settings gone or its sweep
+fingerprint's back, its disk failing writes in QEMU's block layer, its QEMU aborting, a hard reset, its network link down, the oracle's own settings gone or its sweep
 standing still (its agent told behind the harness's back). The memory checks (the fill pattern and the
 dirty-page oracle's wrong pages) are broken for real in tests/test_agent_oracle.py.
 """
@@ -80,6 +80,16 @@ def test_a_disk_that_refuses_writes_is_unwritable(lab, guest, src_host):
     assert _kinds(found) == {Kind.DISK_UNWRITABLE}, found
     assert f"does not take writes on {src_host.name}" in found[0].text
     assert inspect(guest, before, lab.hosts, src_host).findings == []  # the disk back as it was
+
+
+def test_a_qemu_that_aborted_is_named_with_its_own_last_words(lab, guest, src_host):
+    """The guest's QEMU aborts (SIGABRT, by its pid file on the host, as a failed assertion does): the checks
+    say QEMU ended, crashed, quoting its log, rather than waiting out a reboot that cannot come."""
+    before = take_fingerprint(guest)
+    src_host.run(f"kill -ABRT $(cat /run/libvirt/qemu/{guest.name}.pid)")
+    found = inspect(guest, before, lab.hosts, src_host).findings
+    ended = [f for f in found if f.kind == Kind.QEMU_ENDED]
+    assert len(ended) == 1 and "(crashed)" in ended[0].text and "reason=crashed" in ended[0].text, found
 
 
 def test_a_hard_reset_is_a_reboot(lab, guest, src_host):

@@ -14,6 +14,26 @@ def test_the_block_inactivation_crash_is_excused_before_qemu_10_with_its_upstrea
     assert "8597af76153a" in verdict.why
 
 
+WRITE_ABORT = ("the guest's QEMU on hv1 ended (crashed): qemu-system-x86_64: ../block/io.c:1967: "
+               "bdrv_co_write_req_prepare: Assertion `!(bs->open_flags & BDRV_O_INACTIVE)' failed. | "
+               "2026-12-07 12:42:27.197+0000: shutting down, reason=crashed")
+
+
+def test_the_guests_next_write_aborting_qemu_is_the_same_defect_and_excuses_what_follows_from_it():
+    """Seen on the cancel-leaves-disks-inactive mutant: the source got its guest back with its images inactive,
+    the integrity check's disk write aborted QEMU; the write and the echo then got no answer."""
+    findings = [Finding(Kind.DISK_UNWRITABLE, "the guest's disk does not take writes on hv1: agent timeout"),
+                Finding(Kind.QEMU_ENDED, WRITE_ABORT)]
+    verdict = judge(findings, Stack("7.2.22", "tcg"), load_registry())
+    assert verdict.state == "excused" and verdict.defect.id == "QEMU-CANCEL-LEAVES-DISKS-INACTIVE", verdict
+
+
+def test_an_unwritable_disk_without_qemus_assertion_is_not_excused():
+    findings = [Finding(Kind.DISK_UNWRITABLE, "the guest's disk does not take writes on hv1: Input/output error"),
+                Finding(Kind.QEMU_ENDED, "the guest's QEMU on hv1 ended (crashed): its log says nothing of it")]
+    assert judge(findings, Stack("7.2.22", "tcg"), load_registry()).state == "fail"
+
+
 @pytest.mark.parametrize("text, qemu", [
     ("the second migration hv1 -> hv2 failed: End of file while reading data: : Input/output error", "7.2.22"),
     (ASSERTION, "10.0.2"),

@@ -7,6 +7,8 @@ import re
 import time
 from dataclasses import dataclass
 
+import libvirt
+
 from lab.errors import AgentTimeout, GuestError, LabError
 from lab.guest.domain import Guest
 from lab.results.verdicts import Finding, Kind
@@ -131,6 +133,9 @@ def inspect(guest: Guest, before: Fingerprint, hosts: tuple[Host, ...], expected
     try:
         info = guest.info()
     except AgentTimeout:
+        ended = qemu_ended(guest, expected_host)
+        if ended:  # nothing left to answer
+            return Inspection(findings + [ended], None, None)
         # A guest whose kernel crashed reboots (panic=-1); give it its boot time to answer again.
         try:
             guest.agent("info", timeout=guest.config.boot_timeout_s)
@@ -167,6 +172,9 @@ def inspect(guest: Guest, before: Fingerprint, hosts: tuple[Host, ...], expected
             findings.append(Finding(Kind.DISK_CHANGED, f"disk checksum changed: {before.disk_sum} became {now}"))
         else:
             findings += disk_write_findings(guest, before, disk_mib, expected_host)
+    ended = qemu_ended(guest, expected_host)
+    if ended:
+        return Inspection(findings + [ended], oracle, float(info["dirty_mibs"]) if "dirty_mibs" in info else None)
     silent = echo_silence(guest, expected_host)
     if silent:
         findings.append(silent)
@@ -183,6 +191,29 @@ def disk_write_findings(guest: Guest, before: Fingerprint, disk_mib: int, host: 
     except GuestError as exc:
         return [Finding(Kind.DISK_UNWRITABLE, f"the guest's disk does not take writes on {host.name}: {exc}")]
     return []
+
+
+QEMU_LOG_SAYS = re.compile(r"^qemu-system|shutting down")
+
+
+def qemu_ended(guest: Guest, host: Host) -> Finding | None:
+    """The guest's QEMU ended by itself during the checks where the guest ran (a write to an image left inactive
+    aborts QEMU 7.2 in the block layer): the finding quotes QEMU's own last words from its log."""
+    try:
+        state, reason = host.connect().lookupByName(guest.name).state()
+    except libvirt.libvirtError:
+        state, reason = None, None
+    if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED):
+        return None
+    log = host.run(f"tail -n 20 /var/log/libvirt/qemu/{guest.name}.log", check=False, timeout=20).stdout
+    said = [line for line in log.splitlines() if QEMU_LOG_SAYS.search(line)]
+    if state is None and not (said and "reason=crashed" in said[-1]):
+        return None  # no such domain there (a transient one that crashed is gone, but its log says so)
+    crashed = (state, reason) == (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_CRASHED) \
+        or bool(said and "reason=crashed" in said[-1])
+    now = "crashed" if crashed else {None: "no domain", libvirt.VIR_DOMAIN_SHUTOFF: "shut off"}.get(state, f"state {state}")
+    return Finding(Kind.QEMU_ENDED, f"the guest's QEMU on {host.name} ended ({now}): "
+                                    + (" | ".join(said[-3:]) or "its log says nothing of it"))
 
 
 ECHO_ANSWERS = 10

@@ -37,6 +37,7 @@ class Kind(str, Enum):
     DISK_CHANGED = "disk-changed"
     DISK_UNWRITABLE = "disk-unwritable"  # the guest's disk refuses writes where it runs (e.g. an image left inactive)
     ECHO_SILENT = "echo-silent"  # the guest stopped answering after the migration
+    QEMU_ENDED = "qemu-ended"  # the guest's QEMU ended by itself where the guest ran (e.g. an assertion)
     MIGRATION_FAILED = "migration-failed"
     DOWNTIME_ABSENT = "downtime-absent"  # libvirt's job stats lack `downtime`
     TOTAL_TIME_ABSENT = "total-time-absent"  # libvirt's job stats lack `time_elapsed`

@@ -16,7 +16,7 @@ from lab.migration.fault_run import (
     resume_postcopy,
     settings_changed, wait_postcopy_failed, wait_recovered,
 )
-from lab.migration.integrity import Fingerprint, inspect, take_fingerprint
+from lab.migration.integrity import Fingerprint, inspect, qemu_ended, take_fingerprint
 from lab.migration.live import migrate
 from lab.results.verdicts import Finding, Kind
 from lab.runtime.faults import FAST_TCP, LIBVIRT_PORTS, MIGRATION_PORTS, FaultInjector
@@ -304,7 +304,19 @@ class FaultCase:
             out.findings.append(Finding(Kind.SPLIT_BRAIN if state[0] == libvirt.VIR_DOMAIN_RUNNING else Kind.INVARIANT,
                                         f"{s.id}: {failing.name} still has the domain, {state_text(state)}"))
         if expect == "source" and where is not None and where.name == self.src.name:
-            out.settings_changed = settings_changed(settings_before, migration_settings(self.src, guest.name))
+            state = domain_state(self.src, guest.name)
+            if state[0] != libvirt.VIR_DOMAIN_RUNNING:  # it ran there with heartbeats a moment ago
+                if not any(f.kind == Kind.QEMU_ENDED for f in out.findings):
+                    out.findings.append(qemu_ended(guest, self.src) or Finding(
+                        Kind.INVARIANT, f"{s.id}: the guest recovered on {self.src.name}, then stopped running "
+                                        f"there ({state_text(state)})"))
+                return
+            try:
+                out.settings_changed = settings_changed(settings_before, migration_settings(self.src, guest.name))
+            except libvirt.libvirtError as exc:
+                out.findings.append(Finding(Kind.NOT_MEASURED, f"the source QEMU's migration settings could not be "
+                                                               f"read after the fault: {exc}"))
+                return
             if out.settings_changed:
                 out.findings.append(Finding(Kind.INVARIANT, "the source QEMU's migration settings were not put back: "
                                                             + "; ".join(out.settings_changed)))
