@@ -9,7 +9,7 @@ PYTEST_ARGS ?= -rfEs
 setup:
 	@bash scripts/setup.sh
 
-# The harness's tests that need no lab, no guest and no QEMU build (under a minute): the loop for people
+# The harness's tests that need no lab, no guest and no QEMU build (about a minute on 2 cores): the loop for people
 # changing the harness. A test that makes a lab is marked `lab` (tests/conftest.py), one that needs a QEMU build `build`.
 check: setup
 	$(PY) -m pytest -n auto tests/ -m "not lab and not build and not slow and not vagrant" $(PYTEST_ARGS)
