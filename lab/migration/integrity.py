@@ -11,6 +11,7 @@ import libvirt
 
 from lab.errors import AgentTimeout, GuestError, LabError
 from lab.guest.domain import Guest
+from lab.migration.fault_run import domain_state
 from lab.results.verdicts import Finding, Kind
 from lab.runtime.hosts import Host
 
@@ -172,10 +173,7 @@ def inspect(guest: Guest, before: Fingerprint, hosts: tuple[Host, ...], expected
             findings.append(Finding(Kind.DISK_CHANGED, f"disk checksum changed: {before.disk_sum} became {now}"))
         else:
             findings += disk_write_findings(guest, before, disk_mib, expected_host)
-    ended = qemu_ended(guest, expected_host)
-    if ended:
-        return Inspection(findings + [ended], oracle, float(info["dirty_mibs"]) if "dirty_mibs" in info else None)
-    silent = echo_silence(guest, expected_host)
+    silent = qemu_ended(guest, expected_host) or echo_silence(guest, expected_host)  # a dead QEMU answers nothing
     if silent:
         findings.append(silent)
     return Inspection(findings, oracle, float(info["dirty_mibs"]) if "dirty_mibs" in info else None)
@@ -199,10 +197,7 @@ QEMU_LOG_SAYS = re.compile(r"^qemu-system|shutting down")
 def qemu_ended(guest: Guest, host: Host) -> Finding | None:
     """The guest's QEMU ended by itself during the checks where the guest ran (a write to an image left inactive
     aborts QEMU 7.2 in the block layer): the finding quotes QEMU's own last words from its log."""
-    try:
-        state, reason = host.connect().lookupByName(guest.name).state()
-    except libvirt.libvirtError:
-        state, reason = None, None
+    state, reason = domain_state(host, guest.name)
     if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED):
         return None
     log = host.run(f"tail -n 20 /var/log/libvirt/qemu/{guest.name}.log", check=False, timeout=20).stdout
