@@ -6,16 +6,24 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
 from lab.results.report.series import Timeline
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DPI = 100
 COLORS = {"hypervisor": "#4c72b0", "guest": "#dd8452", "network": "#55a868", "total_s": "#8172b3",
           "heartbeat": "#dd8452", "echo": "#55a868", "live": "#4c72b0", "cold": "#c44e52",
           "pace": "#8172b3"}
 LIMIT = {"color": "#c44e52", "linestyle": "--", "linewidth": 1.5}
+
+
+def _figure(**kwargs) -> Figure:
+    # matplotlib costs about 0.4 s to import: only a report that draws pays it, not every `python -m lab`.
+    from matplotlib.figure import Figure
+    return Figure(**kwargs)
 
 
 def _save(fig: Figure, out_dir: Path, name: str) -> str:
@@ -29,7 +37,7 @@ def probe_strips(panels: list[dict], title: str, out_dir: Path, name: str) -> st
 
     panels: [{"label", "key", "values": [...], "limit": float | None, "unit": "ms" | "s", "absent": int}]
     """
-    fig = Figure(figsize=(2.3 * len(panels), 3.1), layout="constrained")
+    fig = _figure(figsize=(2.3 * len(panels), 3.1), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     jitter = random.Random(0)  # the same picture every time for the same records
     for ax, panel in zip(axes, panels):
@@ -60,7 +68,7 @@ def probe_strips(panels: list[dict], title: str, out_dir: Path, name: str) -> st
 
 def gap_timeline(line: Timeline, title: str, out_dir: Path, name: str) -> str:
     """Inter-arrival gaps of heartbeats and echo replies over time (log scale), start/end and pause/resume marked."""
-    fig = Figure(figsize=(11.0, 3.4), layout="constrained")
+    fig = _figure(figsize=(11.0, 3.4), layout="constrained")
     ax = fig.subplots()
     for probe, gap_list in (("heartbeat", line.heartbeat), ("echo", line.echo)):
         if gap_list:
@@ -113,7 +121,7 @@ def interruption_bars(rows: list[dict], out_dir: Path, name: str) -> str:
     rows: [{"storage", "mode", "interruption_ms": float | None}]
     """
     storages = list(dict.fromkeys(r["storage"] for r in rows))
-    fig = Figure(figsize=(1.8 + 1.6 * len(storages), 3.0), layout="constrained")
+    fig = _figure(figsize=(1.8 + 1.6 * len(storages), 3.0), layout="constrained")
     ax = fig.subplots()
     width = 0.38
     for offset, mode in ((-width / 2, "live"), (width / 2, "cold")):
@@ -138,7 +146,7 @@ def interruption_bars(rows: list[dict], out_dir: Path, name: str) -> str:
 
 def stall_bars(series: dict[str, list[float]], limits: dict[str, float | None], out_dir: Path, name: str) -> str:
     """Hot patch stalls per repetition (apply stall, frozen_time, unapply stall) with each limit drawn."""
-    fig = Figure(figsize=(2.5 * len(series), 3.0), layout="constrained")
+    fig = _figure(figsize=(2.5 * len(series), 3.0), layout="constrained")
     axes = fig.subplots(1, len(series), squeeze=False)[0]
     for ax, (label, values) in zip(axes, series.items()):
         ax.bar(range(1, len(values) + 1), values, color="#4c72b0")
