@@ -106,8 +106,9 @@ def test_vagrant_lab_end_to_end(record_property, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("the Vagrant lab needs root (libvirt system connection, box build)")
     config_path = Path(os.environ.get("LAB_VAGRANT_CONFIG", TCG_YAML))
-    # The lab's own limits (a nested lab is slower than the embedded one the repo's thresholds.yaml is for).
-    thresholds = Path(os.environ.get("LAB_VAGRANT_THRESHOLDS", REPO / "labs" / "vagrant-tcg.thresholds.yaml"))
+    # The repo's limits, as on every lab: the model's figures for this lab's own calibration (measured at the
+    # suite's start and cached), not numbers picked for it by hand.
+    thresholds = Path(os.environ.get("LAB_VAGRANT_THRESHOLDS", REPO / "thresholds.yaml"))
     config = parse_lab_config(yaml.safe_load(config_path.read_text()), str(config_path))
     spec = check_lab(config)
     report = Path(os.environ.get("LAB_VAGRANT_TIMINGS", tmp_path / "timings.json"))

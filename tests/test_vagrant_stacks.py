@@ -19,7 +19,7 @@ import pytest
 from tests.vagrant_tools import REPO, run_lab, vagrant_with_libvirt, virsh
 
 STACKS_YAML = Path(os.environ.get("LAB_VAGRANT_STACKS_CONFIG", REPO / "labs" / "vagrant-stacks.yaml"))
-THRESHOLDS = REPO / "labs" / "vagrant-tcg.thresholds.yaml"
+THRESHOLDS = REPO / "thresholds.yaml"  # the model, calibrated on this lab
 
 
 @pytest.mark.vagrant

@@ -82,7 +82,7 @@ def _apart_from_stop(prober: EchoProber, heartbeats: GapStats, echo: GapStats, e
     the shape of a late path too. The first reply after the gap says whose: it answers a request of the gap's
     start (it waited in the guest) or one sent late in it (the earlier ones were lost on the way)."""
     head = (f"the echo's largest gap ({echo.max_gap_ms:.0f} ms) is not the guest's stop ({heartbeats.max_gap_ms:.0f} ms): "
-            f"it began {(e0 - h0) / 1e6:+.0f} ms from the stop's start, while the guest ran")
+            f"it began {abs(e0 - h0) / 1e6:.0f} ms {'before' if e0 < h0 else 'after'} the stop began, while the guest ran")
     first = bisect.bisect_left(prober.reply_times, e1)
     if first >= len(prober.reply_times):
         return {"hop": "network", "apart_from_stop": True,
