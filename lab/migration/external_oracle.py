@@ -148,3 +148,15 @@ def migrate_checked_from_outside(lab, guest: Guest, before: Fingerprint, src: Ho
     doc = {"paused_destination_check": report, "oracle": after.oracle, "stats": result.stats,
            "findings": [{"kind": f.kind.value, "text": f.text} for f in findings]}
     return result, doc, findings
+
+
+def verify_from_outside(lab, guest: Guest, before: Fingerprint, src: Host, dst: Host, scenario: str,
+                        params: MigrationParams, record) -> list[Finding]:
+    """The oracle's move of a dirtying guest (migrate_checked_from_outside), recorded as `oracle-migration`;
+    its findings say they come from it. Not timed (the pause would count)."""
+    result, doc, findings = migrate_checked_from_outside(lab, guest, before, src, dst, params)
+    if not result.ok:
+        return [Finding(Kind.MIGRATION_FAILED, f"{scenario}: the oracle's migration {src.name} -> {dst.name} "
+                                               f"failed: {result.error}")]
+    record({"kind": "oracle-migration", "scenario": scenario, "src": src.name, "dst": dst.name, **doc})
+    return [Finding(f.kind, f"oracle migration to {dst.name}: {f.text}") for f in findings]

@@ -8,7 +8,7 @@ import pytest
 from lab.calibration.model import Setting, expect, underreport_allowance_ms
 from lab.errors import LabError
 from lab.migration.degradation import degradation_findings
-from lab.migration.external_oracle import migrate_checked_from_outside
+from lab.migration.external_oracle import verify_from_outside
 from lab.migration.integrity import inspect, take_fingerprint
 from lab.migration.measure import measure_migration, thresholds_record, verdict
 from lab.results.evidence import collect
@@ -36,17 +36,6 @@ def disk_stream_findings(guest) -> tuple[dict, list[Finding]]:
         findings.append(Finding(Kind.DISK_CHANGED, f"the disk writer acknowledged no write during the migration "
                                                    f"({stopped.get('error')})"))
     return doc, findings
-
-
-def verify_from_outside(lab, guest, before, src, dst, scenario, record) -> list[Finding]:
-    """One migration of the dirtying guest whose destination stays paused: the oracle's memory read from
-    outside (external_oracle.py), then the guest let run and inspected. Not timed (the pause would count)."""
-    result, doc, findings = migrate_checked_from_outside(lab, guest, before, src, dst, scenario.with_lab(lab, dst.address))
-    if not result.ok:
-        return [Finding(Kind.MIGRATION_FAILED, f"{scenario.id}: the oracle's migration {src.name} -> {dst.name} "
-                                               f"failed: {result.error}")]
-    record({"kind": "oracle-migration", "scenario": scenario.id, "src": src.name, "dst": dst.name, **doc})
-    return [Finding(f.kind, f"oracle migration to {dst.name}: {f.text}") for f in findings]
 
 
 def precreate_disk(guest, host) -> None:
@@ -101,7 +90,8 @@ def run_measured(lab, thresholds, calibration, repeat, host_versions, known_defe
             return tuple(Stack.of(host_versions[h.name], lab.accelerator, scenario.params.mode) for h in (a, b))
 
         if scenario.dirty_mibs and scenario.params.mode == "precopy":  # postcopy runs on the destination at once
-            outside = at_move(verify_from_outside(lab, guest, before, src, dst, scenario, record), 0,
+            outside = at_move(verify_from_outside(lab, guest, before, src, dst, scenario.id,
+                                                  scenario.with_lab(lab, dst.address), record), 0,
                               move_stacks(src, dst))
             findings += outside
             if any(f.kind in (Kind.GUEST_REBOOTED, Kind.SPLIT_BRAIN, Kind.MIGRATION_FAILED) for f in outside):

@@ -7,7 +7,7 @@ import time
 import libvirt
 import pytest
 
-from lab.migration.external_oracle import migrate_checked_from_outside
+from lab.migration.external_oracle import verify_from_outside
 from lab.migration.integrity import check_intact, inspect, take_fingerprint
 from lab.migration.live import ABORT_GRACE_S, MigrationParams, get_max_downtime_ms, migrate
 from lab.results.evidence import collect
@@ -50,11 +50,8 @@ def test_max_downtime_is_honoured_two_caps_far_apart(lab, guest_factory, measure
     # the oracle's pages are read from outside). A QEMU that loses this guest's stores crashes it; without this
     # reading the reboot would be all the evidence there is, and no known defect explains a bare reboot.
     oracle = Scenario("max-downtime-two-caps", MigrationParams(bandwidth_mibs=LINK_MIBS * 2))
-    result, doc, outside = migrate_checked_from_outside(lab, guest, before, src, dst, oracle.with_lab(lab, dst.address))
-    assert result.ok, result.error
-    record({"kind": "oracle-migration", "scenario": oracle.id, "src": src.name, "dst": dst.name, **doc})
-    findings = at_move([Finding(f.kind, f"oracle migration to {dst.name}: {f.text}") for f in outside], 0,
-                       stacks(src, dst))
+    findings = at_move(verify_from_outside(lab, guest, before, src, dst, oracle.id, oracle.with_lab(lab, dst.address),
+                                           record), 0, stacks(src, dst))
     if findings:
         settle(judge(findings, Stack.of(host_versions[src.name], lab.accelerator), known_defects))
     src, dst = dst, src
